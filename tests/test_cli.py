@@ -1,0 +1,98 @@
+"""The command line through typer's test runner: commands, output files, user errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from toolbox.cli import app, parse_extra_args
+from toolbox.errors import UsageError
+
+runner = CliRunner()
+TINY = ["--dataset", "synthetic", "--arch", "cifar_resnet20", "--epochs", "1", "--batch-size", "64",
+        "--device", "cpu"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_run_eval_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke("run", "--plugins", "finetune", "--steps", "2", "--out", str(out), *TINY)
+    assert result.exit_code == 0, result.output
+    assert "step" in result.output and (out / "results.json").is_file()
+    result = invoke("eval", str(out / "checkpoints" / "step2_learn.pt"))
+    assert result.exit_code == 0, result.output
+    assert "top-1" in result.output
+    result = invoke("run", "--resume", str(out))
+    assert result.exit_code == 0, result.output
+
+
+def test_config_file_and_flag_override(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: synthetic\nsteps: 3\nepochs: 1\nbatch_size: 64\ndevice: cpu\n")
+    out = tmp_path / "run"
+    result = invoke("run", "--config", str(config), "--steps", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "steps: 1" in (out / "config.yaml").read_text()
+
+
+def test_train_one_phase_from_a_checkpoint(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert invoke("train", "--out", str(first), *TINY).exit_code == 0
+    second = tmp_path / "second"
+    result = invoke("train", "--init", str(first / "checkpoints" / "step1_learn.pt"), "--out", str(second), *TINY)
+    assert result.exit_code == 0, result.output
+    assert (second / "checkpoints" / "step1_learn.pt").is_file()
+
+
+def test_listings() -> None:
+    result = invoke("plugins", "list")
+    assert result.exit_code == 0 and "finetune" in result.output and "built-in" in result.output
+    result = invoke("models", "list")
+    assert result.exit_code == 0
+    for name in ("cifar_resnet20", "cifar_resnet110", "cifar_mobilenetv2", "tinyimagenet_mobilenetv2"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--plugins", "nope"], "Unknown plugin 'nope'; known plugins:"),
+    (["--arch", "resnet_9000"], "Unknown --arch 'resnet_9000'"),
+    (["--dataset", "imagenet22k"], "imagenet22k"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--steps", "x"], "--steps must be a int"),
+    (["--config", "/nonexistent/c.yaml"], "Cannot read config file"),
+    (["--bogus-flag", "3"], "Unknown option 'bogus_flag'"),
+    (["stray"], "Unexpected argument 'stray'"),
+])
+def test_bad_input_exits_2_with_one_sentence(tmp_path: Path, args: list[str], message: str) -> None:
+    result = invoke("run", "--out", str(tmp_path / "r"), "--dataset", "synthetic", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path: Path) -> None:
+    result = invoke("run", "--dataset", "cifar100", "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2
+    assert "nodata" in result.output and "--data-root" in result.output
+
+
+def test_eval_refuses_bad_checkpoints(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    result = invoke("eval", str(bogus))
+    assert result.exit_code == 2 and "Error:" in result.output and "Traceback" not in result.output
+
+
+def test_parse_extra_args() -> None:
+    assert parse_extra_args(["--s", "1e-3", "--ratio=0.5", "--flag", "--no-other"]) == {
+        "s": "1e-3", "ratio": "0.5", "flag": "true", "other": "false"}
+    with pytest.raises(UsageError):
+        parse_extra_args(["loose"])

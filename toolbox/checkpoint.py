@@ -1,0 +1,160 @@
+"""Checkpoints: atomic writes, safe loads, and rebuilding the model they hold.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) saved with
+``torch.save`` and loaded with ``weights_only=True``: no pickled modules or classes, so loading a
+file never runs code from it. It records what is needed to rebuild the model through timm's
+registry and to resume the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+import toolbox
+from toolbox.errors import CheckpointError, UsageError
+
+FORMAT = "toolbox-checkpoint/1"
+log = logging.getLogger("toolbox")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomic write of a text file (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Atomic write of a JSON file."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def make_checkpoint(model: nn.Module, *, arch: str, num_classes: int, in_chans: int,
+                    model_kwargs: dict[str, Any], step: int, phase: str,
+                    masks: dict[str, torch.Tensor], records: dict[str, Any],
+                    options: dict[str, Any], results: list[dict[str, Any]],
+                    optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict of ``model`` at the end of ``phase`` of ``step``."""
+    return {
+        "format": FORMAT,
+        "version": toolbox.__version__,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "in_chans": int(in_chans),
+        "model_kwargs": dict(model_kwargs),
+        "step": int(step),
+        "phase": phase,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "masks": {k: v.detach().cpu() for k, v in masks.items()},
+        "records": records,
+        "options": options,
+        "results": results,
+        "optimizer": optimizer,
+    }
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Save ``checkpoint`` atomically (temp file, fsync, rename)."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Raises :class:`CheckpointError` with one sentence when the file is missing, truncated, not a
+    toolbox checkpoint, or holds pickled objects that could run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist; pass the path of a .pt file from a run directory.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if "weights_only" in str(exc) else "it is not a valid checkpoint"
+        raise CheckpointError(
+            f"Refusing to load {path}: it holds objects that weights_only loading does not allow "
+            f"({reason[:120]}); only load checkpoints written by toolbox."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0][:100]}); use an earlier checkpoint.") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a toolbox checkpoint; pass a file written by toolbox run/train/prune.")
+    return data
+
+
+def build_model(arch: str, num_classes: int, in_chans: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Create ``arch`` through timm's registry (CIFAR backbones are registered by toolbox)."""
+    if not timm.is_model(arch):
+        raise UsageError(f"Unknown --arch {arch!r}; `toolbox models list` shows the CIFAR backbones "
+                         "and `toolbox models list '*'` every timm model.")
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                 **(model_kwargs or {}))
+    except TypeError as exc:
+        raise UsageError(f"model_kwargs {model_kwargs!r} do not fit {arch} ({exc}); fix model_kwargs.") from None
+
+
+def load_state(model: nn.Module, checkpoint: dict[str, Any], arch: str, num_classes: int, source: str = "checkpoint") -> None:
+    """Load the checkpoint's weights into ``model``; a mismatch is one sentence naming both."""
+    if checkpoint["arch"] != arch or checkpoint["num_classes"] != num_classes:
+        raise CheckpointError(
+            f"The {source} is for {checkpoint['arch']} with {checkpoint['num_classes']} classes but this run "
+            f"uses {arch} with {num_classes} classes; pass a matching --arch/--dataset or another checkpoint."
+        )
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"The {source}'s weights do not fit {arch} ({str(exc).splitlines()[0][:120]}); "
+            "was it made with other model options?"
+        ) from None
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint holds, with its weights, in eval mode."""
+    model = build_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["in_chans"],
+                        checkpoint.get("model_kwargs"))
+    load_state(model, checkpoint, checkpoint["arch"], checkpoint["num_classes"])
+    return model.eval()
+
+
+def phase_checkpoint_path(run_dir: Path, step: int, phase: str) -> Path:
+    """Where the checkpoint at the end of ``phase`` of ``step`` lives."""
+    return Path(run_dir) / "checkpoints" / f"step{step}_{phase}.pt"
+
+
+def load_phase_model(run_dir: Path, step: int, phase: str) -> nn.Module:
+    """The model saved at the end of ``phase`` of ``step`` in ``run_dir`` (frozen, eval mode)."""
+    model = model_from_checkpoint(load_checkpoint(phase_checkpoint_path(run_dir, step, phase)))
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model

@@ -1,0 +1,290 @@
+"""The ``toolbox`` command line (typer): run, train, eval, plugins, models.
+
+Core flags and plugin flags share one path: every ``--name VALUE`` goes through
+:func:`toolbox.options.build_options` together with the config file, so a value is parsed and
+validated in one place whatever its source. User errors exit with code 2 and one sentence.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toolbox.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train CNNs on accumulated new data, step by step, with plugins.")
+plugins_app = typer.Typer(no_args_is_help=True, help="Inspect installed plugins.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect registered backbones.")
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(models_app, name="models")
+
+console = Console()
+error_console = Console(stderr=True)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Report :class:`UsageError` as ``Error: <sentence>`` on stderr with exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from toolbox.engine import NumericError
+
+        try:
+            return func(*args, **kwargs)
+        except UsageError as exc:
+            error_console.print(f"Error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        except NumericError as exc:
+            error_console.print(f"Error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def parse_extra_args(tokens: list[str]) -> dict[str, Any]:
+    """``--s 1e-3 --ratio=0.5 --flag --no-other`` -> ``{"s": "1e-3", "ratio": "0.5", ...}``."""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise UsageError(f"Unexpected argument {token!r}; options are written --name VALUE.")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            following = tokens[i + 1] if i + 1 < len(tokens) else None
+            if following is None or (following.startswith("--") and len(following) > 2):
+                value = "true"
+                if name.startswith("no-"):
+                    name, value = name[3:], "false"
+            else:
+                value = following
+                i += 1
+        values[name.replace("-", "_")] = value
+        i += 1
+    return values
+
+
+def merged_values(config: Optional[Path], flags: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """Config file values, overridden by explicit flags, overridden by extra ``--name VALUE``."""
+    from toolbox.options import load_config_file
+
+    values: dict[str, Any] = load_config_file(config) if config is not None else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update(parse_extra_args(extra))
+    return values
+
+
+class Progress:
+    """Rich progress bars on a terminal, one plain log line per epoch otherwise (CI)."""
+
+    def __init__(self) -> None:
+        self.live = console.is_terminal
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, event: str, **info: Any) -> None:
+        """Receive a progress event from the run."""
+        if event == "phase" and self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self.close()
+            self.bar = RichProgress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), console=console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(f"step {info['step']} {info['phase']}", total=info["batches"])
+        elif event == "batch" and self.bar is not None:
+            self.bar.advance(self.task)
+        elif event == "epoch":
+            m = info["metrics"]
+            line = (f"step {info['step']} {info['phase']} epoch {info['epoch']}/{info['epochs']}: "
+                    f"loss {m.get('loss', float('nan')):.4f} train top-1 {m.get('train_top1', 0):.2f}% "
+                    f"lr {m.get('lr', 0):.4g} {m.get('images_per_second', 0):.0f} img/s")
+            (self.bar.console.log if self.bar is not None else console.print)(line, markup=False, highlight=False)
+        elif event == "phase_end":
+            self.close()
+            r = info["record"]
+            console.print(f"step {info['step']} {info['phase']} done: test top-1 {r['top1']:.2f}% "
+                          f"top-5 {r['top5']:.2f}% ({r['train_seconds']:.1f} s)", markup=False, highlight=False)
+
+    def close(self) -> None:
+        """Stop a live progress bar."""
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """The results table at the end of a run."""
+    table = Table(title=f"results ({results.get('dataset_source', '')})")
+    for column in ("step", "phases", "top-1 %", "top-5 %", "train s", "params", "sparsity"):
+        table.add_column(column, justify="right")
+    for step in results["steps"]:
+        sparsity = step.get("sparsity")
+        table.add_row(str(step["step"]), ",".join(p["phase"] for p in step["phases"]),
+                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", f"{step['train_seconds']:.1f}",
+                      f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
+    console.print(table)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+
+
+@app.command(context_settings=EXTRA)
+@user_errors
+def run(
+    ctx: typer.Context,
+    plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins, e.g. sst,aod,msl."),
+    arch: Optional[str] = typer.Option(None, help="Backbone name in timm's registry (default cifar_resnet20)."),
+    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, or auto (Fashion-MNIST where present, else synthetic)."),
+    data_root: Optional[str] = typer.Option(None, help="Dataset folder (else $TOOLBOX_DATA, else ~/.cache/toolbox/data)."),
+    steps: Optional[str] = typer.Option(None, help="Number of data shards / steps (default 4)."),
+    epochs: Optional[str] = typer.Option(None, help="Epochs per phase (default 1)."),
+    batch_size: Optional[str] = typer.Option(None, help="Training batch size (default 128)."),
+    lr: Optional[str] = typer.Option(None, help="Peak learning rate (default 0.1)."),
+    seed: Optional[str] = typer.Option(None, help="Seed of shards, init and batch order (default 0)."),
+    out: Optional[str] = typer.Option(None, help="Run directory (default runs/<time>-<dataset>-<arch>)."),
+    config: Optional[Path] = typer.Option(None, help="YAML/TOML file with the same keys as the flags."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory."),
+) -> None:
+    """Run the multi-step pipeline: every step learns a new shard through the plugins' phases.
+
+    Any other core option (--per-class, --schedule, --warmup-epochs, --weight-decay, --momentum,
+    --precision, --device, --threads, --reset-optimizer, --channels-last, ...) and every option a
+    plugin declares (see `toolbox plugins list`) is accepted as --name VALUE.
+    """
+    from toolbox.run import resume_run, start_run
+
+    _setup_logging()
+    progress = Progress()
+    try:
+        if resume is not None:
+            if ctx.args or any(v is not None for v in (plugins, arch, dataset, steps, epochs, config)):
+                raise UsageError("--resume takes its options from the run's config.yaml; pass only --resume DIR.")
+            runner = resume_run(resume, progress)
+        else:
+            flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, steps=steps,
+                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, out=out)
+            runner = start_run(merged_values(config, flags, ctx.args), progress)
+        console.print(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}",
+                      markup=False, highlight=False)
+        results = runner.execute()
+    finally:
+        progress.close()
+    print_results(results)
+    console.print(f"results: {runner.run_dir / 'results.md'}", markup=False, highlight=False)
+
+
+@app.command(context_settings=EXTRA)
+@user_errors
+def train(
+    ctx: typer.Context,
+    phase: str = typer.Option("learn", help="The phase to run: learn, sparsify or compact."),
+    init: Optional[Path] = typer.Option(None, help="Start from this checkpoint (arch and masks come from it)."),
+    plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins."),
+    arch: Optional[str] = typer.Option(None, help="Backbone (ignored with --init)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name."),
+    data_root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    epochs: Optional[str] = typer.Option(None, help="Epochs."),
+    batch_size: Optional[str] = typer.Option(None, help="Batch size."),
+    lr: Optional[str] = typer.Option(None, help="Peak learning rate."),
+    seed: Optional[str] = typer.Option(None, help="Seed."),
+    out: Optional[str] = typer.Option(None, help="Run directory."),
+    config: Optional[Path] = typer.Option(None, help="YAML/TOML config file."),
+) -> None:
+    """Train one phase on the whole training set (or --per-class images per class)."""
+    from toolbox.run import start_run
+
+    _setup_logging()
+    flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, epochs=epochs,
+                 batch_size=batch_size, lr=lr, seed=seed, out=out, steps="1")
+    values = merged_values(config, flags, ctx.args)
+    progress = Progress()
+    try:
+        runner = start_run(values, progress, init=init)
+        results = runner.execute(only_phase=phase)
+    finally:
+        progress.close()
+    print_results(results)
+
+
+@app.command("eval")
+@user_errors
+def eval_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by toolbox."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset (default: the one it was trained on)."),
+    data_root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    batch_size: int = typer.Option(512, help="Evaluation batch size."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Evaluate a checkpoint on the full test set (top-1 / top-5)."""
+    from toolbox.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolbox.data import BatchLoader, load_dataset
+    from toolbox.engine import evaluate, select_device
+
+    data_checkpoint = load_checkpoint(checkpoint)
+    options = data_checkpoint.get("options") or {}
+    name = dataset or options.get("dataset")
+    if not name:
+        raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
+    data = load_dataset(name, data_root or options.get("data_root"))
+    if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:
+        raise UsageError(
+            f"{checkpoint} is for {data_checkpoint['num_classes']} classes / {data_checkpoint['in_chans']} "
+            f"channels but {name} has {data.num_classes} / {data.in_chans}; pass the dataset it was trained on."
+        )
+    dev = select_device(device)
+    model = model_from_checkpoint(data_checkpoint).to(dev)
+    loader = BatchLoader(data.test_x, data.test_y, None, batch_size, data.mean, data.std, train=False, device=dev)
+    result = evaluate(model, loader, dev)
+    console.print(f"{checkpoint}: {data_checkpoint['arch']} step {data_checkpoint['step']} "
+                  f"{data_checkpoint['phase']} on {name} test set: top-1 {result['top1']:.2f}% "
+                  f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}", markup=False, highlight=False)
+
+
+@plugins_app.command("list")
+@user_errors
+def plugins_list() -> None:
+    """Installed plugins: name, source (built-in or package version), hooks implemented."""
+    from toolbox.plugins import _load_entry_point, available_plugins, hooks_of, instantiate
+
+    table = Table(title="toolbox plugins")
+    for column in ("name", "source", "hooks"):
+        table.add_column(column)
+    for name, info in available_plugins().items():
+        try:
+            hooks = ", ".join(h.removeprefix("toolbox_") for h in hooks_of(instantiate(_load_entry_point(name))))
+        except Exception as exc:  # a broken third-party plugin must not hide the others
+            hooks = f"(failed to load: {exc})"
+        table.add_row(name, info.source, hooks)
+    console.print(table)
+
+
+@models_app.command("list")
+@user_errors
+def models_list(pattern: str = typer.Argument("cifar_*", help="timm name pattern, e.g. 'resnet*'.")) -> None:
+    """Backbones in timm's registry matching the pattern (toolbox's CIFAR models by default)."""
+    import timm
+
+    import toolbox  # noqa: F401  (registers the CIFAR backbones)
+
+    names = timm.list_models(pattern)
+    if pattern == "cifar_*":
+        names += timm.list_models("tinyimagenet_*")
+    for name in names:
+        console.print(name, markup=False, highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

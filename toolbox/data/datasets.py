@@ -1,0 +1,141 @@
+"""Datasets as in-memory uint8 tensors: the ``ImageData`` record, the registry and ``load_dataset``.
+
+Every loader reads its files once into contiguous ``uint8`` tensors (N x C x H x W) so that the
+training loop never touches PIL or the disk; augmentation happens on whole batches in
+:mod:`toolbox.data.pipeline`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from toolbox.errors import UsageError
+
+#: Environment variable naming the directory that holds the datasets.
+DATA_ENV = "TOOLBOX_DATA"
+
+#: Where datasets live when neither ``--data-root`` nor ``$TOOLBOX_DATA`` says otherwise.
+DEFAULT_DATA_SUBDIR = Path(".cache") / "toolbox" / "data"
+
+
+class DatasetNotFoundError(UsageError, FileNotFoundError):
+    """A dataset whose files are not where we looked and could not be downloaded.
+
+    ``str(error)`` is one sentence naming the folder that was searched and how to point the
+    toolbox at a copy (``--data-root DIR`` or ``TOOLBOX_DATA``).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetFormatError(UsageError, ValueError):
+    """A dataset file that exists but is truncated, corrupt or not in the expected format."""
+
+
+@dataclass
+class ImageData:
+    """A whole image-classification dataset held in memory.
+
+    Images are ``uint8`` tensors (N x C x H x W, contiguous), labels ``int64``. ``mean`` and
+    ``std`` are per-channel statistics in [0, 1] units, meant for normalising the images after
+    dividing by 255. ``source`` says where the data came from, for logs and reports.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    @property
+    def in_chans(self) -> int:
+        """Number of image channels (3 for RGB, 1 for grayscale)."""
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Image height in pixels (all built-in datasets have square images)."""
+        return int(self.train_x.shape[2])
+
+
+#: A loader takes the resolved data root and the ``download`` flag and returns the dataset.
+Loader = Callable[[Path, bool], ImageData]
+
+# Built-in datasets, imported lazily so that e.g. PIL is only imported for Tiny ImageNet.
+_BUILTIN: dict[str, str] = {
+    "cifar100": "toolbox.data.cifar100",
+    "fashion_mnist": "toolbox.data.fashion_mnist",
+    "synthetic": "toolbox.data.synthetic",
+    "tiny_imagenet": "toolbox.data.tiny_imagenet",
+}
+_REGISTERED: dict[str, Loader] = {}
+
+
+def register_dataset(name: str, loader: Loader) -> None:
+    """Make ``loader`` available to :func:`load_dataset` under ``name`` (e.g. from a plugin)."""
+    if not name or name != name.strip():
+        raise ValueError(f"Dataset name {name!r} must be a non-empty word without spaces.")
+    _REGISTERED[name] = loader
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset`, sorted."""
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
+    """The directory holding datasets: ``data_root`` if given, else ``$TOOLBOX_DATA``, else
+    ``~/.cache/toolbox/data``. ``~`` is expanded; the directory need not exist."""
+    if data_root is not None and str(data_root) != "":
+        return Path(data_root).expanduser()
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / DEFAULT_DATA_SUBDIR
+
+
+def load_dataset(
+    name: str, data_root: str | os.PathLike[str] | None = None, download: bool = True
+) -> ImageData:
+    """Load dataset ``name`` from ``data_root`` (see :func:`resolve_data_root`).
+
+    When the files are missing and ``download`` is true the loader tries to fetch them; if
+    that fails (e.g. offline) it raises :class:`DatasetNotFoundError`. An unknown ``name``
+    raises ``ValueError`` listing the known datasets.
+    """
+    loader = _REGISTERED.get(name)
+    if loader is None:
+        module = _BUILTIN.get(name)
+        if module is None:
+            known = ", ".join(list_datasets())
+            raise ValueError(f"Unknown dataset {name!r}; choose one of: {known}.")
+        loader = importlib.import_module(module).load
+    return loader(resolve_data_root(data_root), download)
+
+
+def not_found_message(title: str, folder: Path | str, download: bool, what: str) -> str:
+    """One-sentence message for :class:`DatasetNotFoundError`.
+
+    ``title`` is the dataset's display name, ``folder`` where it was looked for (a path or a
+    short description of several), ``what`` the thing to place under a directory (e.g. "the
+    official cifar-100-python folder").
+    """
+    reason = (
+        "could not be downloaded (offline?)" if download else "downloading was disabled"
+    )
+    return (
+        f"{title} not found in {folder} and {reason}; put {what} under a directory "
+        f"and pass --data-root DIR or set {DATA_ENV}."
+    )
+

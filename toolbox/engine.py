@@ -1,0 +1,249 @@
+"""The training loop: epochs of SGD with hook calls, evaluation and metrics.
+
+Nothing method-specific lives here: plugins change behaviour through the hooks. Hooks that no
+plugin implements are skipped, so a run without plugins is a plain, fast supervised loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pluggy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolbox.context import Context
+from toolbox.options import RunOptions
+from toolbox.plugins import has_impl
+
+
+class NumericError(RuntimeError):
+    """A non-finite loss during training; the message names step, phase, epoch and batch."""
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``bf16`` (CPU or CUDA) and ``fp16`` (CUDA); a no-op for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(model: nn.Module, options: RunOptions) -> torch.optim.SGD:
+    """SGD with momentum and weight decay over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                           weight_decay=options.weight_decay)
+
+
+def lr_at(progress: float, options: RunOptions, total_epochs: int) -> float:
+    """Learning rate at ``progress`` epochs into a phase of ``total_epochs`` epochs.
+
+    Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then ``cosine`` (to 0),
+    ``multistep`` (times ``lr_decay`` at each fraction in ``milestones``) or ``constant``.
+    """
+    warm = min(options.warmup_epochs, total_epochs)
+    if progress < warm:
+        return options.warmup_lr + (options.lr - options.warmup_lr) * progress / warm
+    if options.schedule == "constant":
+        return options.lr
+    span = max(total_epochs - warm, 1e-12)
+    fraction = min(max((progress - warm) / span, 0.0), 1.0)
+    if options.schedule == "cosine":
+        return 0.5 * options.lr * (1.0 + math.cos(math.pi * fraction))
+    passed = sum(1 for m in options.milestones if fraction >= m)
+    return options.lr * options.lr_decay ** passed
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Number of samples whose target is among the top-k logits, for each k (as tensors)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hits = top.eq(targets[:, None])
+    return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device, precision: str = "fp32") -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of ``model`` over ``batches``."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct1 = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for inputs, targets in batches:
+        with autocast_context(device, precision):
+            logits = model(inputs)
+        logits = logits.float()
+        loss += F.cross_entropy(logits, targets, reduction="sum")
+        c1, c5 = topk_correct(logits, targets)
+        correct1 += c1
+        correct5 += c5
+        count += targets.numel()
+    model.train(was_training)
+    count = max(count, 1)
+    return {"loss": loss.item() / count, "top1": 100.0 * correct1.item() / count,
+            "top5": 100.0 * correct5.item() / count}
+
+
+@dataclass
+class EpochStats:
+    """Running sums for one epoch, kept as tensors to avoid a device sync per batch."""
+
+    device: torch.device
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    correct: torch.Tensor | None = None
+    images: int = 0
+    batches: int = 0
+
+    def add(self, terms: dict[str, torch.Tensor], correct: torch.Tensor, images: int) -> None:
+        """Accumulate one batch."""
+        for name, value in terms.items():
+            value = value.detach().float()
+            self.terms[name] = self.terms[name] + value if name in self.terms else value
+        self.correct = correct if self.correct is None else self.correct + correct
+        self.images += images
+        self.batches += 1
+
+    def summary(self) -> dict[str, float]:
+        """Mean of each loss term per batch and train top-1 (percent)."""
+        out = {name: value.item() / max(self.batches, 1) for name, value in self.terms.items()}
+        out["train_top1"] = 100.0 * (self.correct.item() if self.correct is not None else 0) / max(self.images, 1)
+        return out
+
+
+class Trainer:
+    """Trains one phase: the engine's loop with hook calls.
+
+    ``batches_for_epoch(epoch)`` returns the epoch's iterable of ``(inputs, targets)`` already on
+    the device. ``on_batch`` (progress) and ``on_epoch_end(epoch, metrics)`` are optional callbacks.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, ctx: Context) -> None:
+        self.pm = pm
+        self.ctx = ctx
+        self.hook = pm.hook
+        self.has_loss = has_impl(pm, "toolbox_loss")
+        self.has_regularize = has_impl(pm, "toolbox_regularize")
+        self.has_batch_end = has_impl(pm, "toolbox_batch_end")
+        self.has_epoch_start = has_impl(pm, "toolbox_epoch_start")
+        self.has_epoch_end = has_impl(pm, "toolbox_epoch_end")
+
+    def train(self, optimizer: torch.optim.Optimizer,
+              batches_for_epoch: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+              batches_per_epoch: int, start_epoch: int = 0,
+              on_batch: Callable[[], None] | None = None,
+              on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        """Run epochs ``start_epoch .. ctx.epochs - 1`` of the phase."""
+        ctx, options = self.ctx, self.ctx.options
+        model = ctx.model
+        device = ctx.device
+        scaler = torch.amp.GradScaler("cuda") if options.precision == "fp16" and device.type == "cuda" else None
+        model.train()
+        for epoch in range(start_epoch, ctx.epochs):
+            ctx.epoch = epoch
+            if self.has_epoch_start:
+                self.hook.toolbox_epoch_start(ctx=ctx)
+            stats = EpochStats(device)
+            started = time.perf_counter()
+            for index, (inputs, targets) in enumerate(batches_for_epoch(epoch)):
+                ctx.batch_index = index
+                lr = lr_at(epoch + index / batches_per_epoch, options, ctx.epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                terms, correct = self._step(model, optimizer, scaler, inputs, targets)
+                stats.add(terms, correct, targets.numel())
+                ctx.global_batch += 1
+                if on_batch is not None:
+                    on_batch()
+            metrics = stats.summary()
+            self._check_finite(metrics, epoch)
+            seconds = time.perf_counter() - started
+            metrics.update(lr=optimizer.param_groups[0]["lr"], seconds=seconds,
+                           images_per_second=stats.images / max(seconds, 1e-9))
+            if self.has_epoch_end:
+                self.hook.toolbox_epoch_end(ctx=ctx, metrics=metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+
+    def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler | None, inputs: torch.Tensor,
+              targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One optimizer step; returns the loss terms and the number of correct predictions."""
+        ctx = self.ctx
+        if self.has_loss:
+            ctx.new_batch()
+        with autocast_context(ctx.device, ctx.options.precision):
+            logits = model(inputs)
+        logits = logits.float()
+        ce = F.cross_entropy(logits, targets)
+        terms = {"ce": ce}
+        loss = ce
+        if self.has_loss:
+            for extra in self.hook.toolbox_loss(ctx=ctx, batch=(inputs, targets), logits=logits):
+                if extra:
+                    for name, value in extra.items():
+                        terms[name] = value
+                        loss = loss + value
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if self.has_regularize:
+            self.hook.toolbox_regularize(ctx=ctx, model=model)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if self.has_batch_end:
+            self.hook.toolbox_batch_end(ctx=ctx, model=model)
+        terms["loss"] = loss
+        correct = (logits.detach().argmax(dim=1) == targets).sum()
+        return terms, correct
+
+    def _check_finite(self, metrics: dict[str, float], epoch: int) -> None:
+        """Stop the phase with a clear message when a loss term became NaN or infinite."""
+        bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+        if bad:
+            ctx = self.ctx
+            raise NumericError(
+                f"Non-finite {', '.join(bad)} at step {ctx.step}, phase {ctx.phase}, epoch "
+                f"{epoch + 1}; lower --lr or check the plugins' loss terms (the last good "
+                "checkpoint is kept)."
+            )
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass on one image, measured by torch-pruning."""
+    import torch_pruning as tp
+
+    device = next(model.parameters()).device
+    example = torch.zeros(1, *input_size, device=device)
+    was_training = model.training
+    model.eval()
+    macs, _ = tp.utils.count_ops_and_params(model, example)
+    model.train(was_training)
+    return int(macs)
+

@@ -1,0 +1,143 @@
+"""Hook specifications: the contract between the engine and every plugin.
+
+Each hook below is an empty function whose docstring is its contract. A plugin is any
+module or object with functions decorated by :data:`hookimpl` whose names match these
+specs; it may accept any subset of the listed arguments (pluggy passes them by name).
+
+Order of calls in a run (see ``toolbox.run``)::
+
+    toolbox_options()                      once, when the plugin is loaded
+    toolbox_configure(options)             once, before training
+    for step in 1..N:
+        toolbox_phases(step, num_steps)    which phases this step runs
+        for phase in phases:
+            toolbox_data_schedule(step, phase, shards)
+            toolbox_phase_start(ctx)       (ctx.teacher = model as the previous phase left it)
+            toolbox_prune(ctx, model)      chained: each plugin gets the previous one's model
+            for epoch:
+                toolbox_epoch_start(ctx)
+                for batch:
+                    toolbox_loss(ctx, batch, logits)      extra loss terms
+                    backward (and GradScaler.unscale_ when one is used)
+                    toolbox_regularize(ctx, model)        sees true (unscaled) gradients
+                    optimizer.step()
+                    toolbox_batch_end(ctx, model)         after the parameter update
+                toolbox_epoch_end(ctx, metrics)
+            toolbox_phase_end(ctx)         before the phase's checkpoint is written
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "toolbox"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def toolbox_options() -> list[Any]:
+    """Declare the plugin's command-line / config options.
+
+    Return a list of :class:`toolbox.options.PluginOption`. Each becomes a ``--name VALUE``
+    flag of ``toolbox run`` and a key of the YAML config; values are parsed, validated and
+    stored in ``options.plugin[name]`` before :func:`toolbox_configure` is called. Two plugins
+    may declare the same option name only with the same type and default (they share it).
+    """
+
+
+@hookspec
+def toolbox_configure(options: Any) -> None:
+    """Receive the validated run options once, before any training.
+
+    ``options`` is the run's :class:`toolbox.options.RunOptions`. Store what you need on the
+    plugin object. Raise :class:`toolbox.errors.UsageError` with one sentence for a value or a
+    plugin combination that cannot work (it is reported with exit code 2 before training).
+    """
+
+
+@hookspec
+def toolbox_phases(step: int, num_steps: int) -> list[str] | None:
+    """Name the extra phases step ``step`` (1-based, of ``num_steps``) must run.
+
+    The engine always runs ``learn``; the union of all returned names is run in the canonical
+    order ``learn, sparsify, compact``. Return ``None`` or ``[]`` to add nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def toolbox_data_schedule(step: int, phase: str, shards: list[Any]) -> Any | None:
+    """Choose the training indices for ``phase`` of ``step``.
+
+    ``shards`` is the list of index tensors (0-based list; ``shards[step - 1]`` is the new
+    shard). Return a 1-D int64 tensor of indices into the training set, or ``None`` to leave the
+    default (the new shard only). The first non-``None`` answer wins.
+    """
+
+
+@hookspec
+def toolbox_phase_start(ctx: Any) -> None:
+    """A phase is about to train.
+
+    ``ctx`` (:class:`toolbox.context.Context`) holds step, phase, the model, ``ctx.teacher``
+    (a frozen copy of the model as the previous phase left it, ``None`` in the very first
+    phase), ``ctx.masks`` (unimportant-filter masks), options and the run's records.
+    """
+
+
+@hookspec
+def toolbox_prune(ctx: Any, model: Any) -> Any | None:
+    """Change the model between phases; return the new model or ``None`` to keep it.
+
+    Called after :func:`toolbox_phase_start` and before the optimizer is built, so a plugin
+    may re-initialize filters in place (AOD) or return a structurally smaller model
+    (compaction). Calls are chained: each implementation receives the model returned by the
+    previous one.
+    """
+
+
+@hookspec
+def toolbox_epoch_start(ctx: Any) -> None:
+    """An epoch is about to start (``ctx.epoch`` is 0-based)."""
+
+
+@hookspec
+def toolbox_loss(ctx: Any, batch: Any, logits: Any) -> dict[str, Any] | None:
+    """Return extra loss terms for this batch as ``{name: scalar tensor}``, or ``None``.
+
+    ``batch`` is ``(inputs, targets)`` on the device; ``logits`` the student's output. The
+    engine adds every returned term to the cross-entropy and logs each one by name (mean per
+    epoch in ``metrics.jsonl``). Names must be unique across plugins.
+    """
+
+
+@hookspec
+def toolbox_regularize(ctx: Any, model: Any) -> None:
+    """Modify gradients after backward and before the optimizer step.
+
+    Gradients are true gradients here (after ``GradScaler.unscale_`` when one is used), so a
+    regularizer's strength never depends on the loss scale. Write into ``param.grad`` in place.
+    """
+
+
+@hookspec
+def toolbox_batch_end(ctx: Any, model: Any) -> None:
+    """Called after each optimizer step (proximal updates, EMA teachers, ...)."""
+
+
+@hookspec
+def toolbox_epoch_end(ctx: Any, metrics: dict[str, float]) -> None:
+    """An epoch ended; ``metrics`` (train loss terms, lr, ...) may be extended in place."""
+
+
+@hookspec
+def toolbox_phase_end(ctx: Any) -> None:
+    """The phase finished training, before evaluation and the checkpoint.
+
+    Store anything that must survive a resume in ``ctx.masks`` (bool tensors per BN layer) or
+    ``ctx.records`` (plain data: numbers, strings, lists, dicts, tensors); both are saved in
+    the phase's checkpoint. Put numbers for the results table in ``ctx.phase_metrics``.
+    """

@@ -1,0 +1,246 @@
+"""One typed options object for a run, filled from a config file and CLI flags.
+
+Core options are fields of :class:`RunOptions`; plugin options are declared by plugins
+(:class:`PluginOption`) and live in ``RunOptions.plugin``. A YAML/TOML config file uses the same
+keys as the flags (dashes or underscores); flags override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from toolbox.errors import UsageError
+
+PHASES = ("learn", "sparsify", "compact")
+SCHEDULES = ("cosine", "multistep", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class PluginOption:
+    """An option a plugin adds to ``toolbox run`` (flag ``--name``, config key ``name``).
+
+    ``check`` returns an error sentence for an invalid value, or ``None``.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], str | None] | None = None
+
+    def parse(self, raw: Any) -> Any:
+        """Convert ``raw`` (a string from the CLI or a YAML value) and validate it."""
+        flag = "--" + self.name.replace("_", "-")
+        try:
+            value = parse_value(raw, self.type)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{flag} must be a {self.type.__name__}, got {raw!r}."
+            ) from None
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(
+                f"{flag} must be one of {', '.join(map(str, self.choices))}, got {raw!r}."
+            )
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                raise UsageError(f"{flag}={value!r}: {problem}")
+        return value
+
+
+def parse_value(raw: Any, kind: type) -> Any:
+    """Parse ``raw`` as ``kind`` (bool accepts true/false/yes/no/1/0; lists are comma-separated)."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if kind is list:
+        if isinstance(raw, (list, tuple)):
+            return list(raw)
+        return [item.strip() for item in str(raw).split(",") if item.strip()]
+    if kind is int and isinstance(raw, float) and not raw.is_integer():
+        raise ValueError(raw)
+    if kind is int and isinstance(raw, bool):
+        raise ValueError(raw)
+    if kind is float and isinstance(raw, bool):
+        raise ValueError(raw)
+    return kind(raw)
+
+
+@dataclass
+class RunOptions:
+    """Every core setting of a run. Plugin options are in ``plugin``."""
+
+    plugins: list[str] = field(default_factory=list)
+    arch: str = "cifar_resnet20"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    steps: int = 4
+    per_class: int | None = None
+    epochs: int = 1
+    phase_epochs: dict[str, int] = field(default_factory=dict)
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.01
+    reset_optimizer: bool = True
+    seed: int = 0
+    out: str | None = None
+    device: str = "auto"
+    channels_last: bool = True
+    precision: str = "fp32"
+    threads: int | None = None
+    plugin: dict[str, Any] = field(default_factory=dict)
+
+    def epochs_for(self, phase: str) -> int:
+        """Epochs of ``phase`` (``phase_epochs`` overrides ``epochs``)."""
+        return int(self.phase_epochs.get(phase, self.epochs))
+
+    def validate(self) -> "RunOptions":
+        """Raise :class:`UsageError` naming the first bad core value; return self."""
+        positive = {"steps": self.steps, "epochs": self.epochs, "batch-size": self.batch_size,
+                    "eval-batch-size": self.eval_batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise UsageError(f"--{name} must be at least 1, got {value}.")
+        if self.per_class is not None and self.per_class < 1:
+            raise UsageError(f"--per-class must be at least 1, got {self.per_class}.")
+        for phase, value in self.phase_epochs.items():
+            if phase not in PHASES:
+                raise UsageError(
+                    f"phase_epochs names unknown phase {phase!r}; use one of {', '.join(PHASES)}."
+                )
+            if int(value) < 0:
+                raise UsageError(f"phase_epochs.{phase} must be >= 0, got {value}.")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}.")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise UsageError("--weight-decay must be >= 0 and --momentum in [0, 1).")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(
+                f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}."
+            )
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"--precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}."
+            )
+        if self.warmup_epochs < 0:
+            raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}.")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, as written to ``config.yaml`` and checkpoints."""
+        return dataclasses.asdict(self)
+
+
+CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
+
+
+def _field_type(name: str) -> type:
+    """The Python type used to parse a core option given as text."""
+    annotation = str(CORE_FIELDS[name].type)
+    for kind in (bool, int, float, str):
+        if annotation.startswith(kind.__name__):
+            return kind
+    if annotation.startswith("list"):
+        return list
+    if annotation.startswith("dict"):
+        return dict
+    return str
+
+
+def normalize_key(key: str) -> str:
+    """``--batch-size`` / ``batch-size`` / ``batch_size`` -> ``batch_size``."""
+    return key.lstrip("-").replace("-", "_")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML config into a dict with normalized keys."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"Cannot read config file {path}: {exc.strerror or exc}; check the path.") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
+        raise UsageError(f"Config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({first}); fix its syntax.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"Config file {path} must hold a mapping of option names to values.")
+    return {normalize_key(str(k)): v for k, v in data.items()}
+
+
+def build_options(values: dict[str, Any], plugin_options: dict[str, PluginOption]) -> RunOptions:
+    """Make validated :class:`RunOptions` from merged config/flag ``values``.
+
+    ``plugin_options`` are the options declared by the enabled plugins; a key that is neither a
+    core field nor a plugin option is an error naming it.
+    """
+    core: dict[str, Any] = {}
+    plugin: dict[str, Any] = {name: opt.default for name, opt in plugin_options.items()}
+    nested_plugin = values.pop("plugin", None) or {}
+    if not isinstance(nested_plugin, dict):
+        raise UsageError("The config key 'plugin' must map plugin option names to values.")
+    for key, raw in list(values.items()) + [(normalize_key(k), v) for k, v in nested_plugin.items()]:
+        key = normalize_key(key)
+        if raw is None and key in CORE_FIELDS:
+            continue
+        if key in CORE_FIELDS and key != "plugin":
+            core[key] = _parse_core(key, raw)
+        elif key in plugin_options:
+            plugin[key] = plugin_options[key].parse(raw)
+        else:
+            known = sorted(set(CORE_FIELDS) - {"plugin"} | set(plugin_options))
+            raise UsageError(
+                f"Unknown option {key!r}; known options are: {', '.join(known)} "
+                "(plugin options appear when their plugin is enabled with --plugins)."
+            )
+    options = RunOptions(**core, plugin=plugin)
+    return options.validate()
+
+
+def _parse_core(key: str, raw: Any) -> Any:
+    """Parse one core option value, with a one-sentence error."""
+    kind = _field_type(key)
+    flag = "--" + key.replace("_", "-")
+    if kind is dict:
+        if not isinstance(raw, dict):
+            raise UsageError(f"{key} must be a mapping in the config file, got {raw!r}.")
+        return dict(raw)
+    try:
+        value = parse_value(raw, kind)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} must be a {kind.__name__}, got {raw!r}.") from None
+    if key == "milestones":
+        try:
+            value = [float(v) for v in value]
+        except ValueError:
+            raise UsageError(f"--milestones must be fractions like 0.5,0.75, got {raw!r}.") from None
+    if key == "plugins":
+        value = [str(v) for v in value]
+    return value

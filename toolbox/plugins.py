@@ -1,0 +1,147 @@
+"""The plugin manager: discovers plugins through the ``toolbox.plugins`` entry points.
+
+Built-in plugins (``toolbox_plugins.*``) are registered in the project's own
+``pyproject.toml`` under that entry-point group, exactly like a third-party package would.
+An entry point may name a class (instantiated once per run, so state lives on the instance),
+an instance, or a module.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from toolbox import hookspecs
+from toolbox.errors import UsageError
+from toolbox.options import PluginOption
+
+ENTRY_POINT_GROUP = "toolbox.plugins"
+BUILTIN_DISTRIBUTION = "toolbox"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a plugin comes from."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+    @property
+    def source(self) -> str:
+        """``built-in`` or ``<package> <version>``."""
+        if self.distribution == BUILTIN_DISTRIBUTION:
+            return "built-in"
+        return f"{self.distribution} {self.version}"
+
+
+def available_plugins() -> dict[str, PluginInfo]:
+    """Every plugin installed under the ``toolbox.plugins`` entry-point group, by name."""
+    found: dict[str, PluginInfo] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        found[ep.name] = PluginInfo(
+            name=ep.name,
+            value=ep.value,
+            distribution=dist.metadata["Name"] if dist is not None else "?",
+            version=dist.version if dist is not None else "?",
+        )
+    return dict(sorted(found.items()))
+
+
+def _load_entry_point(name: str) -> Any:
+    """Import the object behind entry point ``name``."""
+    (ep,) = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    return ep.load()
+
+
+def instantiate(obj: Any) -> Any:
+    """A class becomes an instance; a module or instance is used as it is."""
+    return obj() if inspect.isclass(obj) else obj
+
+
+def make_manager() -> pluggy.PluginManager:
+    """A plugin manager knowing the toolbox hook specs and no plugins."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """Register ``plugin`` under ``name``, turning pluggy's validation errors into one sentence.
+
+    A hook implementation with a misspelled name or argument names the spec does not know is
+    refused here, naming the plugin and the hook.
+    """
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        message = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+        raise UsageError(f"Plugin {name!r} does not fit the toolbox hooks: {message}") from None
+
+
+def load_plugins(names: list[str], extra: dict[str, Any] | None = None) -> pluggy.PluginManager:
+    """A manager with the named plugins registered (in the given order).
+
+    An unknown name is a :class:`UsageError` listing the known ones. ``extra`` maps names to
+    plugin objects registered directly (notebooks, tests), after the named ones.
+    """
+    pm = make_manager()
+    known = available_plugins()
+    for name in names:
+        if name not in known:
+            listing = ", ".join(known) or "none installed"
+            raise UsageError(f"Unknown plugin {name!r}; known plugins: {listing}.")
+        if pm.has_plugin(name):
+            raise UsageError(f"Plugin {name!r} is listed twice in --plugins; list it once.")
+        register(pm, instantiate(_load_entry_point(name)), name)
+    for name, plugin in (extra or {}).items():
+        register(pm, plugin, name)
+    return pm
+
+
+def hooks_of(plugin: Any) -> list[str]:
+    """Names of the toolbox hooks ``plugin`` implements."""
+    return sorted(
+        name for name in dir(plugin)
+        if name.startswith("toolbox_") and callable(getattr(plugin, name, None))
+        and hasattr(hookspecs, name)
+    )
+
+
+def declared_options(pm: pluggy.PluginManager) -> dict[str, PluginOption]:
+    """All options declared by the registered plugins, by name; conflicting redeclarations fail."""
+    merged: dict[str, PluginOption] = {}
+    for impl in pm.hook.toolbox_options.get_hookimpls():
+        for opt in impl.function() or []:
+            previous = merged.get(opt.name)
+            if previous is not None and (previous.type, previous.default) != (opt.type, opt.default):
+                raise UsageError(
+                    f"Plugins disagree on option {opt.name!r} (type or default); "
+                    f"plugin {impl.plugin_name!r} must rename it."
+                )
+            merged.setdefault(opt.name, opt)
+    return merged
+
+
+def has_impl(pm: pluggy.PluginManager, hook: str) -> bool:
+    """Whether any registered plugin implements ``hook`` (lets the engine skip empty calls)."""
+    return bool(getattr(pm.hook, hook).get_hookimpls())
+
+
+def chain_prune(pm: pluggy.PluginManager, ctx: Any, model: Any) -> Any:
+    """Call every ``toolbox_prune`` in registration (``--plugins``) order, chaining the model."""
+    for impl in pm.hook.toolbox_prune.get_hookimpls():
+        kwargs = {"ctx": ctx, "model": model}
+        result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+        if result is not None:
+            model = result
+    return model
