@@ -82,7 +82,10 @@ def _split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DatasetFormatError(f"CIFAR-100 file {path} has labels outside 0..{NUM_CLASSES - 1}.")
-    x = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32))
+    if not images.flags.writeable:  # e.g. unpickled from a read-only buffer
+        images = images.copy()
+    x = torch.from_numpy(images)
     return x, torch.from_numpy(labels)
 
 

@@ -102,16 +102,16 @@ def _decode_into(out: np.ndarray, i: int, path: Path) -> None:
         raise DatasetFormatError(
             f"Tiny ImageNet image {path} is {rgb.size[0]}x{rgb.size[1]}, expected {SIZE}x{SIZE}."
         )
-    out[i] = np.asarray(rgb)
+    out[i] = np.asarray(rgb).transpose(2, 0, 1)
 
 
 def decode_images(paths: list[Path]) -> torch.Tensor:
     """Decode JPEGs (grayscale ones converted to RGB) into an N x 3 x 64 x 64 uint8 tensor."""
-    out = np.empty((len(paths), SIZE, SIZE, 3), dtype=np.uint8)
+    out = np.empty((len(paths), 3, SIZE, SIZE), dtype=np.uint8)
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
         list(pool.map(lambda item: _decode_into(out, item[0], item[1]), enumerate(paths)))
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(out)
 
 
 def _cache_key(folder: Path, wnids: list[str]) -> str:
