@@ -96,3 +96,19 @@ def test_parse_extra_args() -> None:
         "s": "1e-3", "ratio": "0.5", "flag": "true", "other": "false"}
     with pytest.raises(UsageError):
         parse_extra_args(["loose"])
+
+
+def test_seeds_make_subdirectories_and_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    result = invoke("run", "--seeds", "0,1", "--steps", "2", "--out", str(out), *TINY)
+    assert result.exit_code == 0, result.output
+    for seed in (0, 1):
+        assert (out / f"seed{seed}" / "results.json").is_file()
+    for name in ("report.md", "report.csv", "report.json", "top1_vs_step.png"):
+        assert (out / name).is_file()
+    assert "± " in (out / "report.md").read_text()
+    # a kill of the second seed: resume finishes it
+    (out / "seed1" / "checkpoints" / "step2_learn.pt").unlink()
+    assert invoke("run", "--resume", str(out)).exit_code == 0
+    again = invoke("report", str(out), "--out", str(tmp_path / "rep"))
+    assert again.exit_code == 0 and (tmp_path / "rep" / "report.csv").is_file()

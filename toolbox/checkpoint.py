@@ -139,10 +139,29 @@ def load_state(model: nn.Module, checkpoint: dict[str, Any], arch: str, num_clas
         ) from None
 
 
+STRUCTURE_RECORD = "structure"
+
+
+def apply_recorded_structure(model: nn.Module, checkpoint: dict[str, Any]) -> nn.Module:
+    """Apply the structural changes a checkpoint records (e.g. removed channels) to a fresh model.
+
+    A plugin that changes the architecture stores a plain-data description of the change in
+    ``ctx.records["structure"]``; :func:`toolbox.compact.apply_structure` replays it, so a compact
+    model rebuilds from its timm name plus that record, with no pickled modules.
+    """
+    structure = (checkpoint.get("records") or {}).get(STRUCTURE_RECORD)
+    if not structure:
+        return model
+    from toolbox.compact import apply_structure
+
+    return apply_structure(model, structure)
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     """Rebuild the model a checkpoint holds, with its weights, in eval mode."""
     model = build_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["in_chans"],
                         checkpoint.get("model_kwargs"))
+    model = apply_recorded_structure(model, checkpoint)
     load_state(model, checkpoint, checkpoint["arch"], checkpoint["num_classes"])
     return model.eval()
 

@@ -153,6 +153,7 @@ def run(
     batch_size: Optional[str] = typer.Option(None, help="Training batch size (default 128)."),
     lr: Optional[str] = typer.Option(None, help="Peak learning rate (default 0.1)."),
     seed: Optional[str] = typer.Option(None, help="Seed of shards, init and batch order (default 0)."),
+    seeds: Optional[str] = typer.Option(None, help="Run once per seed (e.g. 0,1,2) in <out>/seed<k>/ and write report.md."),
     out: Optional[str] = typer.Option(None, help="Run directory (default runs/<time>-<dataset>-<arch>)."),
     config: Optional[Path] = typer.Option(None, help="YAML/TOML file with the same keys as the flags."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory."),
@@ -163,21 +164,37 @@ def run(
     --precision, --device, --threads, --reset-optimizer, --channels-last, ...) and every option a
     plugin declares (see `toolbox plugins list`) is accepted as --name VALUE.
     """
-    from toolbox.run import resume_run, start_run
+    from toolbox.run import EXPERIMENT_FILE, resume_run, resume_seeds, run_seeds, start_run
 
     _setup_logging()
     progress = Progress()
-    try:
-        if resume is not None:
-            if ctx.args or any(v is not None for v in (plugins, arch, dataset, steps, epochs, config)):
-                raise UsageError("--resume takes its options from the run's config.yaml; pass only --resume DIR.")
-            runner = resume_run(resume, progress)
-        else:
-            flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, steps=steps,
-                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, out=out)
-            runner = start_run(merged_values(config, flags, ctx.args), progress)
+
+    def announce(runner: Any) -> None:
         console.print(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}",
                       markup=False, highlight=False)
+
+    experiment: Optional[Path] = None
+    try:
+        if resume is not None:
+            if ctx.args or any(v is not None for v in (plugins, arch, dataset, steps, epochs, config, seeds)):
+                raise UsageError("--resume takes its options from the run's config.yaml; pass only --resume DIR.")
+            if (resume / EXPERIMENT_FILE).is_file():
+                experiment = resume_seeds(resume, progress, announce)
+            else:
+                runner = resume_run(resume, progress)
+        else:
+            flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, steps=steps,
+                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, seeds=seeds, out=out)
+            values = merged_values(config, flags, ctx.args)
+            if values.get("seeds"):
+                experiment = run_seeds(values, progress, announce)
+            else:
+                runner = start_run(values, progress)
+        if experiment is not None:
+            console.print(f"per-seed runs and report.md in {experiment}", markup=False, highlight=False)
+            console.print((experiment / "report.md").read_text(), markup=False, highlight=False)
+            return
+        announce(runner)
         results = runner.execute()
     finally:
         progress.close()
@@ -250,6 +267,40 @@ def eval_checkpoint(
     console.print(f"{checkpoint}: {data_checkpoint['arch']} step {data_checkpoint['step']} "
                   f"{data_checkpoint['phase']} on {name} test set: top-1 {result['top1']:.2f}% "
                   f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def prune(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by toolbox (with sst masks, or use --ratio)."),
+    out: Path = typer.Option(..., help="Where to write the compact checkpoint."),
+    ratio: Optional[float] = typer.Option(None, help="Remove this fraction of channels by BN |gamma| when the checkpoint has no masks."),
+) -> None:
+    """Remove the unimportant channels with torch-pruning: a smaller, faster model."""
+    from toolbox.compact import prune_checkpoint
+
+    report = prune_checkpoint(checkpoint, out, ratio=ratio)
+    table = Table(title=f"compacted {checkpoint} -> {out}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them."),
+    out: Optional[Path] = typer.Option(None, help="Where to write report.md/.csv/.json and the plot (default: the first DIR)."),
+) -> None:
+    """Compare runs: per step top-1 mean ± std over seeds, params, MACs, sparsity, train seconds."""
+    from toolbox.report import rows_markdown, write_comparison
+
+    target = out or dirs[0]
+    rows = write_comparison(dirs, target)
+    console.print(rows_markdown(rows), markup=False, highlight=False)
+    console.print(f"written: {target}/report.md, report.csv, report.json, top1_vs_step.png", markup=False, highlight=False)
 
 
 @plugins_app.command("list")

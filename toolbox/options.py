@@ -105,6 +105,7 @@ class RunOptions:
     warmup_lr: float = 0.01
     reset_optimizer: bool = True
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)
     out: str | None = None
     device: str = "auto"
     channels_last: bool = True
@@ -243,4 +244,11 @@ def _parse_core(key: str, raw: Any) -> Any:
             raise UsageError(f"--milestones must be fractions like 0.5,0.75, got {raw!r}.") from None
     if key == "plugins":
         value = [str(v) for v in value]
+    if key == "seeds":
+        try:
+            value = [int(v) for v in value]
+        except ValueError:
+            raise UsageError(f"--seeds must be integers like 0,1,2, got {raw!r}.") from None
+        if len(set(value)) != len(value):
+            raise UsageError(f"--seeds lists a seed twice ({raw!r}); list each seed once.")
     return value

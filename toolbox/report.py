@@ -76,3 +76,142 @@ def write_run_report(run_dir: Path, results: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "results.md", run_markdown(results))
     if results["steps"]:
         plot_top1(results, run_dir / "top1_per_step.png")
+
+
+# --------------------------------------------------------------------- across runs and seeds
+IGNORED_KEYS = {"seed", "seeds", "out", "data_root", "device", "threads"}
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories (holding results.json) at or below each of ``paths``."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "results.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.rglob("results.json")))
+    return sorted(set(found))
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    """The recorded config without what varies between seeds of one experiment."""
+    import json
+
+    return json.dumps({k: v for k, v in config.items() if k not in IGNORED_KEYS}, sort_keys=True, default=str)
+
+
+def group_runs(run_dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Results of each run grouped by experiment (same recorded config but the seed), labelled."""
+    import json
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run_dir in run_dirs:
+        results = json.loads((run_dir / "results.json").read_text())
+        groups.setdefault(_config_key(results["config"]), []).append(results)
+    labelled: dict[str, list[dict[str, Any]]] = {}
+    configs = {key: runs[0]["config"] for key, runs in groups.items()}
+    for key, runs in groups.items():
+        config = configs[key]
+        label = ",".join(config.get("plugins") or []) or "plain"
+        clashes = [other for k, other in configs.items() if k != key
+                   and (",".join(other.get("plugins") or []) or "plain") == label]
+        if clashes:
+            differing = sorted({k for other in clashes for k, v in config.items()
+                                if k not in IGNORED_KEYS and other.get(k) != v})
+            label += " (" + ", ".join(f"{k}={config[k]}" for k in differing) + ")"
+        labelled[label] = runs
+    return labelled
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method and step: top-1 mean/std over seeds and the step's costs."""
+    rows = []
+    for label, runs in groups.items():
+        steps = min(len(r["steps"]) for r in runs)
+        for index in range(steps):
+            records = [r["steps"][index] for r in runs]
+            top1, top1_std = _mean_std([s["top1"] for s in records])
+            seconds, _ = _mean_std([s["train_seconds"] for s in records])
+            sparsity = [s["sparsity"] for s in records if s.get("sparsity") is not None]
+            rows.append({"method": label, "step": records[0]["step"], "seeds": len(records),
+                         "seed_list": sorted(r["config"]["seed"] for r in runs),
+                         "top1_mean": top1, "top1_std": top1_std,
+                         "top5_mean": _mean_std([s["top5"] for s in records])[0],
+                         "params": records[0].get("params"), "macs": records[0].get("macs"),
+                         "sparsity": _mean_std(sparsity)[0] if sparsity else None,
+                         "train_seconds": seconds})
+    return rows
+
+
+def rows_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table per step of the summary rows."""
+    lines = []
+    for step in sorted({r["step"] for r in rows}):
+        lines += [f"### Step {step}", "",
+                  "| method | seeds | top-1 % (mean ± std) | top-5 % | params | MMACs | sparsity | train s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in rows if r["step"] == step):
+            lines.append(
+                f"| {r['method']} | {r['seeds']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
+                f"{r['top5_mean']:.2f} | {r['params'] or '-'} | {_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | "
+                f"{_fmt(r['sparsity'], 3)} | {r['train_seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
+    """Top-1 vs step, one line per method, with a ±std band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["step"])
+        xs = [r["step"] for r in mine]
+        mean = [r["top1_mean"] for r in mine]
+        std = [r["top1_std"] for r in mine]
+        ax.plot(xs, mean, marker="o", label=f"{method} (n={mine[0]['seeds']})")
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("top-1 on the full test set (%)")
+    ax.set_xticks(sorted({r["step"] for r in rows}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_comparison(paths: list[Path], out: Path) -> list[dict[str, Any]]:
+    """Build report.md/.csv/.json and top1_vs_step.png in ``out`` from run directories alone."""
+    import csv
+    import io
+
+    from toolbox.errors import UsageError
+
+    run_dirs = find_runs(paths)
+    if not run_dirs:
+        raise UsageError(f"No results.json found under {', '.join(map(str, paths))}; pass run directories.")
+    rows = summarize(group_runs(run_dirs))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", {"runs": [str(p) for p in run_dirs], "rows": rows})
+    atomic_write_text(out / "report.md", f"# Comparison of {len(run_dirs)} runs\n\n" + rows_markdown(rows))
+    buffer = io.StringIO()
+    fields = [k for k in rows[0] if k != "seed_list"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "report.csv", buffer.getvalue())
+    plot_methods(rows, out / "top1_vs_step.png")
+    return rows

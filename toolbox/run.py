@@ -118,7 +118,9 @@ class Run:
     def initialize_from(self, path: Path) -> None:
         """Start from the weights and masks of a checkpoint (``toolbox train --init``)."""
         data = ckpt.load_checkpoint(path)
+        self.model = self._to_device(ckpt.apply_recorded_structure(self.model, data))
         ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=str(path))
+        self.state.records = dict(data["records"])
         self.state.masks = dict(data["masks"])
         self.initialized = True
 
@@ -279,6 +281,7 @@ class Run:
             except CheckpointError as exc:
                 log.warning("Ignoring checkpoint %s: %s", path, exc)
                 continue
+            self.model = self._to_device(ckpt.apply_recorded_structure(self.model, data))
             ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=str(path))
             self.state = RunState(results=data["results"], masks=data["masks"], records=data["records"],
                                   optimizer_state=data.get("optimizer"),
@@ -313,13 +316,12 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     if init is not None:
         recorded = ckpt.load_checkpoint(init)
         values = {**values, "arch": recorded["arch"], "model_kwargs": recorded.get("model_kwargs") or {}}
-    plugin_names = values.get("plugins") or []
-    if isinstance(plugin_names, str):
-        plugin_names = [p.strip() for p in plugin_names.split(",") if p.strip()]
-    pm = load_plugins(list(plugin_names), extra_plugins)
+    pm = load_plugins(_plugin_names(values), extra_plugins)
     options = build_options(dict(values), declared_options(pm))
     run_dir = Path(options.out) if options.out else default_run_dir(options)
     options.out = str(run_dir)
+    if options.seeds:
+        raise UsageError("--seeds runs several experiments; use toolbox.run.run_seeds (the CLI does) instead of start_run.")
     run = Run(options, pm, run_dir, progress)
     if init is not None:
         run.initialize_from(init)
@@ -347,3 +349,58 @@ def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
         log.warning("No complete phase in %s; starting it from the beginning.", run_dir)
         run.prepare_directory()
     return run
+
+
+EXPERIMENT_FILE = "experiment.yaml"
+
+
+def seed_dirs(out: Path, seeds: list[int]) -> dict[int, Path]:
+    """The sub-directory of each seed of a multi-seed experiment."""
+    return {seed: Path(out) / f"seed{seed}" for seed in seeds}
+
+
+def run_seeds(values: dict[str, Any], progress: Callable[..., Any] | None = None,
+              announce: Callable[[Run], None] | None = None) -> Path:
+    """Run one experiment once per seed in ``<out>/seed<k>/`` and write the comparison report.
+
+    ``values`` holds ``seeds``; the merged values are kept in ``<out>/experiment.yaml`` so
+    ``resume_seeds(out)`` can finish the seeds a kill interrupted.
+    """
+    probe = build_options(dict(values), declared_options(load_plugins(_plugin_names(values))))
+    out = Path(probe.out) if probe.out else default_run_dir(probe)
+    if (out / EXPERIMENT_FILE).exists():
+        raise UsageError(f"{out} already holds an experiment; pass --resume {out} to continue it or another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    record = {k: v for k, v in values.items() if v is not None}
+    record["out"] = str(out)
+    ckpt.atomic_write_text(out / EXPERIMENT_FILE, yaml.safe_dump(record, sort_keys=False))
+    return _finish_seeds(out, record, progress, announce)
+
+
+def resume_seeds(out: Path, progress: Callable[..., Any] | None = None,
+                 announce: Callable[[Run], None] | None = None) -> Path:
+    """Finish a multi-seed experiment: resume started seeds, start the missing ones."""
+    record = yaml.safe_load((Path(out) / EXPERIMENT_FILE).read_text()) or {}
+    return _finish_seeds(Path(out), record, progress, announce)
+
+
+def _finish_seeds(out: Path, record: dict[str, Any], progress: Callable[..., Any] | None,
+                  announce: Callable[[Run], None] | None) -> Path:
+    seeds = [int(s) for s in (record["seeds"] if isinstance(record["seeds"], list) else str(record["seeds"]).split(","))]
+    for seed, run_dir in seed_dirs(out, seeds).items():
+        if (run_dir / "config.yaml").exists():
+            run = resume_run(run_dir, progress)
+        else:
+            run = start_run({**record, "seed": seed, "seeds": [], "out": str(run_dir)}, progress)
+        if announce is not None:
+            announce(run)
+        run.execute()
+    report.write_comparison([out], out)
+    return out
+
+
+def _plugin_names(values: dict[str, Any]) -> list[str]:
+    names = values.get("plugins") or []
+    if isinstance(names, str):
+        names = [p.strip() for p in names.split(",") if p.strip()]
+    return list(names)
