@@ -32,6 +32,7 @@ class Context:
     epoch: int = 0
     epochs: int = 1
     batch_index: int = 0
+    batches_per_epoch: int = 0
     global_batch: int = 0
     num_classes: int = 0
     teacher: nn.Module | None = None

@@ -199,6 +199,8 @@ class Run:
                       step=step, num_steps=options.steps, phase=phase,
                       epochs=options.epochs_for(phase), num_classes=self.data.num_classes,
                       teacher=teacher, masks=state.masks, records=state.records, logger=log)
+        loader = self._loader(indices, train=True, seed=seed)
+        ctx.batches_per_epoch = len(loader)
         self.pm.hook.toolbox_phase_start(ctx=ctx)
         model = chain_prune(self.pm, ctx, self.model)
         if model is not self.model:
@@ -209,7 +211,6 @@ class Run:
         if not options.reset_optimizer and state.optimizer_state is not None:
             optimizer.load_state_dict(state.optimizer_state)
         ctx.optimizer = optimizer
-        loader = self._loader(indices, train=True, seed=seed)
 
         def batches(epoch: int) -> BatchLoader:
             loader.set_epoch(epoch)

@@ -1,0 +1,134 @@
+"""``msl``: multi-step loss, distillation during SST so sparsifying keeps accumulated knowledge.
+
+In ``sparsify`` phases of steps > 1 (and at step 1 with ``--msl-first-step true``) the term
+``msl_kd = msl_weight * kd_loss(student, teacher, T)`` pulls the model being sparsified towards
+``ctx.teacher`` (the AOD model of the current step; at step 1 the model before SST). With
+``--msl-teachers all`` the end-of-sparsify models of the earlier steps are added (loaded once per
+phase from the run directory), all teachers weighted equally so the weights sum to
+``--msl-weight``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from toolbox.distill import kd_loss, temperature_option
+from toolbox.errors import UsageError
+from toolbox.hookspecs import hookimpl
+from toolbox.options import PluginOption
+
+
+@dataclass(frozen=True)
+class MSLSettings:
+    """Validated MSL options."""
+
+    T: float = 4.0
+    weight: float = 1.0
+    teachers: str = "previous"
+    first_step: bool = False
+
+
+def msl_options() -> list[PluginOption]:
+    """The options ``msl`` declares."""
+    return [
+        temperature_option(),
+        PluginOption("msl_weight", float, 1.0, "weight of the multi-step distillation term",
+                     check=lambda v: None if v >= 0 else "the weight must be >= 0."),
+        PluginOption("msl_teachers", str, "previous", "distill from the current step's AOD model only, "
+                     "or also from every earlier step's SST model", choices=("previous", "all")),
+        PluginOption("msl_first_step", bool, False, "also distill from the pre-SST model during step 1's SST"),
+    ]
+
+
+def msl_settings(plugin: dict[str, Any]) -> MSLSettings:
+    """Read and validate the MSL options (missing keys take their defaults)."""
+    cfg = MSLSettings(T=float(plugin.get("T", 4.0)), weight=float(plugin.get("msl_weight", 1.0)),
+                      teachers=str(plugin.get("msl_teachers", "previous")),
+                      first_step=bool(plugin.get("msl_first_step", False)))
+    if cfg.T <= 0 or cfg.weight < 0:
+        raise UsageError(f"--T must be > 0 and --msl-weight >= 0, got {cfg.T} and {cfg.weight}.")
+    if cfg.teachers not in ("previous", "all"):
+        raise UsageError(f"--msl-teachers must be previous or all, got {cfg.teachers!r}.")
+    return cfg
+
+
+def multi_teacher_kd(student: torch.Tensor, teachers: list[torch.Tensor], T: float, weight: float) -> torch.Tensor:
+    """``weight`` times the mean over teachers of ``kd_loss(student, teacher, T)``."""
+    return weight * torch.stack([kd_loss(student, t, T) for t in teachers]).mean()
+
+
+def default_loader() -> Callable[[Any, int, str], nn.Module] | None:
+    """``toolbox.checkpoint.load_phase_model`` when available."""
+    try:
+        from toolbox.checkpoint import load_phase_model
+    except ImportError:  # pragma: no cover - the core provides it
+        return None
+    return load_phase_model
+
+
+class MSL:
+    """Multi-step loss: KD towards the current and (optionally) earlier steps' models during SST."""
+
+    def __init__(self, loader: Callable[[Any, int, str], nn.Module] | None = None) -> None:
+        """``loader(run_dir, step, phase)`` loads earlier models (default: the checkpoint loader)."""
+        self.cfg: MSLSettings | None = None
+        self.loader = loader
+        self.active = False
+        self.extra: list[nn.Module] = []
+
+    @hookimpl
+    def toolbox_options(self) -> list[PluginOption]:
+        """Declare ``--T --msl-weight --msl-teachers --msl-first-step``."""
+        return msl_options()
+
+    @hookimpl
+    def toolbox_configure(self, options: Any) -> None:
+        """Validate; refuse running without ``sst`` (msl acts in its sparsify phases)."""
+        self.cfg = msl_settings(options.plugin)
+        if "sst" not in options.plugins:
+            raise UsageError("msl adds its loss during sparsify phases, which only sst creates; add sst to --plugins.")
+
+    def _settings(self, ctx: Any) -> MSLSettings:
+        if self.cfg is None:
+            self.cfg = msl_settings(ctx.options.plugin)
+        return self.cfg
+
+    @hookimpl
+    def toolbox_phase_start(self, ctx: Any) -> None:
+        """Sparsify phases after step 1 (or at step 1 when asked): load the earlier teachers."""
+        cfg = self._settings(ctx)
+        self.extra = []
+        self.active = (ctx.phase == "sparsify" and ctx.teacher is not None
+                       and (ctx.step > 1 or cfg.first_step) and cfg.weight > 0)
+        if not self.active or cfg.teachers != "all" or ctx.step < 2:
+            return
+        loader = self.loader or default_loader()
+        if ctx.run_dir is None or loader is None:
+            ctx.logger.warning("msl: no run directory to load earlier models from; using the current teacher only.")
+            return
+        for step in range(1, ctx.step):
+            model = loader(ctx.run_dir, step, "sparsify").to(ctx.device).eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.extra.append(model)
+
+    @hookimpl
+    def toolbox_loss(self, ctx: Any, batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """``msl_kd``: equal-weight KD towards every teacher, weights summing to ``--msl-weight``."""
+        if not self.active:
+            return None
+        cfg = self._settings(ctx)
+        inputs = batch[0]
+        teachers = [ctx.teacher_logits(inputs)]
+        with torch.no_grad():
+            teachers += [m(inputs).float() for m in self.extra]
+        return {"msl_kd": multi_teacher_kd(logits, teachers, cfg.T, cfg.weight)}
+
+    @hookimpl
+    def toolbox_phase_end(self, ctx: Any) -> None:
+        """Release the earlier teachers."""
+        self.active, self.extra = False, []
