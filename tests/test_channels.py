@@ -118,3 +118,13 @@ def test_cifar_resnet_option_a_keeps_only_block_internal_groups() -> None:
     assert len(graph_b.groups) == 12 and not graph_b.skipped
     assert graph_a.skipped and len(graph_a.groups) == 9
     assert all(len(g.bns) == 1 and g.bn_names[0].endswith("bn1") for g in graph_a.groups)
+
+
+def test_groups_of_a_one_channel_model() -> None:
+    """Fashion-MNIST models have in_chans=1 while timm's cfg still says 3 channels."""
+    import timm
+
+    import toolbox  # noqa: F401
+
+    model = timm.create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    assert ch.channel_groups(model).num_units > 0

@@ -88,6 +88,9 @@ def example_input(model: nn.Module, input_size: Sequence[int] | None = None) -> 
     if input_size is None:
         raise UsageError("Cannot trace the model's channel groups: it has no default_cfg['input_size']; "
                          "pass input_size=(C, H, W).")
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None:  # timm cfgs keep 3 channels when a model is built with in_chans=1
+        input_size = (first_conv.in_channels, *tuple(input_size)[1:])
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     return torch.randn(1, *input_size, device=device)
