@@ -26,8 +26,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Inspect registered backbone
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(models_app, name="models")
 
-console = Console()
-error_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+error_console = Console(stderr=True, soft_wrap=True)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
