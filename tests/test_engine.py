@@ -50,3 +50,46 @@ def test_evaluate_matches_hand_computation() -> None:
     assert result["top5"] == pytest.approx(100.0)
     assert math.isclose(result["loss"], expected, rel_tol=1e-6)
     assert model.training  # restored
+
+
+class NaNAtSecondBatch:
+    """A plugin whose loss term turns NaN on the second batch of every epoch."""
+
+    from toolbox.hookspecs import hookimpl as _impl
+
+    @_impl
+    def toolbox_loss(self, ctx, batch, logits):  # noqa: ANN001, D102
+        value = float("nan") if ctx.batch_index == 1 else 0.0
+        return {"bad": logits.sum() * 0 + value}
+
+
+def test_nan_loss_stops_the_phase_naming_where(tiny_values: dict) -> None:
+    from toolbox.engine import NumericError
+    from toolbox.run import start_run
+
+    run = start_run({**tiny_values, "steps": 2}, extra_plugins={"nan": NaNAtSecondBatch()})
+    with pytest.raises(NumericError, match=r"step 1, phase learn, epoch 1, batch 2 \(non-finite terms: bad"):
+        run.execute()
+    assert not (run.run_dir / "checkpoints" / "step1_learn.pt").exists()
+
+
+def test_skip_nonfinite_skips_bad_batches(tiny_values: dict) -> None:
+    import json
+
+    from toolbox.run import start_run
+
+    run = start_run({**tiny_values, "steps": 1, "skip_nonfinite": "true"}, extra_plugins={"nan": NaNAtSecondBatch()})
+    results = run.execute()
+    assert results["steps"][0]["top1"] >= 0
+    epochs = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[0]["skipped_batches"] == 1.0
+
+
+def test_gradient_norm_matches_manual() -> None:
+    from toolbox.engine import gradient_norm
+
+    layer = nn.Linear(3, 2)
+    layer.weight.grad = torch.ones(2, 3)
+    layer.bias.grad = torch.full((2,), 2.0)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    assert gradient_norm(optimizer).item() == pytest.approx((6 + 8) ** 0.5)

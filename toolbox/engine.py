@@ -142,6 +142,7 @@ class Trainer:
         self.has_batch_end = has_impl(pm, "toolbox_batch_end")
         self.has_epoch_start = has_impl(pm, "toolbox_epoch_start")
         self.has_epoch_end = has_impl(pm, "toolbox_epoch_end")
+        self.skipped = 0
 
     def train(self, optimizer: torch.optim.Optimizer,
               batches_for_epoch: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
@@ -165,13 +166,16 @@ class Trainer:
                 lr = lr_at(epoch + index / batches_per_epoch, options, ctx.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                terms, correct = self._step(model, optimizer, scaler, inputs, targets)
-                stats.add(terms, correct, targets.numel())
+                outcome = self._step(model, optimizer, scaler, inputs, targets)
+                if outcome is not None:
+                    stats.add(*outcome, targets.numel())
                 ctx.global_batch += 1
                 if on_batch is not None:
                     on_batch()
             metrics = stats.summary()
-            self._check_finite(metrics, epoch)
+            if self.skipped:
+                metrics["skipped_batches"] = float(self.skipped)
+                self.skipped = 0
             seconds = time.perf_counter() - started
             metrics.update(lr=optimizer.param_groups[0]["lr"], seconds=seconds,
                            images_per_second=stats.images / max(seconds, 1e-9))
@@ -182,8 +186,12 @@ class Trainer:
 
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler | None, inputs: torch.Tensor,
-              targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One optimizer step; returns the loss terms and the number of correct predictions."""
+              targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """One optimizer step; returns the loss terms and the number of correct predictions.
+
+        A non-finite loss or gradient stops the phase (:class:`NumericError`), or with
+        ``skip_nonfinite`` skips the batch with a warning (returns ``None``).
+        """
         ctx = self.ctx
         if self.has_loss:
             ctx.new_batch()
@@ -200,6 +208,8 @@ class Trainer:
                         terms[name] = value
                         loss = loss + value
         optimizer.zero_grad(set_to_none=True)
+        if not self._finite(loss, "loss", terms):
+            return None
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -207,8 +217,11 @@ class Trainer:
             loss.backward()
         if self.has_regularize:
             self.hook.toolbox_regularize(ctx=ctx, model=model)
+        if scaler is None and not self._finite(gradient_norm(optimizer), "gradient norm", terms):
+            optimizer.zero_grad(set_to_none=True)
+            return None
         if scaler is not None:
-            scaler.step(optimizer)
+            scaler.step(optimizer)  # skips steps with inf/NaN gradients by design of loss scaling
             scaler.update()
         else:
             optimizer.step()
@@ -218,16 +231,30 @@ class Trainer:
         correct = (logits.detach().argmax(dim=1) == targets).sum()
         return terms, correct
 
-    def _check_finite(self, metrics: dict[str, float], epoch: int) -> None:
-        """Stop the phase with a clear message when a loss term became NaN or infinite."""
-        bad = [name for name, value in metrics.items() if not math.isfinite(value)]
-        if bad:
-            ctx = self.ctx
-            raise NumericError(
-                f"Non-finite {', '.join(bad)} at step {ctx.step}, phase {ctx.phase}, epoch "
-                f"{epoch + 1}; lower --lr or check the plugins' loss terms (the last good "
-                "checkpoint is kept)."
-            )
+    def _finite(self, value: torch.Tensor, what: str, terms: dict[str, torch.Tensor]) -> bool:
+        """True when ``value`` is finite; else raise, or warn when skipping bad batches."""
+        if bool(torch.isfinite(value)):
+            return True
+        ctx = self.ctx
+        bad = [name for name, term in terms.items() if not bool(torch.isfinite(term.detach()))]
+        where = (f"step {ctx.step}, phase {ctx.phase}, epoch {ctx.epoch + 1}, batch {ctx.batch_index + 1}")
+        detail = f" (non-finite terms: {', '.join(bad)})" if bad else ""
+        if ctx.options.skip_nonfinite:
+            ctx.logger.warning("Skipping a batch with a non-finite %s at %s%s.", what, where, detail)
+            self.skipped += 1
+            return False
+        raise NumericError(
+            f"Non-finite {what} at {where}{detail}; lower --lr, check the plugins' loss terms or pass "
+            "--skip-nonfinite (the last good checkpoint is kept)."
+        )
+
+
+def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The global L2 norm of all gradients (one fused reduction per device)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def count_params(model: nn.Module) -> int:

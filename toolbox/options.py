@@ -111,6 +111,7 @@ class RunOptions:
     channels_last: bool = True
     precision: str = "fp32"
     threads: int | None = None
+    skip_nonfinite: bool = False
     plugin: dict[str, Any] = field(default_factory=dict)
 
     def epochs_for(self, phase: str) -> int:
