@@ -75,3 +75,9 @@ def test_phase_epochs_override() -> None:
     assert options.epochs_for("learn") == 2 and options.epochs_for("sparsify") == 5
     with pytest.raises(UsageError, match="unknown phase 'warmup'"):
         build_options({"phase_epochs": {"warmup": 1}}, {})
+
+
+def test_options_of_disabled_plugins_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="toolbox"):
+        options = build_options({"ratio": "0.5", "steps": 2}, {}, dormant={"ratio": "sst"})
+    assert options.plugin == {} and "belongs to plugin 'sst'" in caplog.text

@@ -8,6 +8,7 @@ keys as the flags (dashes or underscores); flags override the file.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,11 +198,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {normalize_key(str(k)): v for k, v in data.items()}
 
 
-def build_options(values: dict[str, Any], plugin_options: dict[str, PluginOption]) -> RunOptions:
+def build_options(values: dict[str, Any], plugin_options: dict[str, PluginOption],
+                  dormant: dict[str, str] | None = None) -> RunOptions:
     """Make validated :class:`RunOptions` from merged config/flag ``values``.
 
-    ``plugin_options`` are the options declared by the enabled plugins; a key that is neither a
-    core field nor a plugin option is an error naming it.
+    ``plugin_options`` are the options declared by the enabled plugins; ``dormant`` maps options
+    of installed but disabled plugins to their plugin (ignored with a warning, so one config
+    serves several methods); any other unknown key is an error naming it.
     """
     core: dict[str, Any] = {}
     plugin: dict[str, Any] = {name: opt.default for name, opt in plugin_options.items()}
@@ -216,6 +219,9 @@ def build_options(values: dict[str, Any], plugin_options: dict[str, PluginOption
             core[key] = _parse_core(key, raw)
         elif key in plugin_options:
             plugin[key] = plugin_options[key].parse(raw)
+        elif dormant and key in dormant:
+            logging.getLogger("toolbox").warning(
+                "Ignoring option %r: it belongs to plugin %r, which is not enabled.", key, dormant[key])
         else:
             known = sorted(set(CORE_FIELDS) - {"plugin"} | set(plugin_options))
             raise UsageError(

@@ -145,3 +145,22 @@ def chain_prune(pm: pluggy.PluginManager, ctx: Any, model: Any) -> Any:
         if result is not None:
             model = result
     return model
+
+
+def dormant_options(enabled: list[str]) -> dict[str, str]:
+    """Options declared by installed plugins that are not enabled: option name -> plugin name.
+
+    A plugin that fails to load is left out (its options then count as unknown).
+    """
+    found: dict[str, str] = {}
+    for name in available_plugins():
+        if name in enabled:
+            continue
+        try:
+            plugin = instantiate(_load_entry_point(name))
+            declare = getattr(plugin, "toolbox_options", None)
+            for opt in (declare() if callable(declare) else None) or []:
+                found.setdefault(opt.name, name)
+        except Exception:  # noqa: BLE001 - a broken third-party plugin must not block runs
+            continue
+    return found

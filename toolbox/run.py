@@ -32,7 +32,7 @@ from toolbox.engine import (Trainer, build_optimizer, count_macs, count_params, 
                             select_device)
 from toolbox.errors import CheckpointError, UsageError
 from toolbox.options import PHASES, RunOptions, build_options
-from toolbox.plugins import chain_prune, declared_options, load_plugins
+from toolbox.plugins import chain_prune, declared_options, dormant_options, load_plugins
 
 log = logging.getLogger("toolbox")
 
@@ -318,7 +318,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
         recorded = ckpt.load_checkpoint(init)
         values = {**values, "arch": recorded["arch"], "model_kwargs": recorded.get("model_kwargs") or {}}
     pm = load_plugins(_plugin_names(values), extra_plugins)
-    options = build_options(dict(values), declared_options(pm))
+    options = build_options(dict(values), declared_options(pm), dormant_options(_plugin_names(values)))
     run_dir = Path(options.out) if options.out else default_run_dir(options)
     options.out = str(run_dir)
     if options.seeds:
@@ -367,7 +367,8 @@ def run_seeds(values: dict[str, Any], progress: Callable[..., Any] | None = None
     ``values`` holds ``seeds``; the merged values are kept in ``<out>/experiment.yaml`` so
     ``resume_seeds(out)`` can finish the seeds a kill interrupted.
     """
-    probe = build_options(dict(values), declared_options(load_plugins(_plugin_names(values))))
+    names = _plugin_names(values)
+    probe = build_options(dict(values), declared_options(load_plugins(names)), dormant_options(names))
     out = Path(probe.out) if probe.out else default_run_dir(probe)
     if (out / EXPERIMENT_FILE).exists():
         raise UsageError(f"{out} already holds an experiment; pass --resume {out} to continue it or another --out.")
