@@ -298,14 +298,16 @@ class AOD:
             if unknown:
                 ctx.logger.warning("aod: masks of %s are not in a prunable group; left as they are.", ", ".join(unknown))
             selection = ch.masks_to_selection(graph, ctx.masks)
+            source = "sparsity plugin"
         else:
+            source = "aod (|gamma| ranking)"
             selection = ch.select_smallest(ch.unit_importance(net, graph), cfg.ratio)
             ctx.masks = ch.selection_to_masks(net, graph, selection)
             ctx.records.setdefault("aod", {})["own_masks"] = {k: v.clone() for k, v in ctx.masks.items()}
         count = reinitialize(net, graph, selection, cfg.reinit, cfg.reinit_gamma, cfg.reinit_next)
         ctx.records.setdefault("aod", {})[f"step{ctx.step}"] = {
             "reinitialized_filters": count, "filters": graph.num_units, "strategy": cfg.reinit,
-            "gamma": cfg.reinit_gamma, "masks_from": "sst" if "sst" in ctx.options.plugins else "aod"}
+            "gamma": cfg.reinit_gamma, "masks_from": source}
         ctx.logger.info("aod: re-initialized %d of %d filters (%s).", count, graph.num_units, cfg.reinit)
         return None
 

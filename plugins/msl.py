@@ -1,5 +1,8 @@
 """``msl``: multi-step loss, distillation during SST so sparsifying keeps accumulated knowledge.
 
+It acts in the ``sparsify`` phases a sparsity plugin adds (``sst``, or any plugin whose class
+declares ``provides_sparsify = True``: ``slimming``, ``polarization``, ``group_lasso``, ...).
+
 In ``sparsify`` phases of steps > 1 (and at step 1 with ``--msl-first-step true``) the term
 ``msl_kd = msl_weight * kd_loss(student, teacher, T)`` pulls the model being sparsified towards
 ``ctx.teacher`` (the AOD model of the current step; at step 1 the model before SST). With
@@ -20,6 +23,7 @@ from toolbox.distill import kd_loss, temperature_option
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
+from toolbox.sparsity import sparsity_plugins
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,11 @@ class MSL:
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Validate; refuse running without ``sst`` (msl acts in its sparsify phases)."""
+        """Validate; refuse running without a sparsity plugin (msl acts in its sparsify phases)."""
         self.cfg = msl_settings(options.plugin)
-        if "sst" not in options.plugins:
-            raise UsageError("msl adds its loss during sparsify phases, which only sst creates; add sst to --plugins.")
+        if not sparsity_plugins(options.plugins):
+            raise UsageError("msl adds its loss during sparsify phases, which only a sparsity plugin creates; "
+                             "add sst (or slimming, polarization, group_lasso) to --plugins.")
 
     def _settings(self, ctx: Any) -> MSLSettings:
         if self.cfg is None:

@@ -1,0 +1,470 @@
+"""Sparsity training with a pluggable penalty: the machinery every sparsity plugin shares.
+
+A sparsity plugin adds a ``sparsify`` phase to every step but the last, drives the fraction
+``--ratio`` r of the prunable filters (BN channel groups, :mod:`toolbox.channels`) towards 0 and,
+at the phase end, writes their masks into ``ctx.masks`` and reports the achieved sparsity, so that
+``aod``, ``msl`` and a compacting pruner work with any of them. :class:`SparsityTraining` holds
+all of that; a subclass only says *what* it penalizes (``sst``: L1 on the selected BN scales,
+``slimming``: L1 on every BN scale, ``polarization``, ``group_lasso``, ...).
+
+Vocabulary. A *unit* is one filter (one channel of every coupled BN). The *selection* is the r
+fraction of units with the smallest :meth:`~SparsityTraining.importance` (global or per layer,
+re-ranked at every epoch start or once); those become the masks. The *scope* is where the
+penalty acts: the selection (``selective = True``, sst) or every unit (``selective = False``).
+
+Modes (option ``--<prefix>-mode``):
+
+* ``target`` (default): after every optimizer step the selected units take a proximal step of the
+  penalty (:meth:`~SparsityTraining.prox_`) with a threshold ``tau = m / R``: ``m`` the largest
+  magnitude left among them (:meth:`~SparsityTraining.peak`) and ``R`` the iterations left in
+  the phase, so by the last batch every selected unit is at 0 whatever the phase length. Units in
+  the scope but not selected get the fixed-strength penalty gradient. The phase end zeroes what is
+  left and warns when that removed filters still above ``--sparsity-threshold``.
+* ``subgradient``: ``grad += s * dR/dw`` on the scope (:meth:`~SparsityTraining.penalty_grad_`).
+* ``proximal``: the proximal step with a fixed ``tau = lr * s`` on the scope.
+
+The default penalty is L1 on the BN scales (gamma): subgradient ``s * sign(gamma)``, proximal step
+``gamma <- sign(gamma) * max(|gamma| - tau, 0)``, importance the mean |gamma| of a unit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from toolbox import channels as ch
+from toolbox.errors import UsageError
+from toolbox.hookspecs import hookimpl
+from toolbox.options import PluginOption
+from toolbox.plugins import ENTRY_POINT_GROUP
+
+SELECTS = ("global", "layerwise")
+RERANKS = ("epoch", "once")
+
+
+# ----------------------------------------------------------------------------- L1 maths on gammas
+def select(model: nn.Module, graph: ch.ChannelGraph, ratio: float, layerwise: bool = False) -> list[torch.Tensor]:
+    """The ``ratio`` of filters with the smallest mean |gamma| (one bool tensor per group)."""
+    return ch.select_smallest(ch.unit_importance(model, graph), ratio, layerwise=layerwise)
+
+
+def add_subgradient(model: nn.Module, chosen: dict[str, torch.Tensor], s: float) -> None:
+    """Network Slimming's L1 subgradient ``grad += s * sign(gamma)`` on the chosen channels only."""
+    for name, idx in chosen.items():
+        weight = ch.module(model, name).weight
+        if weight.grad is None or idx.numel() == 0:
+            continue
+        weight.grad[idx] += s * torch.sign(weight.detach()[idx])
+
+
+@torch.no_grad()
+def soft_threshold_(model: nn.Module, chosen: dict[str, torch.Tensor], tau: dict[str, Any] | Any) -> None:
+    """Proximal L1 step ``gamma <- sign(gamma) * max(|gamma| - tau, 0)`` on the chosen channels.
+
+    ``tau`` is a number/0-d tensor, or a dict of them per BN name. BN biases are left as they are.
+    """
+    for name, idx in chosen.items():
+        if idx.numel() == 0:
+            continue
+        weight = ch.module(model, name).weight
+        t = tau[name] if isinstance(tau, dict) else tau
+        g = weight[idx]
+        weight[idx] = torch.sign(g) * torch.clamp(g.abs() - t, min=0)
+
+
+def max_chosen_gamma(model: nn.Module, chosen: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Largest |gamma| over the chosen channels (0-d tensor on the model's device, no sync)."""
+    peaks = [ch.module(model, n).weight.detach()[i].abs().max() for n, i in chosen.items() if i.numel()]
+    if not peaks:
+        return torch.zeros(())
+    return torch.stack(peaks).max()
+
+
+def target_threshold(peak: torch.Tensor, remaining: int) -> torch.Tensor:
+    """The target-mode threshold: the largest selected magnitude over the iterations left (>= 1)."""
+    return peak / max(int(remaining), 1)
+
+
+@torch.no_grad()
+def zero_chosen_(model: nn.Module, chosen: dict[str, torch.Tensor]) -> None:
+    """Set the chosen gammas to exactly 0 (the target mode's end-of-phase guarantee)."""
+    for name, idx in chosen.items():
+        if idx.numel():
+            ch.module(model, name).weight[idx] = 0.0
+
+
+def achieved(model: nn.Module, graph: ch.ChannelGraph, selection: list[torch.Tensor],
+             threshold: float) -> tuple[float, float]:
+    """``(ratio, fraction)``: selected filters whose coupled |gamma| are all below ``threshold``,
+    as a fraction of all prunable filters (comparable to r) and of the selected ones (1 = target)."""
+    hits = sum(int(((peak < threshold) & sel.to(peak.device)).sum())
+               for peak, sel in zip(ch.unit_max_gamma(model, graph), selection))
+    chosen = sum(int(sel.sum()) for sel in selection)
+    return hits / max(graph.num_units, 1), (hits / chosen if chosen else 1.0)
+
+
+def plot_gamma_histogram(model: nn.Module, graph: ch.ChannelGraph, selection: list[torch.Tensor],
+                         threshold: float, path: Path, title: str) -> None:
+    """Histogram of |gamma| (log scale) of selected and kept filters, written to ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    peaks = torch.cat(ch.unit_max_gamma(model, graph)).cpu() if graph.groups else torch.zeros(0)
+    sel = torch.cat([s.cpu() for s in selection]) if selection else torch.zeros(0, dtype=torch.bool)
+    floor = threshold / 100
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    top = max(float(peaks.max()) if peaks.numel() else 1.0, threshold) * 1.1
+    bins = torch.logspace(math.log10(floor), math.log10(top), 50).numpy()
+    ax.hist(peaks[~sel].clamp(min=floor).numpy(), bins=bins, alpha=0.7, label="kept")
+    ax.hist(peaks[sel].clamp(min=floor).numpy(), bins=bins, alpha=0.7, label="selected (unimportant)")
+    ax.axvline(threshold, color="k", linestyle="--", label="threshold")
+    ax.set_xscale("log")
+    ax.set_xlabel("max |gamma| per filter (values below the x range are piled at its left edge)")
+    ax.set_ylabel("filters")
+    ax.set_title(title)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+# ----------------------------------------------------------------------------- unit sets
+@dataclass
+class Units:
+    """A set of units of a channel graph: a bool tensor per group, and its BN channels on a device.
+
+    ``channels[bn_name]`` holds the (long) channel indices of the set's units in that BN;
+    :meth:`index` gives the same for any module slice of a group (producers, consumers).
+    """
+
+    graph: ch.ChannelGraph
+    selection: list[torch.Tensor]
+    device: torch.device
+    channels: dict[str, torch.Tensor] = field(default_factory=dict)
+    _cache: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, graph: ch.ChannelGraph, selection: list[torch.Tensor], device: torch.device) -> "Units":
+        """The set of ``selection`` (one bool tensor per group of ``graph``) with indices on ``device``."""
+        selection = [s.cpu() for s in selection]
+        channels = {n: i.to(device) for n, i in ch.selected_channels(graph, selection).items()}
+        return cls(graph, selection, device, channels)
+
+    @classmethod
+    def everything(cls, graph: ch.ChannelGraph, device: torch.device) -> "Units":
+        """Every unit of ``graph``."""
+        return cls.build(graph, [torch.ones(g.size, dtype=torch.bool) for g in graph.groups], device)
+
+    def count(self) -> int:
+        """How many units are in the set."""
+        return sum(int(s.sum()) for s in self.selection)
+
+    def index(self, group: int, part: ch.ModuleSlice) -> torch.Tensor:
+        """Channel indices (on the device) of the set's units of group ``group`` in module slice ``part``."""
+        key = (group, part.name)
+        if key not in self._cache:
+            self._cache[key] = part.index[self.selection[group]].to(self.device)
+        return self._cache[key]
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SparsitySettings:
+    """Validated options of a sparsity plugin (``s`` is its strength option, whatever its name)."""
+
+    ratio: float = 0.5
+    s: float = 1e-4
+    mode: str = "target"
+    select: str = "global"
+    rerank: str = "epoch"
+    threshold: float = 1e-2
+
+
+def sparsity_plugins(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` whose installed plugin declares ``provides_sparsify = True``."""
+    entry_points = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    found = []
+    for name in names:
+        ep = entry_points.get(name)
+        if ep is None:
+            continue
+        try:
+            obj = ep.load()
+        except Exception:  # a broken plugin is reported when it is loaded, not here
+            continue
+        if getattr(obj, "provides_sparsify", False):
+            found.append(name)
+    return found
+
+
+# ----------------------------------------------------------------------------- the plugin base
+class SparsityTraining:
+    """Base class of sparsity plugins: phase, selection, target mode, masks, metrics, records.
+
+    Subclass it, set the class attributes and override the penalty methods
+    (:meth:`penalty_grad_`, and where the default L1-on-gamma does not fit :meth:`prox_`,
+    :meth:`peak`, :meth:`zero_`, :meth:`importance`, :meth:`after_step_`); register the subclass
+    under the ``toolbox.plugins`` entry point. The plugin's state lives on the instance.
+    """
+
+    provides_sparsify: ClassVar[bool] = True
+    name: ClassVar[str] = "sparsity"  #: key of ``ctx.records`` and of log messages
+    label: ClassVar[str] = "sparsity training"  #: how plot titles (and, upper-cased, warnings) name it
+    prefix: ClassVar[str] = "sparsity"  #: options ``--<prefix>-mode/-select/-rerank``, metrics ``<prefix>_s/_ratio``
+    strength: ClassVar[str] = "s"  #: name of the strength option
+    default_strength: ClassVar[float] = 1e-4
+    strength_help: ClassVar[str] = "strength of the penalty (subgradient/proximal modes; target mode adapts it)"
+    mode_help: ClassVar[str] = "how the selected filters are driven to 0"
+    select_help: ClassVar[str] = "rank filters globally or per layer"
+    rerank_help: ClassVar[str] = "re-rank the selection at every epoch or only once"
+    selective: ClassVar[bool] = True  #: penalize only the selection (True) or every unit (False)
+    modes: ClassVar[tuple[str, ...]] = ("target", "subgradient", "proximal")
+
+    def __init__(self) -> None:
+        """Start unconfigured; :meth:`toolbox_configure` reads the options."""
+        self.cfg: SparsitySettings | None = None
+        self.active = False
+        self.graph: ch.ChannelGraph | None = None
+        self.selection: list[torch.Tensor] = []
+        self.selected: Units | None = None
+        self.scope: Units | None = None
+        self.rest: Units | None = None
+        self.chosen: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.done = 0
+        self.tau_sum: Any = 0.0
+        self.lr_sum = 0.0
+        self.s_history: list[float] = []
+        self.ratio_history: list[float] = []
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def declare_options(cls) -> list[PluginOption]:
+        """Ratio, strength, mode, select, rerank and threshold options, then :meth:`extra_options`."""
+        p = cls.prefix
+        return [
+            ch.ratio_option(),
+            PluginOption(cls.strength, float, cls.default_strength, cls.strength_help,
+                         check=lambda v: None if v >= 0 else "the strength must be >= 0."),
+            PluginOption(f"{p}_mode", str, cls.modes[0], cls.mode_help, choices=cls.modes),
+            PluginOption(f"{p}_select", str, "global", cls.select_help, choices=SELECTS),
+            PluginOption(f"{p}_rerank", str, "epoch", cls.rerank_help, choices=RERANKS),
+            PluginOption("sparsity_threshold", float, 1e-2, "a filter counts as unimportant when all its "
+                         "coupled |gamma| are below this", check=lambda v: None if v > 0 else "must be > 0."),
+        ] + cls.extra_options()
+
+    @classmethod
+    def extra_options(cls) -> list[PluginOption]:
+        """Options of the penalty itself (override; default none)."""
+        return []
+
+    @classmethod
+    def read_settings(cls, plugin: dict[str, Any]) -> SparsitySettings:
+        """Read and validate the shared options (missing keys take their defaults)."""
+        p, d = cls.prefix, SparsitySettings()
+        cfg = SparsitySettings(ratio=float(plugin.get("ratio", d.ratio)),
+                               s=float(plugin.get(cls.strength, cls.default_strength)),
+                               mode=str(plugin.get(f"{p}_mode", cls.modes[0])),
+                               select=str(plugin.get(f"{p}_select", d.select)),
+                               rerank=str(plugin.get(f"{p}_rerank", d.rerank)),
+                               threshold=float(plugin.get("sparsity_threshold", d.threshold)))
+        flag = "--" + p.replace("_", "-")
+        if not 0.0 <= cfg.ratio < 1.0:
+            raise UsageError(f"--ratio must lie in [0, 1), got {cfg.ratio}.")
+        if cfg.s < 0 or cfg.threshold <= 0:
+            raise UsageError(f"--{cls.strength.replace('_', '-')} must be >= 0 and --sparsity-threshold > 0, "
+                             f"got {cfg.s} and {cfg.threshold}.")
+        if cfg.mode not in cls.modes:
+            raise UsageError(f"{flag}-mode must be one of {', '.join(cls.modes)}, got {cfg.mode!r}.")
+        if cfg.select not in SELECTS or cfg.rerank not in RERANKS:
+            raise UsageError(f"{flag}-select must be global or layerwise and {flag}-rerank epoch or once.")
+        return cfg
+
+    def configure_penalty(self, plugin: dict[str, Any]) -> None:
+        """Read and validate the options of :meth:`extra_options` (override; default nothing)."""
+
+    # ------------------------------------------------------------------ the penalty (override)
+    def importance(self, model: nn.Module) -> list[torch.Tensor]:
+        """Per group, each unit's importance; the smallest are selected (default: mean |gamma|)."""
+        return ch.unit_importance(model, self.graph)
+
+    def penalty_grad_(self, model: nn.Module, units: Units, s: float) -> None:
+        """Add ``s * dR/dw`` to the gradients of ``units`` (default: L1 on gamma, ``s * sign(gamma)``)."""
+        add_subgradient(model, units.channels, s)
+
+    def prox_(self, model: nn.Module, units: Units, tau: Any) -> None:
+        """Proximal step of ``tau * R`` on ``units`` (default: soft-threshold of their gammas)."""
+        soft_threshold_(model, units.channels, tau)
+
+    def peak(self, model: nn.Module, units: Units) -> torch.Tensor:
+        """The largest magnitude :meth:`prox_` must remove from ``units`` (default: max |gamma|)."""
+        return max_chosen_gamma(model, units.channels)
+
+    def zero_(self, model: nn.Module, units: Units) -> None:
+        """Set ``units`` to exactly 0 at the end of a target-mode phase (default: their gammas)."""
+        zero_chosen_(model, units.channels)
+
+    def after_step_(self, model: nn.Module) -> None:
+        """Called after every optimizer step of the phase, after the proximal step (default: nothing)."""
+
+    # ------------------------------------------------------------------ hooks
+    @hookimpl
+    def toolbox_options(self) -> list[PluginOption]:
+        """Declare ``--ratio``, the strength, ``--<prefix>-mode/-select/-rerank``, ``--sparsity-threshold``."""
+        return self.declare_options()
+
+    @hookimpl
+    def toolbox_configure(self, options: Any) -> None:
+        """Validate the options; refuse a second sparsity plugin (both would write the masks)."""
+        self.cfg = self.read_settings(options.plugin)
+        self.configure_penalty(options.plugin)
+        found = sparsity_plugins(options.plugins)
+        if len(found) > 1:
+            raise UsageError(f"{' and '.join(found)} each add a sparsify phase and write the masks; "
+                             "enable only one sparsity plugin.")
+
+    @hookimpl
+    def toolbox_phases(self, step: int, num_steps: int) -> list[str] | None:
+        """Every step but the last gets a ``sparsify`` phase."""
+        return ["sparsify"] if step < num_steps else None
+
+    def _settings(self, ctx: Any) -> SparsitySettings:
+        if self.cfg is None:
+            self.cfg = self.read_settings(ctx.options.plugin)
+            self.configure_penalty(ctx.options.plugin)
+        return self.cfg
+
+    def _select(self, ctx: Any) -> None:
+        """Rank the units and (re)build the selected set (and, when not selective, the rest)."""
+        cfg, model = self._settings(ctx), ch.unwrap(ctx.model)
+        self.selection = ch.select_smallest(self.importance(model), cfg.ratio, layerwise=cfg.select == "layerwise")
+        device = next(ctx.model.parameters()).device
+        self.selected = Units.build(self.graph, self.selection, device)
+        self.chosen = self.selected.channels
+        if self.selective:
+            self.scope, self.rest = self.selected, None
+        else:
+            if self.scope is None:
+                self.scope = Units.everything(self.graph, device)
+            self.rest = Units.build(self.graph, [~s for s in self.selection], device)
+
+    @hookimpl
+    def toolbox_phase_start(self, ctx: Any) -> None:
+        """In ``sparsify``: trace the channel groups and pick the filters to sparsify."""
+        self.active = ctx.phase == "sparsify"
+        if not self.active:
+            return
+        self.graph = ch.channel_groups(ctx.model)
+        for problem in self.graph.skipped:
+            ctx.logger.warning("%s: not sparsifying the group rooted at %s.", self.name, problem)
+        self.scope = None
+        self._select(ctx)
+        self.done, self.s_history, self.ratio_history = 0, [], []
+
+    @hookimpl
+    def toolbox_epoch_start(self, ctx: Any) -> None:
+        """Reset the epoch's counters; re-rank the selection after the first epoch."""
+        self.count, self.tau_sum, self.lr_sum = 0, 0.0, 0.0
+        if self.active and ctx.epoch > 0 and self._settings(ctx).rerank == "epoch":
+            self._select(ctx)
+
+    @hookimpl
+    def toolbox_regularize(self, ctx: Any, model: nn.Module) -> None:
+        """Subgradient mode: the penalty on the scope; target mode: on the scope's unselected units."""
+        if not self.active:
+            return
+        cfg = self._settings(ctx)
+        if cfg.s <= 0:
+            return
+        if cfg.mode == "subgradient":
+            self.penalty_grad_(ch.unwrap(model), self.scope, cfg.s)
+        elif cfg.mode == "target" and self.rest is not None and self.rest.count():
+            self.penalty_grad_(ch.unwrap(model), self.rest, cfg.s)
+
+    def _total_iterations(self, ctx: Any) -> int:
+        """Optimizer steps in the whole phase (the engine sets ``ctx.batches_per_epoch``)."""
+        return int(ctx.epochs) * max(int(ctx.batches_per_epoch), 1)
+
+    def _lr(self, ctx: Any) -> float:
+        optimizer = ctx.optimizer
+        return float(optimizer.param_groups[0]["lr"]) if optimizer is not None else float(ctx.options.lr)
+
+    @hookimpl
+    def toolbox_batch_end(self, ctx: Any, model: nn.Module) -> None:
+        """Target mode: the controlled proximal step on the selection; proximal mode: fixed on the scope."""
+        self.count += 1
+        if not self.active:
+            return
+        cfg, model, lr = self._settings(ctx), ch.unwrap(model), self._lr(ctx)
+        if cfg.mode == "target":
+            remaining = self._total_iterations(ctx) - self.done
+            tau: Any = target_threshold(self.peak(model, self.selected), remaining)
+            self.prox_(model, self.selected, tau)
+        else:
+            tau = lr * cfg.s
+            if cfg.mode == "proximal":
+                self.prox_(model, self.scope, tau)
+        self.after_step_(model)
+        self.tau_sum, self.lr_sum = self.tau_sum + tau, self.lr_sum + lr
+        self.done += 1
+
+    @hookimpl
+    def toolbox_epoch_end(self, ctx: Any, metrics: dict[str, float]) -> None:
+        """Log ``<prefix>_s`` and ``<prefix>_ratio`` (achieved ratio).
+
+        ``<prefix>_s`` is the epoch's effective strength ``sum(tau) / sum(lr)``: the constant s
+        that would have shrunk the selected units as much (equal to the strength in fixed modes).
+        """
+        if not self.active:
+            return
+        cfg = self._settings(ctx)
+        s = float(self.tau_sum) / self.lr_sum if self.lr_sum > 0 else 0.0
+        ratio, _ = achieved(ctx.model, self.graph, self.selection, cfg.threshold)
+        self.s_history.append(s)
+        self.ratio_history.append(ratio)
+        metrics[f"{self.prefix}_s"], metrics[f"{self.prefix}_ratio"] = s, ratio
+
+    @hookimpl
+    def toolbox_phase_end(self, ctx: Any) -> None:
+        """Guarantee (target mode), masks, sparsity metrics, records and the |gamma| histogram."""
+        if not self.active:
+            return
+        self.active = False
+        cfg, model = self._settings(ctx), ch.unwrap(ctx.model)
+        if not self.selective and cfg.mode != "target":
+            self._select(ctx)  # masks: the r fraction the penalty made least important
+        target = self.selected.count() / max(self.graph.num_units, 1)
+        trained, trained_frac = achieved(model, self.graph, self.selection, cfg.threshold)
+        if cfg.mode == "target":
+            self.zero_(model, self.selected)
+        ratio, frac = achieved(model, self.graph, self.selection, cfg.threshold)
+        reached = frac >= 1.0
+        if trained_frac < 1.0:
+            ctx.logger.warning(
+                "%s %s AT STEP %d: training brought %.1f%% of the filters below %g, target %.1f%%%s.",
+                self.label.upper(), "FORCED ITS TARGET" if reached else "MISSED ITS TARGET", ctx.step, 100 * trained,
+                cfg.threshold, 100 * target,
+                "; the rest were zeroed while still carrying signal, expect an accuracy drop"
+                if reached else f"; re-initializing these filters may destroy what they hold (raise "
+                f"--{self.strength.replace('_', '-')} or use --{self.prefix.replace('_', '-')}-mode target)")
+        ctx.masks = ch.selection_to_masks(model, self.graph, self.selection)
+        ctx.phase_metrics.update(sparsity=ratio, sparsity_target_reached=int(reached),
+                                 sparsity_selected=frac, sparsity_trained=trained)
+        ctx.records.setdefault(self.name, {})[f"step{ctx.step}"] = {
+            "mode": cfg.mode, "target_ratio": target, "achieved_ratio": ratio, "trained_ratio": trained,
+            "s_per_epoch": list(self.s_history), "ratio_per_epoch": list(self.ratio_history),
+            "selected_filters": self.selected.count(), "filters": self.graph.num_units}
+        if ctx.run_dir is not None:
+            try:
+                plot_gamma_histogram(model, self.graph, self.selection, cfg.threshold,
+                                     Path(ctx.run_dir) / f"gamma_hist_step{ctx.step}.png",
+                                     f"|gamma| after {self.label}, step {ctx.step}")
+            except Exception as exc:  # a plot must never end a run
+                ctx.logger.warning("%s: could not write the gamma histogram (%s).", self.name, exc)
