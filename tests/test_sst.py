@@ -192,3 +192,16 @@ def test_other_phases_are_untouched() -> None:
     plugin.toolbox_phase_end(ctx=ctx)
     assert all(torch.equal(grads[n], p.grad) for n, p in ctx.model.named_parameters())
     assert not ctx.masks and not ctx.phase_metrics
+
+
+def test_target_at_reaches_zero_early_and_holds_it() -> None:
+    plugin, ctx = make(mode="target", sparsity_target_at=0.5)
+    ctx.epochs = 2
+    ctx.batches_per_epoch = 3
+    run_phase(plugin, ctx, batches=3)
+    record = ctx.records["sst"]["step1"]
+    # after the first epoch (= half of the phase) the target was already reached by training
+    assert record["ratio_per_epoch"][0] == pytest.approx(0.5, abs=0.02)
+    assert ctx.phase_metrics["sparsity_trained"] == pytest.approx(ctx.phase_metrics["sparsity"])
+    for name, mask in ctx.masks.items():
+        assert torch.all(ch.module(ctx.model, name).weight.detach()[mask] == 0)

@@ -185,6 +185,7 @@ class SparsitySettings:
     select: str = "global"
     rerank: str = "epoch"
     threshold: float = 1e-2
+    target_at: float = 1.0
 
 
 def sparsity_plugins(names: Iterable[str]) -> list[str]:
@@ -256,6 +257,9 @@ class SparsityTraining:
             PluginOption(f"{p}_mode", str, cls.modes[0], cls.mode_help, choices=cls.modes),
             PluginOption(f"{p}_select", str, "global", cls.select_help, choices=SELECTS),
             PluginOption(f"{p}_rerank", str, "epoch", cls.rerank_help, choices=RERANKS),
+            PluginOption("sparsity_target_at", float, 1.0, "target mode: fraction of the phase by which the "
+                         "selected filters reach 0; they are then held at 0 (frozen selection) while the rest "
+                         "of the network recovers", check=lambda v: None if 0 < v <= 1 else "must lie in (0, 1]."),
             PluginOption("sparsity_threshold", float, 1e-2, "a filter counts as unimportant when all its "
                          "coupled |gamma| are below this", check=lambda v: None if v > 0 else "must be > 0."),
         ] + cls.extra_options()
@@ -274,7 +278,8 @@ class SparsityTraining:
                                mode=str(plugin.get(f"{p}_mode", cls.modes[0])),
                                select=str(plugin.get(f"{p}_select", d.select)),
                                rerank=str(plugin.get(f"{p}_rerank", d.rerank)),
-                               threshold=float(plugin.get("sparsity_threshold", d.threshold)))
+                               threshold=float(plugin.get("sparsity_threshold", d.threshold)),
+                               target_at=float(plugin.get("sparsity_target_at", d.target_at)))
         flag = "--" + p.replace("_", "-")
         if not 0.0 <= cfg.ratio < 1.0:
             raise UsageError(f"--ratio must lie in [0, 1), got {cfg.ratio}.")
@@ -372,7 +377,7 @@ class SparsityTraining:
     def toolbox_epoch_start(self, ctx: Any) -> None:
         """Reset the epoch's counters; re-rank the selection after the first epoch."""
         self.count, self.tau_sum, self.lr_sum = 0, 0.0, 0.0
-        if self.active and ctx.epoch > 0 and self._settings(ctx).rerank == "epoch":
+        if self.active and ctx.epoch > 0 and self._settings(ctx).rerank == "epoch" and not self._held(ctx):
             self._select(ctx)
 
     @hookimpl
@@ -392,6 +397,14 @@ class SparsityTraining:
         """Optimizer steps in the whole phase (the engine sets ``ctx.batches_per_epoch``)."""
         return int(ctx.epochs) * max(int(ctx.batches_per_epoch), 1)
 
+    def _deadline(self, ctx: Any) -> int:
+        """Target mode: the optimizer step by which the selection reaches 0 (``--sparsity-target-at``)."""
+        return max(1, math.ceil(self._settings(ctx).target_at * self._total_iterations(ctx)))
+
+    def _held(self, ctx: Any) -> bool:
+        """Target mode past its deadline: the selection is frozen and held at 0."""
+        return self._settings(ctx).mode == "target" and self.done >= self._deadline(ctx)
+
     def _lr(self, ctx: Any) -> float:
         optimizer = ctx.optimizer
         return float(optimizer.param_groups[0]["lr"]) if optimizer is not None else float(ctx.options.lr)
@@ -403,9 +416,12 @@ class SparsityTraining:
         if not self.active:
             return
         cfg, model, lr = self._settings(ctx), ch.unwrap(model), self._lr(ctx)
-        if cfg.mode == "target":
-            remaining = self._total_iterations(ctx) - self.done
-            tau: Any = target_threshold(self.peak(model, self.selected), remaining)
+        if cfg.mode == "target" and self._held(ctx):
+            tau: Any = 0.0
+            self.zero_(model, self.selected)
+        elif cfg.mode == "target":
+            remaining = self._deadline(ctx) - self.done
+            tau = target_threshold(self.peak(model, self.selected), remaining)
             self.prox_(model, self.selected, tau)
         else:
             tau = lr * cfg.s
