@@ -60,7 +60,8 @@ def make_checkpoint(model: nn.Module, *, arch: str, num_classes: int, in_chans: 
                     model_kwargs: dict[str, Any], step: int, phase: str,
                     masks: dict[str, torch.Tensor], records: dict[str, Any],
                     options: dict[str, Any], results: list[dict[str, Any]],
-                    optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
+                    optimizer: dict[str, Any] | None = None,
+                    input_size: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """The checkpoint dict of ``model`` at the end of ``phase`` of ``step``."""
     return {
         "format": FORMAT,
@@ -68,6 +69,7 @@ def make_checkpoint(model: nn.Module, *, arch: str, num_classes: int, in_chans: 
         "arch": arch,
         "num_classes": int(num_classes),
         "in_chans": int(in_chans),
+        "input_size": list(input_size) if input_size else None,
         "model_kwargs": dict(model_kwargs),
         "step": int(step),
         "phase": phase,

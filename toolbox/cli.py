@@ -274,12 +274,17 @@ def eval_checkpoint(
 def prune(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by toolbox (with sst masks, or use --ratio)."),
     out: Path = typer.Option(..., help="Where to write the compact checkpoint."),
-    ratio: Optional[float] = typer.Option(None, help="Remove this fraction of channels by BN |gamma| when the checkpoint has no masks."),
+    ratio: Optional[float] = typer.Option(None, help="Remove this fraction of filters by BN |gamma| instead of the checkpoint's masks (needed when it has none)."),
+    round_to: int = typer.Option(1, help="Keep layer widths multiples of this (faster kernels, fewer MACs removed)."),
 ) -> None:
     """Remove the unimportant channels with torch-pruning: a smaller, faster model."""
     from toolbox.compact import prune_checkpoint
 
-    report = prune_checkpoint(checkpoint, out, ratio=ratio)
+    if ratio is not None and not 0 <= ratio < 1:
+        raise UsageError(f"--ratio must lie in [0, 1), got {ratio}.")
+    if round_to < 1:
+        raise UsageError(f"--round-to must be at least 1, got {round_to}.")
+    report = prune_checkpoint(checkpoint, out, ratio=ratio, round_to=round_to)
     table = Table(title=f"compacted {checkpoint} -> {out}")
     table.add_column("metric")
     table.add_column("value", justify="right")

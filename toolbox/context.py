@@ -35,6 +35,7 @@ class Context:
     batches_per_epoch: int = 0
     global_batch: int = 0
     num_classes: int = 0
+    input_size: tuple[int, int, int] | None = None
     teacher: nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     masks: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -198,6 +198,7 @@ class Run:
         ctx = Context(options=options, model=self.model, device=self.device, run_dir=self.run_dir,
                       step=step, num_steps=options.steps, phase=phase,
                       epochs=options.epochs_for(phase), num_classes=self.data.num_classes,
+                      input_size=self._input_size(),
                       teacher=teacher, masks=state.masks, records=state.records, logger=log)
         loader = self._loader(indices, train=True, seed=seed)
         ctx.batches_per_epoch = len(loader)
@@ -263,7 +264,7 @@ class Run:
             self.model, arch=self.options.arch, num_classes=self.data.num_classes,
             in_chans=self.data.in_chans, model_kwargs=self.options.model_kwargs, step=step,
             phase=phase, masks=state.masks, records=state.records, options=self.options.to_dict(),
-            results=state.results, optimizer=state.optimizer_state)
+            results=state.results, optimizer=state.optimizer_state, input_size=self._input_size())
         data["done"] = sorted([list(item) for item in state.done])
         ckpt.save_checkpoint(ckpt.phase_checkpoint_path(self.run_dir, step, phase), data)
         ckpt.atomic_write_json(self.run_dir / "results.json", self.results())
