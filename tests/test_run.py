@@ -84,3 +84,17 @@ def test_keep_optimizer_state_between_steps(tiny_values: dict[str, Any]) -> None
     run.execute()
     checkpoint = load_checkpoint(phase_checkpoint_path(Path(tiny_values["out"]), 2, "learn"))
     assert checkpoint["optimizer"] is not None and checkpoint["optimizer"]["state"]
+
+
+def test_validation_is_held_out_of_every_shard(tiny_values: dict[str, Any]) -> None:
+    run = start_run({**tiny_values, "val_per_class": 5})
+    validation = set(run.validation.tolist())
+    assert len(validation) == 50
+    labels = run.data.train_y[run.validation]
+    assert torch.bincount(labels, minlength=10).tolist() == [5] * 10
+    for shard in run.shards:
+        assert not validation & set(shard.tolist())
+    results = run.execute()
+    assert all("val_top1" in phase for step in results["steps"] for phase in step["phases"])
+    saved = json.loads((Path(tiny_values["out"]) / "shards.json").read_text())
+    assert sorted(saved["validation"]) == sorted(validation)

@@ -92,6 +92,7 @@ class RunOptions:
     data_root: str | None = None
     steps: int = 4
     per_class: int | None = None
+    val_per_class: int = 0
     epochs: int = 1
     phase_epochs: dict[str, int] = field(default_factory=dict)
     batch_size: int = 128
@@ -128,6 +129,8 @@ class RunOptions:
                 raise UsageError(f"--{name} must be at least 1, got {value}.")
         if self.per_class is not None and self.per_class < 1:
             raise UsageError(f"--per-class must be at least 1, got {self.per_class}.")
+        if self.val_per_class < 0:
+            raise UsageError(f"--val-per-class must be >= 0, got {self.val_per_class}.")
         for phase, value in self.phase_epochs.items():
             if phase not in PHASES:
                 raise UsageError(

@@ -80,6 +80,19 @@ def load_run_data(options: RunOptions) -> ImageData:
         raise UsageError(str(exc)) from None
 
 
+def split_validation_and_shards(labels: torch.Tensor, options: RunOptions) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Hold out ``val_per_class`` training images per class (for choosing hyper-parameters), then
+    split the rest into the step shards. Both come from the run's seed."""
+    if not options.val_per_class:
+        return None, split_shards(labels, options.steps, options.seed, options.per_class)
+    (validation,) = split_shards(labels, 1, options.seed + 7919, options.val_per_class)
+    rest = torch.ones(labels.numel(), dtype=torch.bool)
+    rest[validation] = False
+    remaining = rest.nonzero().flatten()
+    shards = split_shards(labels[remaining], options.steps, options.seed, options.per_class)
+    return validation, [remaining[s] for s in shards]
+
+
 @dataclass
 class RunState:
     """What a run carries from phase to phase (and what a checkpoint restores)."""
@@ -105,7 +118,7 @@ class Run:
             torch.set_num_threads(options.threads)
         self.data: ImageData = load_run_data(options)
         try:
-            self.shards = split_shards(self.data.train_y, options.steps, options.seed, options.per_class)
+            self.validation, self.shards = split_validation_and_shards(self.data.train_y, options)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         torch.manual_seed(options.seed)
@@ -138,6 +151,13 @@ class Run:
         return BatchLoader(x, y, indices, size, data.mean, data.std, train=train, seed=seed,
                            device=self.device, channels_last=self.options.channels_last)
 
+    def _validation_loader(self) -> BatchLoader:
+        """The held-out validation images (from the training set), unaugmented."""
+        data = self.data
+        return BatchLoader(data.train_x, data.train_y, self.validation, self.options.eval_batch_size,
+                           data.mean, data.std, train=False, device=self.device,
+                           channels_last=self.options.channels_last)
+
     def _input_size(self) -> tuple[int, int, int]:
         return (self.data.in_chans, self.data.image_size, self.data.image_size)
 
@@ -158,7 +178,8 @@ class Run:
         ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.options.to_dict(), sort_keys=False))
         ckpt.atomic_write_json(self.run_dir / "shards.json",
                                {"seed": self.options.seed, "per_class": self.options.per_class,
-                                "shards": [s.tolist() for s in self.shards]})
+                                "shards": [s.tolist() for s in self.shards],
+                                "validation": None if self.validation is None else self.validation.tolist()})
         (self.run_dir / "metrics.jsonl").touch()
 
     def execute(self, only_phase: str | None = None) -> dict[str, Any]:
@@ -233,8 +254,12 @@ class Run:
         self.pm.hook.toolbox_phase_end(ctx=ctx)
         state.masks, state.records = ctx.masks, ctx.records
         test = evaluate(self.model, self._loader(None, train=False, seed=0), self.device, options.precision)
+        validation = {}
+        if self.validation is not None:
+            scores = evaluate(self.model, self._validation_loader(), self.device, options.precision)
+            validation = {"val_top1": scores["top1"], "val_loss": scores["loss"]}
         record = {"phase": phase, "epochs": ctx.epochs, "images": int(indices.numel()),
-                  "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"],
+                  "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"], **validation,
                   "train_seconds": train_seconds, "params": count_params(self.model),
                   "macs": count_macs(self.model, self._input_size()), **ctx.phase_metrics}
         self._append_metrics({"step": step, "phase": phase, "eval": test})
