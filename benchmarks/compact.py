@@ -2,7 +2,7 @@
 
     python benchmarks/compact.py [--archs cifar_resnet56,cifar_resnet110,cifar_mobilenetv2]
                                  [--ratios 0.3,0.5,0.7] [--threads 2] [--repeats 3]
-                                 [--round-to 1] [--nchw] [--out benchmarks/compact_results.md]
+                                 [--round-to 1] [--nchw] [--out FILE.md]
 
 For every backbone (option-B ResNets, CIFAR MobileNetV2; random initialization with BN scales
 drawn from U(0.05, 1) and shifts from N(0, 0.1), so BN-scale importance has something to rank)
