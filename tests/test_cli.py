@@ -112,3 +112,19 @@ def test_seeds_make_subdirectories_and_a_report(tmp_path: Path) -> None:
     assert invoke("run", "--resume", str(out)).exit_code == 0
     again = invoke("report", str(out), "--out", str(tmp_path / "rep"))
     assert again.exit_code == 0 and (tmp_path / "rep" / "report.csv").is_file()
+
+
+def test_run_on_a_fabricated_cifar100_folder(tmp_path: Path) -> None:
+    from fabricate import write_cifar100
+
+    write_cifar100(tmp_path / "data", train_per_class=4, test_per_class=1)
+    out = tmp_path / "run"
+    result = invoke("run", "--plugins", "finetune", "--arch", "cifar_resnet20", "--dataset", "cifar100",
+                    "--data-root", str(tmp_path / "data"), "--steps", "4", "--epochs", "1",
+                    "--batch-size", "64", "--device", "cpu", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    import json
+
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["steps"]) == 4 and results["config"]["dataset"] == "cifar100"
+    assert [p["images"] for s in results["steps"] for p in s["phases"]] == [100] * 4

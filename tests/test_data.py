@@ -32,6 +32,8 @@ from toolbox.data import (
 )
 from toolbox.errors import UsageError
 
+from fabricate import write_cifar100 as _write_cifar
+
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -110,30 +112,6 @@ def test_resolve_data_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 # ----------------------------------------------------------------------------- CIFAR-100
-
-
-def _write_cifar(root: Path, train_per_class: int = 3, test_per_class: int = 1) -> dict[str, np.ndarray]:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, per in (("train", train_per_class), ("test", test_per_class)):
-        labels = [c for c in range(100) for _ in range(per)]
-        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        entry = {
-            b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
-            b"batch_label": f"{split} batch".encode(),
-            b"fine_labels": labels,
-            b"coarse_labels": [c // 5 for c in labels],
-            b"data": data,
-        }
-        with open(folder / split, "wb") as f:
-            pickle.dump(entry, f, protocol=2)
-        arrays[split] = data
-    meta = {b"fine_label_names": [f"c{i}".encode() for i in range(100)], b"coarse_label_names": []}
-    with open(folder / "meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return arrays
 
 
 def test_cifar100_loads_official_layout(tmp_path: Path) -> None:
