@@ -311,6 +311,13 @@ class AOD:
         ctx.logger.info("aod: re-initialized %d of %d filters (%s).", count, graph.num_units, cfg.reinit)
         return None
 
+    def _peer_optimizer(self, ctx: Any) -> torch.optim.Optimizer:
+        """SGD for the mutual peer, with the student optimizer's momentum and weight decay."""
+        group = ctx.optimizer.param_groups[0] if ctx.optimizer is not None else {
+            "lr": ctx.options.lr, "momentum": ctx.options.momentum, "weight_decay": ctx.options.weight_decay}
+        return torch.optim.SGD(self.net.parameters(), lr=group["lr"], momentum=group.get("momentum", 0.0),
+                               weight_decay=group.get("weight_decay", 0.0))
+
     def _teacher_logits(self, ctx: Any, inputs: torch.Tensor, student: torch.Tensor,
                         targets: torch.Tensor) -> torch.Tensor:
         cfg = self._settings(ctx)
@@ -320,11 +327,7 @@ class AOD:
             with torch.no_grad():
                 return self.net(inputs).float()
         if self.peer_optimizer is None:
-            group = ctx.optimizer.param_groups[0] if ctx.optimizer is not None else {
-                "lr": ctx.options.lr, "momentum": ctx.options.momentum, "weight_decay": ctx.options.weight_decay}
-            self.peer_optimizer = torch.optim.SGD(self.net.parameters(), lr=group["lr"],
-                                                  momentum=group.get("momentum", 0.0),
-                                                  weight_decay=group.get("weight_decay", 0.0))
+            self.peer_optimizer = self._peer_optimizer(ctx)
         if ctx.optimizer is not None:
             for g in self.peer_optimizer.param_groups:
                 g["lr"] = ctx.optimizer.param_groups[0]["lr"]
@@ -360,6 +363,27 @@ class AOD:
         if self.active and self.batches:
             metrics["aod_weight"] = float(self.weight_sum) / self.batches
         self.weight_sum, self.batches = 0.0, 0
+
+    @hookimpl
+    def toolbox_state_dict(self, ctx: Any) -> dict[str, Any] | None:
+        """The EMA or mutual teacher's weights (and the peer's optimizer); nothing for the frozen
+        teacher. The adaptive-weight sums restart every epoch, so they are not saved."""
+        if not self.active or self.net is None:
+            return None
+        state: dict[str, Any] = {"net": self.net.state_dict()}
+        if self.peer_optimizer is not None:
+            state["peer_optimizer"] = self.peer_optimizer.state_dict()
+        return state
+
+    @hookimpl
+    def toolbox_load_state_dict(self, ctx: Any, state: dict[str, Any]) -> None:
+        """Continue a learn phase after a kill: the EMA/mutual teacher as the last epoch left it."""
+        if not self.active or self.net is None or "net" not in state:
+            return
+        self.net.load_state_dict(state["net"])
+        if "peer_optimizer" in state:
+            self.peer_optimizer = self._peer_optimizer(ctx)
+            self.peer_optimizer.load_state_dict(state["peer_optimizer"])
 
     @hookimpl
     def toolbox_phase_end(self, ctx: Any) -> None:

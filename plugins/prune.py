@@ -124,6 +124,17 @@ class Prune:
         return small
 
     @hookimpl
+    def toolbox_state_dict(self, ctx: Any) -> dict[str, Any] | None:
+        """In ``compact``: the compaction report (measured in ``toolbox_prune``, which a resumed
+        phase does not call again)."""
+        return {"report": dict(self.report)} if ctx.phase == PHASE and self.report else None
+
+    @hookimpl
+    def toolbox_load_state_dict(self, ctx: Any, state: dict[str, Any]) -> None:
+        """Restore the compaction report of a ``compact`` phase continued after a kill."""
+        self.report = {k: float(v) for k, v in state.get("report", {}).items()}
+
+    @hookimpl
     def toolbox_phase_end(self, ctx: Any) -> None:
         """Put the compaction report (flat floats) into the phase's metrics."""
         if ctx.phase == PHASE and self.report:

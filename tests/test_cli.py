@@ -128,3 +128,14 @@ def test_run_on_a_fabricated_cifar100_folder(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert len(results["steps"]) == 4 and results["config"]["dataset"] == "cifar100"
     assert [p["images"] for s in results["steps"] for p in s["phases"]] == [100] * 4
+
+
+def test_check_command_and_run_refusal(tmp_path: Path) -> None:
+    result = invoke("check", "--arch", "cifar_resnet20", "--dataset", "synthetic")
+    assert result.exit_code == 0, result.output
+    assert "verdict" in result.output and "reload" in result.output
+    result = invoke("run", "--plugins", "sst,aod,msl", "--arch", "test_efficientnet_gn", "--dataset", "synthetic",
+                    "--out", str(tmp_path / "r"), "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    assert "has no BatchNorm layer" in result.output
+    assert not (tmp_path / "r").exists()

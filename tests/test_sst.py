@@ -205,3 +205,27 @@ def test_target_at_reaches_zero_early_and_holds_it() -> None:
     assert ctx.phase_metrics["sparsity_trained"] == pytest.approx(ctx.phase_metrics["sparsity"])
     for name, mask in ctx.masks.items():
         assert torch.all(ch.module(ctx.model, name).weight.detach()[mask] == 0)
+
+
+def test_phase_end_writes_the_controller_plot(tmp_path: Path) -> None:
+    plugin, ctx = make(mode="target", ratio=0.25)
+    ctx.run_dir, ctx.epochs, ctx.batches_per_epoch = tmp_path, 2, 2
+    run_phase(plugin, ctx, batches=2)
+    assert len(plugin.s_history) == len(plugin.ratio_history) == 2
+    assert (tmp_path / "sparsity_step1.png").stat().st_size > 1000
+
+
+def test_a_failing_controller_plot_does_not_end_the_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import toolbox.sparsity
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(toolbox.sparsity, "plot_controller", broken)
+    plugin, ctx = make(mode="target", ratio=0.25)
+    ctx.run_dir, ctx.batches_per_epoch = tmp_path, 2
+    with caplog.at_level(logging.WARNING, logger="toolbox"):
+        run_phase(plugin, ctx, batches=2)
+    assert "could not write the sparsity plot (no display)" in caplog.text
+    assert ctx.masks and not (tmp_path / "sparsity_step1.png").exists()

@@ -93,7 +93,10 @@ def example_input(model: nn.Module, input_size: Sequence[int] | None = None) -> 
         input_size = (first_conv.in_channels, *tuple(input_size)[1:])
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    return torch.randn(1, *input_size, device=device)
+    # a private generator: tracing must not move the run's global RNG, or a resumed run (whose
+    # first trace happens in a fresh process) would draw different numbers than an uninterrupted one
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, *input_size, generator=generator).to(device)
 
 
 def classifier_of(model: nn.Module) -> nn.Module | None:

@@ -4,16 +4,29 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) saved wit
 ``torch.save`` and loaded with ``weights_only=True``: no pickled modules or classes, so loading a
 file never runs code from it. It records what is needed to rebuild the model through timm's
 registry and to resume the run.
+
+Every file a run writes goes through :func:`atomic_write_bytes` (temp file in the same folder,
+fsync, rename, fsync of the folder): a kill or a full disk leaves either the old file or the new
+one, never a torn one, and a failed write removes its temp file and raises :class:`WriteError`
+with one sentence. ``metrics.jsonl`` is the one append-only file; a torn last line is dropped on
+resume (``toolbox.run``).
+
+Test hook: :func:`kill_point` SIGKILLs the process at a named moment when the environment
+variable ``TOOLBOX_TEST_KILL_AT`` names it (``before-rename:<file name>``,
+``after-write:<file name>``, ``batch:<step>:<phase>:<epoch>:<batch>``); the kill-and-resume tests
+use it to stop a run at exact points. Unset, it costs one dictionary lookup per file written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
 import os
 import pickle
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,24 +39,131 @@ import toolbox
 from toolbox.errors import CheckpointError, UsageError
 
 FORMAT = "toolbox-checkpoint/1"
+KILL_ENV = "TOOLBOX_TEST_KILL_AT"
+PARTIAL_NAME = "partial.pt"
+TEMP_SUFFIX = ".tmp"
 log = logging.getLogger("toolbox")
 
 
+def _file_mode() -> int:
+    """Permissions of a new file under the current umask (mkstemp alone would give 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
+class WriteError(OSError):
+    """A file of the run could not be written (full disk, permissions); one sentence, old file intact."""
+
+
+def kill_point(event: str) -> None:
+    """Test hook: SIGKILL this process when ``$TOOLBOX_TEST_KILL_AT`` equals ``event``.
+
+    Lets tests kill a run at an exact moment (between writing a temp file and renaming it, at a
+    given batch) and check that ``--resume`` loses nothing. Does nothing when the variable is unset.
+    """
+    if os.environ.get(KILL_ENV) == event:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[: 1 << 24])
+        view = view[written:]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """The one-sentence :class:`WriteError` for a failed write of ``path``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = ("free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "check the folder's permissions and free space")
+    error = WriteError(f"Could not write {path} ({reason}); what was written before is intact: "
+                       f"{hint}, then continue the run with `toolbox run --resume <run dir>`.")
+    error.errno = exc.errno
+    return error
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one."""
+    """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one.
+
+    The bytes go to a temp file beside ``path`` (``.<name>.<random>.tmp``), are fsynced, and the
+    temp file is renamed over ``path``. A failure (e.g. ENOSPC) removes the temp file and raises
+    :class:`WriteError` (an ``OSError``) naming the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        try:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, FILE_MODE)
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        kill_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise write_error(path, exc) from None
         raise
+    _fsync_dir(path.parent)
+    kill_point(f"after-write:{path.name}")
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` with one ``O_APPEND`` write.
+
+    A kill can at worst leave a torn last line, which the reader drops (``metrics.jsonl`` on
+    resume); a failure (e.g. ENOSPC) raises :class:`WriteError`.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            _write_all(fd, (line + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files a killed :func:`atomic_write_bytes` left in ``folder``; return them."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def atomic_savefig(fig: Any, path: Path, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically (rendered in memory, then :func:`atomic_write_bytes`)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **kwargs)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -101,13 +221,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if "weights_only" in str(exc) else "it is not a valid checkpoint"
-        raise CheckpointError(
-            f"Refusing to load {path}: it holds objects that weights_only loading does not allow "
-            f"({reason[:120]}); only load checkpoints written by toolbox."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0][:100]}); use an earlier checkpoint.") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        blocked = next((line for line in lines if "GLOBAL" in line), None)
+        if blocked is not None:
+            raise CheckpointError(
+                f"Refusing to load {path}: it holds objects that weights_only loading does not allow "
+                f"({blocked[:120]}); only load checkpoints written by toolbox."
+            ) from None
+        detail = next((line for line in lines if line.startswith("Unsupported")), "not a checkpoint")
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({detail[:100]}); "
+                              "use an earlier checkpoint.") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the bytes means a damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({first}); "
+                              "use an earlier checkpoint.") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a toolbox checkpoint; pass a file written by toolbox run/train/prune.")
     return data
@@ -121,16 +248,28 @@ def build_model(arch: str, num_classes: int, in_chans: int, model_kwargs: dict[s
     try:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                                  **(model_kwargs or {}))
-    except TypeError as exc:
-        raise UsageError(f"model_kwargs {model_kwargs!r} do not fit {arch} ({exc}); fix model_kwargs.") from None
+    except (TypeError, ValueError, AttributeError, KeyError, AssertionError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:150]
+        raise UsageError(f"model_kwargs {model_kwargs!r} do not fit {arch} ({detail}); fix model_kwargs.") from None
 
 
-def load_state(model: nn.Module, checkpoint: dict[str, Any], arch: str, num_classes: int, source: str = "checkpoint") -> None:
-    """Load the checkpoint's weights into ``model``; a mismatch is one sentence naming both."""
+def load_state(model: nn.Module, checkpoint: dict[str, Any], arch: str, num_classes: int,
+               source: str = "checkpoint", in_chans: int | None = None) -> None:
+    """Load the checkpoint's weights into ``model``; a mismatch is one sentence naming both.
+
+    ``in_chans`` (when given) is checked too, so a 1-channel checkpoint meeting a 3-channel
+    dataset is named as such rather than as a shape error.
+    """
     if checkpoint["arch"] != arch or checkpoint["num_classes"] != num_classes:
         raise CheckpointError(
             f"The {source} is for {checkpoint['arch']} with {checkpoint['num_classes']} classes but this run "
             f"uses {arch} with {num_classes} classes; pass a matching --arch/--dataset or another checkpoint."
+        )
+    recorded = checkpoint.get("in_chans")
+    if in_chans is not None and recorded is not None and int(recorded) != int(in_chans):
+        raise CheckpointError(
+            f"The {source} is for {recorded}-channel images but this run's dataset has {in_chans} channels; "
+            "pass the dataset it was trained on or another checkpoint."
         )
     try:
         model.load_state_dict(checkpoint["state_dict"])
@@ -171,6 +310,11 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
 def phase_checkpoint_path(run_dir: Path, step: int, phase: str) -> Path:
     """Where the checkpoint at the end of ``phase`` of ``step`` lives."""
     return Path(run_dir) / "checkpoints" / f"step{step}_{phase}.pt"
+
+
+def partial_checkpoint_path(run_dir: Path) -> Path:
+    """Where the checkpoint of an unfinished phase lives (written after every epoch but the last)."""
+    return Path(run_dir) / "checkpoints" / PARTIAL_NAME
 
 
 def load_phase_model(run_dir: Path, step: int, phase: str) -> nn.Module:

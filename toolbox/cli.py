@@ -32,10 +32,16 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Report :class:`UsageError` as ``Error: <sentence>`` on stderr with exit code 2."""
+    """Report errors as ``Error: <sentence>`` on stderr, no traceback.
+
+    Exit codes: 2 for a :class:`UsageError` (bad value, bad or mismatched checkpoint), 1 for a
+    non-finite loss (:class:`toolbox.engine.NumericError`) and for a file the run could not write
+    (:class:`toolbox.checkpoint.WriteError`: full disk, permissions; earlier checkpoints intact).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from toolbox.checkpoint import WriteError
         from toolbox.engine import NumericError
 
         try:
@@ -43,7 +49,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except UsageError as exc:
             error_console.print(f"Error: {exc}", markup=False, highlight=False)
             raise typer.Exit(2) from None
-        except NumericError as exc:
+        except (NumericError, WriteError) as exc:
             error_console.print(f"Error: {exc}", markup=False, highlight=False)
             raise typer.Exit(1) from None
 
@@ -136,8 +142,28 @@ def print_results(results: dict[str, Any]) -> None:
     console.print(table)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is at the time of each message (a test
+    runner that swaps stderr per command never meets a closed stream)."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        """The current ``sys.stderr``."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """Ignored: the stream is always the current stderr."""
+
+
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    """INFO and above of every logger to stderr as ``LEVEL message`` (installed once)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 @app.command(context_settings=EXTRA)
@@ -254,7 +280,10 @@ def eval_checkpoint(
     name = dataset or options.get("dataset")
     if not name:
         raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
-    data = load_dataset(name, data_root or options.get("data_root"))
+    try:
+        data = load_dataset(name, data_root or options.get("data_root"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:
         raise UsageError(
             f"{checkpoint} is for {data_checkpoint['num_classes']} classes / {data_checkpoint['in_chans']} "
@@ -291,6 +320,26 @@ def prune(
     for key, value in report.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+@app.command("check")
+@user_errors
+def check(
+    arch: Optional[str] = typer.Option(None, help="Backbone name in timm's registry, e.g. cifar_resnet56."),
+    plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins the run would use (default sst,aod,msl,prune)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset giving image shape and classes: cifar100, tiny_imagenet, fashion_mnist, synthetic or auto (default: the model's cfg, 10 classes)."),
+    data_root: Optional[str] = typer.Option(None, help="Dataset folder (read only for auto and registered datasets)."),
+    model_kwargs: Optional[str] = typer.Option(None, help="Model options as a YAML mapping, e.g. '{shortcut: A}'."),
+    ratio: Optional[float] = typer.Option(None, help="Fraction of filters the dry run selects, re-initializes and removes (default 0.5)."),
+    config: Optional[Path] = typer.Option(None, help="A run's YAML/TOML config: check the run it describes."),
+) -> None:
+    """Check before a long run that a backbone can be sparsified, re-initialized and pruned (exit 1 if not)."""
+    from toolbox.preflight import check_arguments, check_command, exit_code
+
+    flags = dict(arch=arch, plugins=plugins, dataset=dataset, data_root=data_root, model_kwargs=model_kwargs,
+                 ratio=ratio)
+    report = check_command(**check_arguments(merged_values(config, flags, [])), console=console)
+    raise typer.Exit(exit_code(report))
 
 
 @app.command("report")
@@ -342,5 +391,25 @@ def models_list(pattern: str = typer.Argument("cifar_*", help="timm name pattern
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m toolbox.cli``).
+
+    A malformed command line (e.g. a flag missing its value) is one ``Error:`` line with exit
+    code 2, like every other user error.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        error_console.print("Aborted.", markup=False, highlight=False)
+        sys.exit(1)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+            app()  # typer's own rendering: the help of the command named without arguments
+            return
+        message = exc.format_message().strip().rstrip(".")
+        error_console.print(f"Error: {message}; see toolbox --help.", markup=False, highlight=False)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

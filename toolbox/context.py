@@ -19,7 +19,10 @@ class Context:
 
     Plugins read it and may set ``masks``, ``records`` and ``phase_metrics``; they keep their
     own state on themselves. ``teacher`` is a frozen copy (eval mode, no grad) of the model as
-    the previous phase left it; ``None`` in the first phase of a run.
+    the previous phase left it; ``None`` in the first phase of a run. ``start_epoch`` is the
+    first epoch this process trains: 0, or the epochs already done when the phase continues from
+    ``partial.pt`` after a kill (then ``toolbox_prune`` is skipped and
+    ``toolbox_load_state_dict`` restores the plugins' state).
     """
 
     options: RunOptions
@@ -34,6 +37,7 @@ class Context:
     batch_index: int = 0
     batches_per_epoch: int = 0
     global_batch: int = 0
+    start_epoch: int = 0
     num_classes: int = 0
     input_size: tuple[int, int, int] | None = None
     teacher: nn.Module | None = None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolbox.context import Context
+from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox.plugins import has_impl
 
@@ -27,10 +28,27 @@ class NumericError(RuntimeError):
 
 
 def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; otherwise the named device."""
+    """``auto`` picks CUDA when present, else CPU; otherwise the named device, which must work here.
+
+    An unknown or absent device is a :class:`UsageError` with one sentence (checked by allocating
+    a tensor on it, before any data is loaded).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "meta":
+        raise UsageError("--device meta holds no data and cannot train; use auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu or auto.")
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--device {name} cannot be used here ({reason}); use --device cpu or auto.") from None
+    return device
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

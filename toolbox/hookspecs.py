@@ -23,7 +23,13 @@ Order of calls in a run (see ``toolbox.run``)::
                     optimizer.step()
                     toolbox_batch_end(ctx, model)         after the parameter update
                 toolbox_epoch_end(ctx, metrics)
+                toolbox_state_dict(ctx)    after every epoch but the last: saved in partial.pt
             toolbox_phase_end(ctx)         before the phase's checkpoint is written
+
+A phase continued from ``partial.pt`` after a kill (``toolbox run --resume``) calls
+``toolbox_phase_start(ctx)`` (same teacher, ``ctx.start_epoch`` > 0), skips ``toolbox_prune`` (the
+saved model is already pruned), restores model, masks, records, optimizer and the torch RNG, calls
+``toolbox_load_state_dict(ctx, state)``, then trains epochs ``ctx.start_epoch ..`` as above.
 """
 
 from __future__ import annotations
@@ -131,6 +137,31 @@ def toolbox_batch_end(ctx: Any, model: Any) -> None:
 @hookspec
 def toolbox_epoch_end(ctx: Any, metrics: dict[str, float]) -> None:
     """An epoch ended; ``metrics`` (train loss terms, lr, ...) may be extended in place."""
+
+
+@hookspec
+def toolbox_state_dict(ctx: Any) -> dict[str, Any] | None:
+    """Return what the plugin needs to continue the current phase mid-way, or ``None``.
+
+    Called after every epoch of a phase except its last (after :func:`toolbox_epoch_end`); the
+    result is saved under the plugin's name in ``checkpoints/partial.pt`` so that a killed run
+    resumes at the next epoch instead of the phase start. Return plain data only (numbers,
+    strings, lists, dicts, tensors, ``state_dict()``s of modules and optimizers): the file is
+    loaded with ``weights_only=True``. State rebuilt by :func:`toolbox_phase_start` (e.g. teachers
+    loaded from earlier checkpoints) and per-epoch counters need not be saved.
+    """
+
+
+@hookspec
+def toolbox_load_state_dict(ctx: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`toolbox_state_dict` returned when a phase continues after a kill.
+
+    Called once, after :func:`toolbox_phase_start` (``ctx.start_epoch`` > 0 there) and instead of
+    :func:`toolbox_prune`, which is not called again: the model, ``ctx.masks``, ``ctx.records``,
+    ``ctx.phase_metrics`` and ``ctx.optimizer`` already hold their values at the end of epoch
+    ``ctx.start_epoch``. A plugin whose prune hook keeps state on itself restores it here. Tensors
+    arrive on the CPU; move them to ``ctx.device``. Only called for plugins that saved a state.
+    """
 
 
 @hookspec

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class PluginOption:
             raise UsageError(
                 f"{flag} must be a {self.type.__name__}, got {raw!r}."
             ) from None
+        check_finite(flag, value, raw)
         if self.choices is not None and value not in self.choices:
             raise UsageError(
                 f"{flag} must be one of {', '.join(map(str, self.choices))}, got {raw!r}."
@@ -55,6 +57,12 @@ class PluginOption:
             if problem:
                 raise UsageError(f"{flag}={value!r}: {problem}")
         return value
+
+
+def check_finite(flag: str, value: Any, raw: Any) -> None:
+    """Refuse ``nan`` and ``inf`` for a float option with one sentence (no option wants them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number, got {raw!r}.")
 
 
 def parse_value(raw: Any, kind: type) -> Any:
@@ -131,17 +139,19 @@ class RunOptions:
             raise UsageError(f"--per-class must be at least 1, got {self.per_class}.")
         if self.val_per_class < 0:
             raise UsageError(f"--val-per-class must be >= 0, got {self.val_per_class}.")
-        for phase, value in self.phase_epochs.items():
-            if phase not in PHASES:
-                raise UsageError(
-                    f"phase_epochs names unknown phase {phase!r}; use one of {', '.join(PHASES)}."
-                )
-            if int(value) < 0:
-                raise UsageError(f"phase_epochs.{phase} must be >= 0, got {value}.")
+        self.phase_epochs = {phase: _phase_epochs(phase, value) for phase, value in self.phase_epochs.items()}
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}.")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise UsageError("--weight-decay must be >= 0 and --momentum in [0, 1).")
+        if not self.lr_decay > 0:
+            raise UsageError(f"--lr-decay must be positive (0.1 divides the lr by 10), got {self.lr_decay}.")
+        if self.warmup_lr < 0:
+            raise UsageError(f"--warmup-lr must be >= 0, got {self.warmup_lr}.")
+        if any(not 0 <= m <= 1 for m in self.milestones):
+            raise UsageError(f"--milestones are fractions of the phase in [0, 1] like 0.5,0.75, got {self.milestones}.")
+        if self.seed < 0 or any(s < 0 for s in self.seeds):
+            raise UsageError(f"Seeds must be >= 0, got {self.seed if self.seed < 0 else self.seeds}.")
         if self.schedule not in SCHEDULES:
             raise UsageError(
                 f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}."
@@ -162,6 +172,19 @@ class RunOptions:
 
 
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
+
+
+def _phase_epochs(phase: Any, value: Any) -> int:
+    """One ``phase_epochs`` entry: a known phase and a whole number >= 0."""
+    if phase not in PHASES:
+        raise UsageError(f"phase_epochs names unknown phase {phase!r}; use one of {', '.join(PHASES)}.")
+    try:
+        epochs = parse_value(value, int)
+    except (TypeError, ValueError):
+        raise UsageError(f"phase_epochs.{phase} must be a whole number of epochs, got {value!r}.") from None
+    if epochs < 0:
+        raise UsageError(f"phase_epochs.{phase} must be >= 0, got {value}.")
+    return epochs
 
 
 def _field_type(name: str) -> type:
@@ -189,6 +212,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise UsageError(f"Cannot read config file {path}: {exc.strerror or exc}; check the path.") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"Config file {path} is not UTF-8 text; pass a YAML or TOML file.") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
@@ -247,11 +272,14 @@ def _parse_core(key: str, raw: Any) -> Any:
         value = parse_value(raw, kind)
     except (TypeError, ValueError):
         raise UsageError(f"{flag} must be a {kind.__name__}, got {raw!r}.") from None
+    check_finite(flag, value, raw)
     if key == "milestones":
         try:
             value = [float(v) for v in value]
         except ValueError:
             raise UsageError(f"--milestones must be fractions like 0.5,0.75, got {raw!r}.") from None
+        if not all(math.isfinite(v) for v in value):
+            raise UsageError(f"--milestones must be finite fractions like 0.5,0.75, got {raw!r}.")
     if key == "plugins":
         value = [str(v) for v in value]
     if key == "seeds":

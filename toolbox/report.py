@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolbox.checkpoint import atomic_write_json, atomic_write_text
+from toolbox.checkpoint import atomic_savefig, atomic_write_json, atomic_write_text
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -65,7 +65,7 @@ def plot_top1(results: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -188,7 +188,7 @@ def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +35,7 @@ from toolbox.engine import (Trainer, build_optimizer, count_macs, count_params, 
 from toolbox.errors import CheckpointError, UsageError
 from toolbox.options import PHASES, RunOptions, build_options
 from toolbox.plugins import chain_prune, declared_options, dormant_options, load_plugins
+from toolbox.preflight import check_run
 
 log = logging.getLogger("toolbox")
 
@@ -125,14 +128,18 @@ class Run:
         self.model = self._to_device(ckpt.build_model(options.arch, self.data.num_classes,
                                                       self.data.in_chans, options.model_kwargs))
         self.state = RunState()
+        self.partial: dict[str, Any] | None = None
         self.initialized = False
         self.pm.hook.toolbox_configure(options=options)
+        check_run(options.arch, options.model_kwargs, self.data.num_classes, self.data.in_chans,
+                  self.data.image_size, options.plugins, float(options.plugin.get("ratio", 0.5)))
 
     def initialize_from(self, path: Path) -> None:
         """Start from the weights and masks of a checkpoint (``toolbox train --init``)."""
         data = ckpt.load_checkpoint(path)
         self.model = self._to_device(ckpt.apply_recorded_structure(self.model, data))
-        ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=str(path))
+        ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=f"checkpoint {path}",
+                        in_chans=self.data.in_chans)
         self.state.records = dict(data["records"])
         self.state.masks = dict(data["masks"])
         self.initialized = True
@@ -162,12 +169,13 @@ class Run:
         return (self.data.in_chans, self.data.image_size, self.data.image_size)
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Append one line to metrics.jsonl (one write; a torn line is dropped on resume)."""
+        ckpt.append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
 
     # --------------------------------------------------------------- the run
     def prepare_directory(self) -> None:
-        """Create the run directory and write config.yaml and shards.json (fresh runs)."""
+        """Create the run directory and write config.yaml, shards.json and an empty metrics.jsonl
+        (fresh runs, and resumed ones that had no complete phase)."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe = self.run_dir / ".write-test"
@@ -180,7 +188,18 @@ class Run:
                                {"seed": self.options.seed, "per_class": self.options.per_class,
                                 "shards": [s.tolist() for s in self.shards],
                                 "validation": None if self.validation is None else self.validation.tolist()})
-        (self.run_dir / "metrics.jsonl").touch()
+        ckpt.atomic_write_text(self.run_dir / "metrics.jsonl", "")
+
+    def check_disk_space(self) -> None:
+        """Warn when the run directory's disk has less free space than the run's checkpoints need."""
+        try:
+            free = shutil.disk_usage(self.run_dir).free
+        except OSError:
+            return
+        needed = estimate_checkpoint_bytes(self.model, self.options, self._phase_order())
+        if free < needed:
+            log.warning("Only %.0f MB are free on the disk of %s but this run's checkpoints need about %.0f MB; "
+                        "free some space or pass another --out.", free / 1e6, self.run_dir, needed / 1e6)
 
     def execute(self, only_phase: str | None = None) -> dict[str, Any]:
         """Train every remaining phase of every step; return the results dict.
@@ -188,6 +207,7 @@ class Run:
         ``only_phase`` runs just that phase of step 1 (``toolbox train``).
         """
         options = self.options
+        self.check_disk_space()
         first_phase = not self.state.done and not self.initialized
         for step in range(1, options.steps + 1):
             phases = [only_phase] if only_phase else plan_phases(self.pm, step, options.steps)
@@ -205,25 +225,45 @@ class Run:
         return {"config": self.options.to_dict(), "dataset_source": self.data.source,
                 "steps": self.state.results}
 
+    # ------------------------------------------------------------- one phase
     def _run_phase(self, step: int, phase: str, has_previous: bool) -> None:
-        options, state = self.options, self.state
-        seed = phase_seed(options.seed, step, phase)
+        """Train ``phase`` of ``step`` from its start, or from ``partial.pt`` after a kill."""
+        partial = self._take_partial(step, phase)
+        seed = phase_seed(self.options.seed, step, phase)
         torch.manual_seed(seed)
         chosen = self.pm.hook.toolbox_data_schedule(step=step, phase=phase, shards=self.shards)
         indices = self.shards[step - 1] if chosen is None else chosen
-        teacher = None
-        if has_previous:
-            teacher = copy.deepcopy(self.model).eval()
-            for param in teacher.parameters():
-                param.requires_grad_(False)
-        ctx = Context(options=options, model=self.model, device=self.device, run_dir=self.run_dir,
-                      step=step, num_steps=options.steps, phase=phase,
-                      epochs=options.epochs_for(phase), num_classes=self.data.num_classes,
-                      input_size=self._input_size(),
-                      teacher=teacher, masks=state.masks, records=state.records, logger=log)
+        ctx = self._phase_context(step, phase, self._frozen_copy() if has_previous else None)
         loader = self._loader(indices, train=True, seed=seed)
         ctx.batches_per_epoch = len(loader)
+        ctx.start_epoch = 0 if partial is None else int(partial["epochs_done"])
         self.pm.hook.toolbox_phase_start(ctx=ctx)
+        if partial is None:
+            optimizer, before = self._begin_phase(ctx), 0.0
+        else:
+            optimizer, before = self._continue_phase(ctx, partial), float(partial.get("train_seconds", 0.0))
+        train_seconds = before + self._train(ctx, optimizer, loader, before)
+        self._finish_phase(ctx, indices, optimizer, train_seconds)
+
+    def _frozen_copy(self) -> nn.Module:
+        """The teacher: a frozen, eval-mode copy of the model as the previous phase left it."""
+        teacher = copy.deepcopy(self.model).eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        return teacher
+
+    def _phase_context(self, step: int, phase: str, teacher: nn.Module | None) -> Context:
+        """The phase's :class:`Context` (masks and records carried over from the last phase)."""
+        options = self.options
+        return Context(options=options, model=self.model, device=self.device, run_dir=self.run_dir,
+                       step=step, num_steps=options.steps, phase=phase,
+                       epochs=options.epochs_for(phase), num_classes=self.data.num_classes,
+                       input_size=self._input_size(), teacher=teacher, masks=self.state.masks,
+                       records=self.state.records, logger=log)
+
+    def _begin_phase(self, ctx: Context) -> torch.optim.Optimizer:
+        """A phase from its start: the plugins' ``toolbox_prune`` chain, then the optimizer."""
+        options, state = self.options, self.state
         model = chain_prune(self.pm, ctx, self.model)
         if model is not self.model:
             self.model = self._to_device(model)
@@ -233,24 +273,86 @@ class Run:
         if not options.reset_optimizer and state.optimizer_state is not None:
             optimizer.load_state_dict(state.optimizer_state)
         ctx.optimizer = optimizer
+        return optimizer
+
+    def _continue_phase(self, ctx: Context, partial: dict[str, Any]) -> torch.optim.Optimizer:
+        """A phase from ``partial.pt``: no ``toolbox_prune`` (the saved model is already pruned);
+        model, masks, records, optimizer, plugin states and the torch RNG as the last epoch left them."""
+        self._load_partial_model(ctx, partial)
+        ctx.masks, ctx.records = dict(partial["masks"]), dict(partial["records"])
+        ctx.phase_metrics = dict(partial.get("phase_metrics") or {})
+        ctx.global_batch = int(partial.get("global_batch", 0))
+        ctx.epoch = ctx.start_epoch
+        optimizer = build_optimizer(self.model, self.options)
+        optimizer.load_state_dict(partial["optimizer"])
+        ctx.optimizer = optimizer
+        load_plugin_states(self.pm, ctx, partial.get("plugins") or {})
+        set_rng_state(partial["rng"])
+        log.info("Continuing step %d %s at epoch %d of %d from %s.", ctx.step, ctx.phase, ctx.start_epoch + 1,
+                 ctx.epochs, partial["path"])
+        return optimizer
+
+    def _load_partial_model(self, ctx: Context, partial: dict[str, Any]) -> None:
+        """Load the partial checkpoint's weights, rebuilding the model when a pruner changed its shape."""
+        saved = partial["state_dict"]
+        current = self.model.state_dict()
+        if saved.keys() != current.keys() or any(saved[k].shape != current[k].shape for k in saved):
+            fresh = ckpt.build_model(self.options.arch, self.data.num_classes, self.data.in_chans,
+                                     self.options.model_kwargs)
+            self.model = self._to_device(ckpt.apply_recorded_structure(fresh, partial))
+            ctx.model = self.model
+        ckpt.load_state(self.model, partial, self.options.arch, self.data.num_classes,
+                        source=partial["path"], in_chans=self.data.in_chans)
+
+    def _train(self, ctx: Context, optimizer: torch.optim.Optimizer, loader: BatchLoader,
+               before: float) -> float:
+        """Train epochs ``ctx.start_epoch ..`` with a partial checkpoint after each but the last;
+        return the seconds spent training (checkpoint writes excluded)."""
+        step, phase = ctx.step, ctx.phase
+        started = time.perf_counter()
+        saving = 0.0
 
         def batches(epoch: int) -> BatchLoader:
             loader.set_epoch(epoch)
             return loader
 
         def epoch_done(epoch: int, metrics: dict[str, Any]) -> None:
+            nonlocal saving
             self._append_metrics({"step": step, "phase": phase, "epoch": epoch + 1, **metrics})
             if self.progress is not None:
                 self.progress("epoch", step=step, phase=phase, epoch=epoch + 1, epochs=ctx.epochs, metrics=metrics)
+            if epoch + 1 < ctx.epochs:
+                begun = time.perf_counter()
+                self._save_partial(ctx, optimizer, epoch + 1, before + begun - started - saving)
+                saving += time.perf_counter() - begun
 
-        on_batch = None
         if self.progress is not None:
-            self.progress("phase", step=step, phase=phase, epochs=ctx.epochs, batches=len(loader) * ctx.epochs)
-            on_batch = lambda: self.progress("batch")  # noqa: E731
-        started = time.perf_counter()
-        if ctx.epochs > 0 and len(loader) > 0:
-            Trainer(self.pm, ctx).train(optimizer, batches, len(loader), on_batch=on_batch, on_epoch_end=epoch_done)
-        train_seconds = time.perf_counter() - started
+            self.progress("phase", step=step, phase=phase, epochs=ctx.epochs,
+                          batches=len(loader) * max(ctx.epochs - ctx.start_epoch, 0))
+        if ctx.epochs > ctx.start_epoch and len(loader) > 0:
+            Trainer(self.pm, ctx).train(optimizer, batches, len(loader), start_epoch=ctx.start_epoch,
+                                        on_batch=self._batch_callback(ctx), on_epoch_end=epoch_done)
+        return time.perf_counter() - started - saving
+
+    def _batch_callback(self, ctx: Context) -> Callable[[], None] | None:
+        """Progress per batch, plus the ``batch:`` kill point when a test asks for it; ``None`` if neither."""
+        progress = self.progress
+        kill = os.environ.get(ckpt.KILL_ENV, "").startswith("batch:")
+        if progress is None and not kill:
+            return None
+
+        def on_batch() -> None:
+            if progress is not None:
+                progress("batch")
+            if kill:
+                ckpt.kill_point(f"batch:{ctx.step}:{ctx.phase}:{ctx.epoch + 1}:{ctx.batch_index + 1}")
+
+        return on_batch
+
+    def _finish_phase(self, ctx: Context, indices: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      train_seconds: float) -> None:
+        """Phase end hooks, evaluation, the phase's record and checkpoint; drop ``partial.pt``."""
+        options, state, step, phase = self.options, self.state, ctx.step, ctx.phase
         self.pm.hook.toolbox_phase_end(ctx=ctx)
         state.masks, state.records = ctx.masks, ctx.records
         test = evaluate(self.model, self._loader(None, train=False, seed=0), self.device, options.precision)
@@ -267,6 +369,7 @@ class Run:
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))
         self._save(step, phase)
+        ckpt.partial_checkpoint_path(self.run_dir).unlink(missing_ok=True)
         if self.progress is not None:
             self.progress("phase_end", step=step, phase=phase, record=record)
 
@@ -283,22 +386,56 @@ class Run:
                      params=record["params"], macs=record["macs"],
                      sparsity=sparsity[-1] if sparsity else None)
 
-    def _save(self, step: int, phase: str) -> None:
-        state = self.state
+    def _checkpoint(self, step: int, phase: str, masks: dict[str, torch.Tensor], records: dict[str, Any],
+                    optimizer: dict[str, Any] | None) -> dict[str, Any]:
+        """The checkpoint dict of the current model (shared by phase and partial checkpoints)."""
         data = ckpt.make_checkpoint(
             self.model, arch=self.options.arch, num_classes=self.data.num_classes,
             in_chans=self.data.in_chans, model_kwargs=self.options.model_kwargs, step=step,
-            phase=phase, masks=state.masks, records=state.records, options=self.options.to_dict(),
-            results=state.results, optimizer=state.optimizer_state, input_size=self._input_size())
-        data["done"] = sorted([list(item) for item in state.done])
+            phase=phase, masks=masks, records=records, options=self.options.to_dict(),
+            results=self.state.results, optimizer=optimizer, input_size=self._input_size())
+        data["done"] = sorted([list(item) for item in self.state.done])
+        return data
+
+    def _save(self, step: int, phase: str) -> None:
+        """The checkpoint at the end of a phase, then results.json."""
+        state = self.state
+        data = self._checkpoint(step, phase, state.masks, state.records, state.optimizer_state)
         ckpt.save_checkpoint(ckpt.phase_checkpoint_path(self.run_dir, step, phase), data)
         ckpt.atomic_write_json(self.run_dir / "results.json", self.results())
 
+    def _save_partial(self, ctx: Context, optimizer: torch.optim.Optimizer, epochs_done: int,
+                      train_seconds: float) -> None:
+        """``checkpoints/partial.pt``: everything needed to continue the phase after ``epochs_done`` epochs."""
+        data = self._checkpoint(ctx.step, ctx.phase, ctx.masks, ctx.records, optimizer.state_dict())
+        data.update(partial=True, epochs_done=int(epochs_done), epochs=int(ctx.epochs), rng=rng_state(),
+                    plugins=plugin_states(self.pm, ctx), train_seconds=float(train_seconds),
+                    phase_metrics=dict(ctx.phase_metrics), global_batch=int(ctx.global_batch))
+        ckpt.save_checkpoint(ckpt.partial_checkpoint_path(self.run_dir), data)
+
     # ----------------------------------------------------------------- resume
-    def restore(self) -> tuple[int, str] | None:
-        """Load the last complete phase's checkpoint from the run directory; None if there is none."""
-        order = [(step, phase) for step in range(1, self.options.steps + 1)
-                 for phase in plan_phases(self.pm, step, self.options.steps)]
+    def _phase_order(self) -> list[tuple[int, str]]:
+        """Every (step, phase) of the run, in training order."""
+        return [(step, phase) for step in range(1, self.options.steps + 1)
+                for phase in plan_phases(self.pm, step, self.options.steps)]
+
+    def restore(self) -> str | None:
+        """Load the last complete phase's checkpoint and, when it belongs to the next phase,
+        ``partial.pt``; return where the run continues (``None``: from the very beginning)."""
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            for tmp in ckpt.remove_temp_files(folder):
+                log.info("Removed %s, the temp file of a write that a kill interrupted.", tmp)
+        order = self._phase_order()
+        last = self._restore_complete(order)
+        self.partial = self._find_partial(order)
+        self._trim_metrics()
+        if self.partial is not None:
+            return (f"step {self.partial['step']} {self.partial['phase']}, epoch "
+                    f"{self.partial['epochs_done'] + 1} of {self.partial['epochs']}")
+        return None if last is None else f"after step {last[0]} {last[1]}"
+
+    def _restore_complete(self, order: list[tuple[int, str]]) -> tuple[int, str] | None:
+        """Load the newest readable phase checkpoint (a truncated one is skipped with a warning)."""
         for step, phase in reversed(order):
             path = ckpt.phase_checkpoint_path(self.run_dir, step, phase)
             if not path.exists():
@@ -309,28 +446,115 @@ class Run:
                 log.warning("Ignoring checkpoint %s: %s", path, exc)
                 continue
             self.model = self._to_device(ckpt.apply_recorded_structure(self.model, data))
-            ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=str(path))
+            ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=f"checkpoint {path}",
+                            in_chans=self.data.in_chans)
             self.state = RunState(results=data["results"], masks=data["masks"], records=data["records"],
                                   optimizer_state=data.get("optimizer"),
                                   done={(int(s), str(p)) for s, p in data["done"]})
-            self._trim_metrics()
             return step, phase
         return None
 
+    def _find_partial(self, order: list[tuple[int, str]]) -> dict[str, Any] | None:
+        """``partial.pt`` when it continues the phase right after the restored one; else ``None``
+        (a truncated, stale or foreign one is ignored with a warning)."""
+        path = ckpt.partial_checkpoint_path(self.run_dir)
+        if not path.exists():
+            return None
+        try:
+            data = ckpt.load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("Ignoring the unfinished phase's checkpoint %s: %s", path, exc)
+            return None
+        key = (int(data.get("step", 0)), str(data.get("phase")))
+        if key in self.state.done:
+            path.unlink(missing_ok=True)  # its phase completed after it was written
+            return None
+        pending = [item for item in order if item not in self.state.done]
+        done_then = {(int(s), str(p)) for s, p in data.get("done", [])}
+        epochs_done = int(data.get("epochs_done", 0))
+        if (not data.get("partial") or not pending or key != pending[0] or done_then != self.state.done
+                or not 0 < epochs_done < self.options.epochs_for(key[1])):
+            log.warning("Ignoring %s: it does not continue the phase after the last complete checkpoint; "
+                        "that phase restarts from its beginning.", path)
+            return None
+        data["path"] = str(path)
+        return data
+
+    def _take_partial(self, step: int, phase: str) -> dict[str, Any] | None:
+        """The pending partial checkpoint if it is for this phase (used once)."""
+        partial, self.partial = self.partial, None
+        if partial is not None and (int(partial["step"]), str(partial["phase"])) == (step, phase):
+            return partial
+        return None
+
     def _trim_metrics(self) -> None:
-        """Drop metric lines of phases that did not complete (they will be trained again)."""
+        """Keep the metric lines of complete phases and of the partial phase's saved epochs; drop
+        the rest (they will be trained again) and torn lines (a kill during an append), with a warning."""
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        kept = []
-        for line in path.read_text().splitlines():
+        partial = None if self.partial is None else (int(self.partial["step"]), str(self.partial["phase"]))
+        epochs = 0 if self.partial is None else int(self.partial["epochs_done"])
+        kept, torn = [], 0
+        for line in path.read_text(errors="replace").splitlines():
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
+                torn += 1
                 continue
-            if (item.get("step"), item.get("phase")) in self.state.done:
+            if not isinstance(item, dict):
+                torn += 1
+                continue
+            key = (item.get("step"), item.get("phase"))
+            if key in self.state.done or (key == partial and "epoch" in item and item["epoch"] <= epochs):
                 kept.append(line)
+        if torn:
+            log.warning("Dropped %d torn line(s) of %s (written when the run was killed).", torn, path)
         ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def estimate_checkpoint_bytes(model: nn.Module, options: RunOptions, order: list[tuple[int, str]]) -> int:
+    """Disk a run's checkpoints need: one per phase (weights, optimizer state when kept), plus
+    ``partial.pt`` with the optimizer and a temp copy of the largest file during a write."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    per_phase = weights * (1 if options.reset_optimizer else 2)
+    return len(order) * per_phase + 2 * (2 * weights) + (1 << 20)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG state (CPU, and every CUDA device once CUDA is in use)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"cpu": torch.get_rng_state(), "cuda": list(cuda)}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (CUDA states only where the same number of devices is present)."""
+    torch.set_rng_state(state["cpu"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _call(impl: Any, **kwargs: Any) -> Any:
+    """Call one pluggy hook implementation with the arguments it asks for."""
+    return impl.function(*[kwargs[name] for name in impl.argnames])
+
+
+def plugin_states(pm: pluggy.PluginManager, ctx: Context) -> dict[str, Any]:
+    """``toolbox_state_dict`` of every plugin that implements it and returns something, by plugin name."""
+    states: dict[str, Any] = {}
+    for impl in pm.hook.toolbox_state_dict.get_hookimpls():
+        value = _call(impl, ctx=ctx)
+        if value is not None:
+            states[impl.plugin_name] = value
+    return states
+
+
+def load_plugin_states(pm: pluggy.PluginManager, ctx: Context, states: dict[str, Any]) -> None:
+    """Hand each plugin the state it saved (``toolbox_load_state_dict``); plugins without one are skipped."""
+    for impl in pm.hook.toolbox_load_state_dict.get_hookimpls():
+        if impl.plugin_name in states:
+            _call(impl, ctx=ctx, state=states[impl.plugin_name])
 
 
 def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None,
@@ -352,7 +576,8 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     run = Run(options, pm, run_dir, progress)
     if init is not None:
         run.initialize_from(init)
-    if any(ckpt.phase_checkpoint_path(run_dir, 1, p).exists() for p in PHASES):
+    if (ckpt.partial_checkpoint_path(run_dir).exists()
+            or any(ckpt.phase_checkpoint_path(run_dir, 1, p).exists() for p in PHASES)):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or another --out.")
     run.prepare_directory()
     return run
@@ -365,20 +590,33 @@ def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise UsageError(f"{run_dir} has no config.yaml, so it is not a run directory; pass the --out of an earlier run.")
-    try:
-        values = yaml.safe_load(config.read_text()) or {}
-    except yaml.YAMLError:
-        raise UsageError(f"{config} is not valid YAML; the run directory is damaged.") from None
-    pm = load_plugins(list(values.get("plugins") or []), extra_plugins)
+    values = read_mapping(config)
+    pm = load_plugins(_plugin_names(values), extra_plugins)
     options = build_options(values, declared_options(pm))
     run = Run(options, pm, run_dir, progress)
-    if run.restore() is None:
+    where = run.restore()
+    if where is None:
         log.warning("No complete phase in %s; starting it from the beginning.", run_dir)
         run.prepare_directory()
+    else:
+        log.info("Resuming %s at %s.", run_dir, where)
     return run
 
 
 EXPERIMENT_FILE = "experiment.yaml"
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML mapping the toolbox wrote (config.yaml, experiment.yaml); damage is one sentence."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise UsageError(f"{path} is not readable YAML; the run directory is damaged (restore the file "
+                         "or start a new run).") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} does not hold a mapping of options; the run directory is damaged "
+                         "(restore the file or start a new run).")
+    return values
 
 
 def seed_dirs(out: Path, seeds: list[int]) -> dict[int, Path]:
@@ -408,7 +646,7 @@ def run_seeds(values: dict[str, Any], progress: Callable[..., Any] | None = None
 def resume_seeds(out: Path, progress: Callable[..., Any] | None = None,
                  announce: Callable[[Run], None] | None = None) -> Path:
     """Finish a multi-seed experiment: resume started seeds, start the missing ones."""
-    record = yaml.safe_load((Path(out) / EXPERIMENT_FILE).read_text()) or {}
+    record = read_mapping(Path(out) / EXPERIMENT_FILE)
     return _finish_seeds(Path(out), record, progress, announce)
 
 
@@ -428,7 +666,10 @@ def _finish_seeds(out: Path, record: dict[str, Any], progress: Callable[..., Any
 
 
 def _plugin_names(values: dict[str, Any]) -> list[str]:
+    """The ``plugins`` value as a list of names (a comma-separated string, a list, or one value)."""
     names = values.get("plugins") or []
     if isinstance(names, str):
-        names = [p.strip() for p in names.split(",") if p.strip()]
-    return list(names)
+        return [p.strip() for p in names.split(",") if p.strip()]
+    if isinstance(names, (list, tuple)):
+        return [str(name) for name in names]
+    return [str(names)]
