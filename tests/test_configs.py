@@ -1,0 +1,27 @@
+"""Every shipped config in examples/configs/ parses into valid run options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolbox.options import build_options, load_config_file
+from toolbox.plugins import declared_options, dormant_options, load_plugins
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_parses(path: Path) -> None:
+    values = load_config_file(path)
+    names = values.get("plugins", [])
+    options = build_options(dict(values), declared_options(load_plugins(names)), dormant_options(names))
+    assert options.steps in (2, 4) and options.epochs >= 1
+
+
+def test_paper_configs_exist() -> None:
+    names = {p.name for p in CONFIGS}
+    for stem in ("cifar100_resnet110", "tinyimagenet_mobilenetv2"):
+        assert {f"{stem}_single.yaml", f"{stem}_multi.yaml"} <= names
+    assert "cpu_preset.yaml" in names
