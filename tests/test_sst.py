@@ -17,26 +17,7 @@ from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox_plugins.sst import SST, achieved, sst_options
-
-
-class Net(nn.Module):
-    """conv-BN-ReLU x2, then a residual block whose BN is coupled to a projection BN."""
-
-    default_cfg = {"input_size": (3, 8, 8)}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.conv3, self.bn3 = nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
-        self.shortcut = nn.Sequential(nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6))
-        self.fc = nn.Linear(6, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        y = torch.relu(self.bn2(self.conv2(x)))
-        y = torch.relu(self.bn3(self.conv3(y)) + self.shortcut(y))
-        return self.fc(y.mean((2, 3)))
+from nets import Net
 
 
 def make(mode: str = "target", ratio: float = 0.5, **extra: Any) -> tuple[SST, Context]:
