@@ -1,12 +1,19 @@
 """Accuracy benchmark: sst,aod,msl against fine-tuning, LwF and joint training, over seeds.
 
-    python benchmarks/accuracy.py [--protocol primary|single|secondary] [--seeds 0,1,2]
-                                  [--only METHOD[,METHOD]] [--out runs/accuracy] [--quick]
+    python benchmarks/accuracy.py [--protocol primary|single|secondary|ablations] [--seeds 0,1,2]
+                                  [--only ROW[,ROW]] [--out runs/accuracy] [--quick]
 
 Protocols (PAPER.md, "The CPU protocol"; Fashion-MNIST stands in for CIFAR-100):
 - primary: 4 shards of 125 images per class, 30 epochs per phase, full test set after every step;
-- single: the same with 2 shards (the single-step experiment);
-- secondary: the full 15,000-image shards, 3 epochs per phase.
+- single: the single-step variant (2 shards). With ``per_class`` fixed, the 2-shard split's shards
+  are exactly the first two shards of the 4-shard split and every phase's seed depends only on
+  (seed, step, phase), so a 2-step run is bit-identical to the first two steps of the primary run
+  except that the method's last step ends after AOD (no SST after the last shard). This protocol
+  therefore reads the primary runs: step 2 of the method is its AOD phase. Run primary first.
+- secondary: the full 15,000-image shards, 3 epochs per phase;
+- ablations: variants of the method, each forked from the primary run of one seed (default 0)
+  after the phase it shares with it (paired: same shards, same step-1 model, same batch order),
+  read out where the change can act (the single-step readout, step 2 after AOD, unless noted).
 ``--dataset cifar100 --data-root DIR --arch cifar_resnet110`` runs the same rows on CIFAR-100.
 
 Rows: the method (``sst,aod,msl``), ``finetune`` with the method's epochs per phase, ``finetune``
@@ -15,8 +22,9 @@ with the method's total epochs per step (two phases per step -> twice the epochs
 step-1 initialization and the batch order (same seed), so differences are paired per seed.
 Each run lives in ``<out>/<protocol>/<row>/seed<k>/``: a killed benchmark picks up where it
 stopped (finished runs are skipped, interrupted ones resumed), and ``--only`` reruns one row
-(delete its directory first to start it afresh). The comparison table, CSV, JSON and the top-1
-vs step plot with error bands are written to ``<out>/<protocol>/``.
+(delete its directory first to start it afresh). The table (report.md: mean ± std per step, the
+paired differences method - row, train seconds), CSV, JSON and the top-1 vs step plot with error
+bands are written to ``<out>/<protocol>/``.
 """
 
 from __future__ import annotations
@@ -24,15 +32,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from toolbox.report import rows_markdown, write_comparison
-from toolbox.run import resume_run, start_run
+import yaml
 
+from toolbox import checkpoint as ckpt
+from toolbox.plugins import declared_options, load_plugins
+from toolbox.report import plot_methods, rows_markdown, summarize
+from toolbox.run import read_mapping, resume_run, start_run
+
+METHOD = "sst_aod_msl"
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "primary": {"steps": 4, "per_class": 125, "epochs": 30},
-    "single": {"steps": 2, "per_class": 125, "epochs": 30},
     "secondary": {"steps": 4, "per_class": None, "epochs": 3},
 }
 COMMON: dict[str, Any] = {"dataset": "fashion_mnist", "arch": "cifar_resnet20", "batch_size": 128,
@@ -44,7 +58,7 @@ QUICK: dict[str, Any] = {"dataset": "synthetic", "steps": 3, "per_class": None, 
 def rows(epochs: int) -> dict[str, dict[str, Any]]:
     """The benchmark's rows: run options that differ between methods."""
     return {
-        "sst_aod_msl": {"plugins": ["sst", "aod", "msl"]},
+        METHOD: {"plugins": ["sst", "aod", "msl"]},
         "finetune": {"plugins": ["finetune"]},
         "finetune_2x": {"plugins": ["finetune"], "epochs": 2 * epochs},
         "lwf": {"plugins": ["lwf"]},
@@ -52,6 +66,43 @@ def rows(epochs: int) -> dict[str, dict[str, Any]]:
     }
 
 
+@dataclass(frozen=True)
+class Ablation:
+    """A variant of the method forked from its base row's run after the phase ``fork``."""
+
+    what: str
+    base: str = METHOD
+    fork: tuple[int, str] = (1, "sparsify")
+    until: tuple[int, str] | None = (2, "learn")  #: last phase trained (None: to the end)
+    changes: dict[str, Any] = field(default_factory=dict)  #: run options
+    plugin: dict[str, Any] = field(default_factory=dict)  #: plugin options
+
+
+ABLATIONS: dict[str, Ablation] = {
+    "control": Ablation("the method itself, forked like the others and run to the end with the code of the "
+                        "ablations: the paired reference of every row below", until=None),
+    "no_sst": Ablation("aod alone: no SST phase; aod re-initializes the --ratio smallest-|gamma| filters "
+                       "of the plainly trained step-1 model", base="finetune", fork=(1, "learn"),
+                       changes={"plugins": ["aod"]}),
+    "no_msl": Ablation("sst,aod: SST of steps 2-3 without the multi-step loss (read out at step 4)",
+                       fork=(2, "learn"), until=None, changes={"plugins": ["sst", "aod"]}),
+    "no_reinit": Ablation("aod keeps the sparse filters (--reinit none): distillation only", plugin={"reinit": "none"}),
+    "ratio0.3": Ablation("--ratio 0.3 (SST of step 1 and AOD of step 2)", fork=(1, "learn"), plugin={"ratio": 0.3}),
+    "ratio0.7": Ablation("--ratio 0.7 (SST of step 1 and AOD of step 2)", fork=(1, "learn"), plugin={"ratio": 0.7}),
+    "reinit_orthogonal": Ablation("--reinit orthogonal", plugin={"reinit": "orthogonal"}),
+    "reinit_diverse": Ablation("--reinit diverse", plugin={"reinit": "diverse"}),
+    "reinit_gamma0": Ablation("--reinit-gamma 0 (fresh filters dead behind ReLU)", plugin={"reinit_gamma": 0.0}),
+    "reinit_gamma1": Ablation("--reinit-gamma 1 (the paper's inferred value)", plugin={"reinit_gamma": 1.0}),
+    "teacher_ema": Ablation("--teacher ema", plugin={"teacher": "ema"}),
+    "teacher_mutual": Ablation("--teacher mutual", plugin={"teacher": "mutual"}),
+    "adapt_constant": Ablation("--adapt constant (no adaptive weight)", plugin={"adapt": "constant"}),
+    "alpha0": Ablation("--alpha 0 (no distillation in AOD)", plugin={"alpha": 0.0}),
+    "alpha0.5": Ablation("--alpha 0.5", plugin={"alpha": 0.5}),
+    "alpha2": Ablation("--alpha 2", plugin={"alpha": 2.0}),
+}
+
+
+# ----------------------------------------------------------------------------- running
 def run_row(values: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Finish one run: skip it when complete, resume it when interrupted, else start it."""
     results_file = run_dir / "results.json"
@@ -68,43 +119,217 @@ def _complete(run_dir: Path, results: dict[str, Any]) -> bool:
     """A run is complete when its last step has a checkpoint of its last phase."""
     last = results["steps"][-1]
     phase = last["phases"][-1]["phase"]
-    return (run_dir / "checkpoints" / f"step{last['step']}_{phase}.pt").is_file()
+    return ckpt.phase_checkpoint_path(run_dir, last["step"], phase).is_file()
 
 
+def fork_run(source: Path, target: Path, ablation: Ablation) -> dict[str, Any]:
+    """Run ``ablation`` in ``target``: the source run's checkpoints up to the fork, its shards and
+    config with the ablation's changes, then train to ``ablation.until``. Resumes when killed."""
+    if not (target / "config.yaml").is_file():
+        fork = ckpt.phase_checkpoint_path(source, *ablation.fork)
+        if not fork.is_file():
+            raise SystemExit(f"{fork} is missing: run the benchmark's primary protocol for this seed first.")
+        done = [tuple(item) for item in ckpt.load_checkpoint(fork)["done"]]
+        values = {**read_mapping(source / "config.yaml"), **ablation.changes, "out": str(target)}
+        declared = declared_options(load_plugins(values["plugins"]))
+        values["plugin"] = {k: v for k, v in {**values["plugin"], **ablation.plugin}.items() if k in declared}
+        for step, phase in done:
+            destination = ckpt.phase_checkpoint_path(target, int(step), str(phase))
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ckpt.phase_checkpoint_path(source, int(step), str(phase)), destination)
+        for name in ("shards.json", "metrics.jsonl"):
+            shutil.copy2(source / name, target / name)
+        ckpt.atomic_write_text(target / "config.yaml", yaml.safe_dump(values, sort_keys=False))
+    return resume_run(target).execute(until=ablation.until)
+
+
+# ----------------------------------------------------------------------------- reading
+def load_results(folder: Path, names: list[str], seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """Results of every row and seed that has a results.json, by row name."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        for seed in seeds:
+            path = folder / name / f"seed{seed}" / "results.json"
+            if path.is_file():
+                groups.setdefault(name, []).append(json.loads(path.read_text()))
+    return groups
+
+
+def truncate(results: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The results a ``steps``-step run would have: the last step ends after its first phase
+    (learn), because no SST follows the last shard."""
+    kept = [dict(s) for s in results["steps"][:steps]]
+    if kept and len(kept) == steps:
+        last = kept[-1]["phases"][0]
+        kept[-1].update(phases=[last], top1=last["top1"], top5=last["top5"], train_seconds=last["train_seconds"],
+                        params=last["params"], macs=last["macs"], sparsity=last.get("sparsity"))
+    return {**results, "steps": kept}
+
+
+def readout(results: dict[str, Any], step: int, phase: str | None = None) -> dict[str, Any] | None:
+    """The record of ``phase`` of ``step`` (its last phase when ``phase`` is None), or None."""
+    for entry in results["steps"]:
+        if entry["step"] == step:
+            phases = [p for p in entry["phases"] if phase is None or p["phase"] == phase]
+            return phases[-1] if phases else None
+    return None
+
+
+def paired_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """Per step, the method minus each row, paired by seed: mean ± std and the count of seeds won."""
+    method = {r["config"]["seed"]: r for r in groups.get(METHOD, [])}
+    lines = ["| row | step | seeds | method - row (top-1 points, mean ± std) | method ahead in |",
+             "|---|---:|---:|---:|---:|"]
+    for name, runs in groups.items():
+        if name == METHOD:
+            continue
+        pairs = [(method[r["config"]["seed"]], r) for r in runs if r["config"]["seed"] in method]
+        if not pairs:
+            continue
+        for index in range(min(min(len(m["steps"]), len(r["steps"])) for m, r in pairs)):
+            diffs = [m["steps"][index]["top1"] - r["steps"][index]["top1"] for m, r in pairs]
+            mean = sum(diffs) / len(diffs)
+            std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
+            lines.append(f"| {name} | {index + 1} | {len(diffs)} | {mean:+.2f} ± {std:.2f} | "
+                         f"{sum(d > 0 for d in diffs)}/{len(diffs)} |")
+    return "\n".join(lines)
+
+
+def sst_cost_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """SST's own accuracy cost at step 1: before vs after the SST phase, beside fine-tuning with
+    the same total epochs (paired by seed)."""
+    twice = {r["config"]["seed"]: r for r in groups.get("finetune_2x", [])}
+    lines = ["| seed | step-1 learn | after SST (ratio reached) | SST cost | finetune_2x step 1 | method - finetune_2x |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for run in groups.get(METHOD, []):
+        learn, sparse = readout(run, 1, "learn"), readout(run, 1, "sparsify")
+        if learn is None or sparse is None:
+            continue
+        seed = run["config"]["seed"]
+        other = twice[seed]["steps"][0]["top1"] if seed in twice else None
+        versus = ("-", "-") if other is None else (f"{other:.2f}", f"{sparse['top1'] - other:+.2f}")
+        lines.append(f"| {seed} | {learn['top1']:.2f} | {sparse['top1']:.2f} ({sparse.get('sparsity', 0):.3f}) | "
+                     f"{sparse['top1'] - learn['top1']:+.2f} | {versus[0]} | {versus[1]} |")
+    return "\n".join(lines)
+
+
+def write_tables(groups: dict[str, list[dict[str, Any]]], folder: Path, title: str) -> list[dict[str, Any]]:
+    """report.md (per-step table, paired differences, SST cost), report.json/.csv and the plot."""
+    summary = summarize(groups)
+    if not summary:
+        return summary
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (f"# {title}\n\n{rows_markdown(summary)}\n## Paired differences (same seed)\n\n{paired_markdown(groups)}\n\n"
+            f"## SST's own cost at step 1\n\n{sst_cost_markdown(groups)}\n")
+    ckpt.atomic_write_text(folder / "report.md", text)
+    ckpt.atomic_write_json(folder / "report.json", {"rows": summary})
+    header = ["method", "step", "seeds", "top1_mean", "top1_std", "top5_mean", "params", "macs", "sparsity",
+              "train_seconds"]
+    csv = [",".join(header)] + [",".join("" if r.get(k) is None else str(r[k]) for k in header) for r in summary]
+    ckpt.atomic_write_text(folder / "report.csv", "\n".join(csv) + "\n")
+    plot_methods(summary, folder / "top1_vs_step.png")
+    return summary
+
+
+def ablation_markdown(out: Path, seed: int, names: list[str]) -> str:
+    """One line per ablation: its readout against the method's at the same step and phase."""
+    base_path = out / "ablations" / "control" / f"seed{seed}" / "results.json"
+    if not base_path.is_file():
+        base_path = out / "primary" / METHOD / f"seed{seed}" / "results.json"
+    if not base_path.is_file():
+        return ""
+    base = json.loads(base_path.read_text())
+    reference = "control" if base_path.parent.parent.name == "control" else "primary run"
+    lines = [f"| ablation (seed {seed}) | what | readout | top-1 | {reference} | difference | train s (ablated phases) |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for name in names:
+        if name == "control":
+            continue
+        path = out / "ablations" / name / f"seed{seed}" / "results.json"
+        if not path.is_file():
+            continue
+        ablation, results = ABLATIONS[name], json.loads(path.read_text())
+        step, phase = ablation.until or (results["steps"][-1]["step"], None)
+        mine, theirs = readout(results, step, phase), readout(base, step, phase)
+        if mine is None or theirs is None:
+            continue
+        seconds = sum(p["train_seconds"] for s in results["steps"] for p in s["phases"]
+                      if (s["step"], p["phase"]) > ablation.fork)
+        where = f"step {step}" + (f" {phase}" if phase else "")
+        lines.append(f"| {name} | {ablation.what} | {where} | {mine['top1']:.2f} | {theirs['top1']:.2f} | "
+                     f"{mine['top1'] - theirs['top1']:+.2f} | {seconds:.0f} |")
+    primary = out / "primary" / METHOD / f"seed{seed}" / "results.json"
+    if reference == "control" and primary.is_file():
+        first = json.loads(primary.read_text())
+        pairs = ", ".join(f"{a['top1']:.2f} vs {b['top1']:.2f}" for a, b in zip(base["steps"], first["steps"]))
+        lines.append(f"\ncontrol vs the primary run of seed {seed}, top-1 per step: {pairs}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run (or finish) the benchmark and print the comparison table."""
+    """Run (or finish) the benchmark and print its tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="primary")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--only", default=None, help="comma-separated rows to run (default: all)")
+    parser.add_argument("--protocol", choices=["primary", "single", "secondary", "ablations"], default="primary")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; ablations: 0)")
+    parser.add_argument("--only", default=None, help="comma-separated rows or ablations to run (default: all)")
     parser.add_argument("--out", default="runs/accuracy")
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--arch", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic run (for tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    out = Path(args.out)
+    seeds = [int(s) for s in (args.seeds or ("0" if args.protocol == "ablations" else "0,1,2")).split(",")]
+
+    if args.protocol == "single":
+        groups = {name: [truncate(r, 2) for r in runs]
+                  for name, runs in load_results(out / "primary", list(rows(0)), seeds).items()}
+        summary = write_tables(groups, out / "single", "Single-step variant (2 shards), read from the primary runs")
+        print(rows_markdown(summary))
+        return summary
+
+    if args.protocol == "ablations":
+        chosen = _chosen(parser, args.only, list(ABLATIONS))
+        for seed in seeds:
+            for name in chosen:
+                ablation = ABLATIONS[name]
+                if args.threads is not None:
+                    ablation = replace(ablation, changes={**ablation.changes, "threads": args.threads})
+                fork_run(out / "primary" / ablation.base / f"seed{seed}", out / "ablations" / name / f"seed{seed}",
+                         ablation)
+                print(f"ablation {name} seed {seed} done", flush=True)
+        text = "\n\n".join(ablation_markdown(out, seed, chosen) for seed in seeds)
+        ckpt.atomic_write_text(out / "ablations" / "report.md", f"# Ablations\n\n{text}\n")
+        print(text)
+        return []
 
     base = {**COMMON, **PROTOCOLS[args.protocol], **(QUICK if args.quick else {})}
-    for key in ("dataset", "data_root", "arch"):
+    for key in ("dataset", "data_root", "arch", "threads"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     table = rows(base["epochs"])
-    chosen = args.only.split(",") if args.only else list(table)
-    unknown = sorted(set(chosen) - set(table))
-    if unknown:
-        parser.error(f"unknown row(s) {', '.join(unknown)}; rows are {', '.join(table)}")
-    out = Path(args.out) / args.protocol
-    seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = _chosen(parser, args.only, list(table))
+    folder = out / args.protocol
     for seed in seeds:
         for name in chosen:
-            values = {**base, **table[name], "seed": seed}
-            results = run_row(values, out / name / f"seed{seed}")
+            results = run_row({**base, **table[name], "seed": seed}, folder / name / f"seed{seed}")
             summary = ", ".join(f"{s['top1']:.2f}" for s in results["steps"])
             print(f"{args.protocol} {name} seed {seed}: top-1 per step {summary}", flush=True)
-    report_rows = write_comparison([out], out)
-    print(rows_markdown(report_rows))
-    return report_rows
+    summary = write_tables(load_results(folder, list(table), seeds), folder, f"Protocol {args.protocol}")
+    print(rows_markdown(summary))
+    return summary
+
+
+def _chosen(parser: argparse.ArgumentParser, only: str | None, known: list[str]) -> list[str]:
+    """The rows named by ``--only`` (all when None); unknown names are a usage error."""
+    chosen = only.split(",") if only else known
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return chosen
 
 
 if __name__ == "__main__":

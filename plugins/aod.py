@@ -17,7 +17,8 @@ gamma keeps the network's function nearly intact and lets the filters grow. Stra
   rescaled to the Kaiming norm ``sqrt(2 / fan_in) * sqrt(fan_in)``; Kaiming when the span is full;
 * ``diverse``: as orthogonal, and the new filters are also orthogonal to each other (as many as
   the free dimensions allow, the rest only orthogonal to the kept ones), with a per-filter norm
-  of the Kaiming norm times a factor drawn uniformly from [0.5, 1.5].
+  of the Kaiming norm times a factor drawn uniformly from [0.5, 1.5];
+* ``none``: nothing is re-initialized (the "without re-init" ablation; distillation only).
 
 During training a distillation term ``aod_kd = alpha * w * kd_loss(student, teacher, T)`` is
 added, where the adaptive weight ``w`` follows ``--adapt`` and the teacher ``--teacher``.
@@ -35,12 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolbox import channels as ch
+from toolbox import distributed
 from toolbox.distill import alpha_option, kd_loss, temperature_option
 from toolbox.errors import UsageError
+from toolbox.engine import autocast_context
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
 
-STRATEGIES = ("kaiming", "orthogonal", "diverse")
+STRATEGIES = ("kaiming", "orthogonal", "diverse", "none")
 NEXT = ("keep", "zero", "kaiming")
 ADAPT = ("confidence", "accuracy", "constant")
 TEACHERS = ("frozen", "ema", "mutual")
@@ -192,6 +195,8 @@ def reinitialize(model: nn.Module, graph: ch.ChannelGraph, selection: list[torch
     Producers and BNs of all groups first, then the consumers' input slices, so a fresh filter
     that reads re-initialized channels gets ``next_layers`` applied to those inputs too.
     """
+    if strategy == "none":
+        return 0
     chosen = [(g, sel.cpu()) for g, sel in zip(graph.groups, selection) if bool(sel.any())]
     for group, sel in chosen:
         for s in group.producers:
@@ -324,17 +329,18 @@ class AOD:
         if cfg.teacher == "frozen":
             return ctx.teacher_logits(inputs)
         if cfg.teacher == "ema":
-            with torch.no_grad():
-                return self.net(inputs).float()
+            return ctx.infer(self.net, inputs)
         if self.peer_optimizer is None:
             self.peer_optimizer = self._peer_optimizer(ctx)
         if ctx.optimizer is not None:
             for g in self.peer_optimizer.param_groups:
                 g["lr"] = ctx.optimizer.param_groups[0]["lr"]
-        peer = self.net(inputs).float()
+        with autocast_context(ctx.device, ctx.options.precision):
+            peer = self.net(inputs).float()
         peer_loss = F.cross_entropy(peer, targets) + kd_loss(peer, student.detach(), cfg.T)
         self.peer_optimizer.zero_grad(set_to_none=True)
         peer_loss.backward()
+        distributed.average_gradients(self.net)  # multi-process: the peer stays identical on every process
         self.peer_optimizer.step()
         return peer.detach()
 
@@ -361,7 +367,7 @@ class AOD:
     def toolbox_epoch_end(self, ctx: Any, metrics: dict[str, float]) -> None:
         """Log ``aod_weight``: the mean adaptive distillation weight of the epoch."""
         if self.active and self.batches:
-            metrics["aod_weight"] = float(self.weight_sum) / self.batches
+            metrics["aod_weight"] = distributed.mean_across(float(self.weight_sum) / self.batches)
         self.weight_sum, self.batches = 0.0, 0
 
     @hookimpl

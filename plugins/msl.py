@@ -129,8 +129,7 @@ class MSL:
         cfg = self._settings(ctx)
         inputs = batch[0]
         teachers = [ctx.teacher_logits(inputs)]
-        with torch.no_grad():
-            teachers += [m(inputs).float() for m in self.extra]
+        teachers += [ctx.infer(m, inputs) for m in self.extra]
         return {"msl_kd": multi_teacher_kd(logits, teachers, cfg.T, cfg.weight)}
 
     @hookimpl

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load():
     spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -21,7 +24,7 @@ def test_quick_benchmark_runs_every_row_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "acc"
     rows = bench.main(["--quick", "--seeds", "0", "--out", str(out)])
     methods = {r["method"] for r in rows}
-    assert {"sst,aod,msl", "lwf", "joint"} <= methods and len(methods) == 5
+    assert {"sst_aod_msl", "finetune_2x", "lwf", "joint"} <= methods and len(methods) == 5
     assert (out / "primary" / "report.md").is_file()
     # a killed row: its last checkpoint is gone, the rerun resumes only that row
     run = out / "primary" / "lwf" / "seed0"
@@ -30,3 +33,29 @@ def test_quick_benchmark_runs_every_row_and_resumes(tmp_path: Path) -> None:
     again = bench.main(["--quick", "--seeds", "0", "--out", str(out), "--only", "lwf,joint"])
     assert {r["method"] for r in again} == methods
     assert (run / "checkpoints" / "step3_learn.pt").is_file()
+
+
+def test_single_step_view_and_forked_ablations(tmp_path: Path) -> None:
+    bench = _load()
+    out = tmp_path / "acc"
+    bench.main(["--quick", "--seeds", "0", "--out", str(out), "--only", "sst_aod_msl,finetune"])
+    method = json.loads((out / "primary" / "sst_aod_msl" / "seed0" / "results.json").read_text())
+
+    single = bench.main(["--protocol", "single", "--seeds", "0", "--out", str(out)])
+    step2 = next(r for r in single if r["method"] == "sst_aod_msl" and r["step"] == 2)
+    learn2 = next(p for p in method["steps"][1]["phases"] if p["phase"] == "learn")
+    assert {r["step"] for r in single} == {1, 2} and step2["top1_mean"] == learn2["top1"]
+    assert (out / "single" / "report.md").is_file()
+
+    bench.main(["--protocol", "ablations", "--out", str(out), "--only", "control,no_reinit,no_sst,no_msl"])
+    no_reinit = json.loads((out / "ablations" / "no_reinit" / "seed0" / "results.json").read_text())
+    assert no_reinit["config"]["plugin"]["reinit"] == "none"
+    assert no_reinit["steps"][0] == method["steps"][0]  # the shared step 1, taken over unchanged
+    assert [s["step"] for s in no_reinit["steps"]] == [1, 2] and len(no_reinit["steps"][1]["phases"]) == 1
+    no_sst = json.loads((out / "ablations" / "no_sst" / "seed0" / "results.json").read_text())
+    assert no_sst["config"]["plugins"] == ["aod"] and "sst_mode" not in no_sst["config"]["plugin"]
+    assert [p["phase"] for s in no_sst["steps"] for p in s["phases"]] == ["learn", "learn"]
+    no_msl = json.loads((out / "ablations" / "no_msl" / "seed0" / "results.json").read_text())
+    assert no_msl["config"]["plugins"] == ["sst", "aod"] and len(no_msl["steps"]) == 3
+    report = (out / "ablations" / "report.md").read_text()
+    assert "no_reinit" in report and "no_msl" in report and "| control |" in report

@@ -101,6 +101,17 @@ def test_reinit_changes_exactly_the_masked_filters(strategy: str) -> None:
     assert ctx.records["aod"]["step2"]["reinitialized_filters"] == 4
 
 
+def test_reinit_none_keeps_every_weight() -> None:
+    plugin, ctx = make(reinit="none")
+    ctx.masks = {k: v.clone() for k, v in MASKS.items()}
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    plugin.toolbox_phase_start(ctx=ctx)
+    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    for key, value in ctx.model.state_dict().items():
+        assert torch.equal(before[key], value), key
+    assert ctx.records["aod"]["step2"]["reinitialized_filters"] == 0
+
+
 def test_reinit_gamma_and_next_layer_options() -> None:
     plugin, ctx = make(reinit_gamma=1.0, reinit_next="zero")
     ctx.masks = {k: v.clone() for k, v in MASKS.items()}

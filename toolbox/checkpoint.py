@@ -14,7 +14,9 @@ resume (``toolbox.run``).
 Test hook: :func:`kill_point` SIGKILLs the process at a named moment when the environment
 variable ``TOOLBOX_TEST_KILL_AT`` names it (``before-rename:<file name>``,
 ``after-write:<file name>``, ``batch:<step>:<phase>:<epoch>:<batch>``); the kill-and-resume tests
-use it to stop a run at exact points. Unset, it costs one dictionary lookup per file written.
+use it to stop a run at exact points. In a multi-process (torchrun) run ``TOOLBOX_TEST_KILL_RANK``
+names the one rank that kills itself (default: every rank that reaches the event; only rank 0
+writes files). Unset, it costs one dictionary lookup per file written.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ import torch
 from torch import nn
 
 import toolbox
+from toolbox import distributed
 from toolbox.errors import CheckpointError, UsageError
 
 FORMAT = "toolbox-checkpoint/1"
 KILL_ENV = "TOOLBOX_TEST_KILL_AT"
+KILL_RANK_ENV = "TOOLBOX_TEST_KILL_RANK"
 PARTIAL_NAME = "partial.pt"
 TEMP_SUFFIX = ".tmp"
 log = logging.getLogger("toolbox")
@@ -64,9 +68,12 @@ def kill_point(event: str) -> None:
 
     Lets tests kill a run at an exact moment (between writing a temp file and renaming it, at a
     given batch) and check that ``--resume`` loses nothing. Does nothing when the variable is unset.
+    With ``$TOOLBOX_TEST_KILL_RANK`` set, only the process whose ``$RANK`` (torchrun) equals it dies.
     """
     if os.environ.get(KILL_ENV) == event:
-        os.kill(os.getpid(), signal.SIGKILL)
+        target = os.environ.get(KILL_RANK_ENV)
+        if target is None or target == os.environ.get("RANK", "0"):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -318,8 +325,13 @@ def partial_checkpoint_path(run_dir: Path) -> Path:
 
 
 def load_phase_model(run_dir: Path, step: int, phase: str) -> nn.Module:
-    """The model saved at the end of ``phase`` of ``step`` in ``run_dir`` (frozen, eval mode)."""
-    model = model_from_checkpoint(load_checkpoint(phase_checkpoint_path(run_dir, step, phase)))
+    """The model saved at the end of ``phase`` of ``step`` in ``run_dir`` (frozen, eval mode).
+
+    In a multi-process run rank 0 reads the file and every process gets its contents (call it on
+    every process).
+    """
+    data = distributed.run_on_main(load_checkpoint, phase_checkpoint_path(run_dir, step, phase))
+    model = model_from_checkpoint(data)
     for param in model.parameters():
         param.requires_grad_(False)
     return model

@@ -35,23 +35,37 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Report errors as ``Error: <sentence>`` on stderr, no traceback.
 
     Exit codes: 2 for a :class:`UsageError` (bad value, bad or mismatched checkpoint), 1 for a
-    non-finite loss (:class:`toolbox.engine.NumericError`) and for a file the run could not write
-    (:class:`toolbox.checkpoint.WriteError`: full disk, permissions; earlier checkpoints intact).
+    non-finite loss (:class:`toolbox.engine.NumericError`), for a file the run could not write
+    (:class:`toolbox.checkpoint.WriteError`: full disk, permissions; earlier checkpoints intact)
+    and, under torchrun, for a collective that failed because another process died or hung. In
+    a multi-process run the other ranks' messages start with ``rank N:``.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from toolbox import distributed
         from toolbox.checkpoint import WriteError
         from toolbox.engine import NumericError
 
+        who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
         try:
             return func(*args, **kwargs)
         except UsageError as exc:
-            error_console.print(f"Error: {exc}", markup=False, highlight=False)
+            error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
             raise typer.Exit(2) from None
         except (NumericError, WriteError) as exc:
-            error_console.print(f"Error: {exc}", markup=False, highlight=False)
+            error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
             raise typer.Exit(1) from None
+        except RuntimeError as exc:  # torch.distributed.DistError is one
+            if not distributed.is_peer_failure(exc):
+                raise
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            error_console.print(f"Error: {who}another process of this torchrun job failed or stopped answering "
+                                f"({detail}); the checkpoints written so far are intact: continue with "
+                                "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        finally:
+            distributed.destroy()
 
     return wrapper
 
@@ -130,7 +144,11 @@ class Progress:
 
 
 def print_results(results: dict[str, Any]) -> None:
-    """The results table at the end of a run."""
+    """The results table at the end of a run (rank 0 only under torchrun)."""
+    from toolbox import distributed
+
+    if not distributed.is_main():
+        return
     table = Table(title=f"results ({results.get('dataset_source', '')})")
     for column in ("step", "phases", "top-1 %", "top-5 %", "train s", "params", "sparsity"):
         table.add_column(column, justify="right")
@@ -157,13 +175,24 @@ class _CurrentStderr(logging.StreamHandler):
 
 
 def _setup_logging() -> None:
-    """INFO and above of every logger to stderr as ``LEVEL message`` (installed once)."""
+    """INFO and above of every logger to stderr as ``LEVEL message`` (installed once); under
+    torchrun only rank 0 logs below ERROR, so the log reads like a single-process run's."""
+    from toolbox import distributed
+
     root = logging.getLogger()
     if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if distributed.is_main() else logging.ERROR)
+
+
+def _say(text: str) -> None:
+    """Print a line of the command's output (rank 0 only under torchrun)."""
+    from toolbox import distributed
+
+    if distributed.is_main():
+        console.print(text, markup=False, highlight=False)
 
 
 @app.command(context_settings=EXTRA)
@@ -190,21 +219,23 @@ def run(
     --precision, --device, --threads, --reset-optimizer, --channels-last, ...) and every option a
     plugin declares (see `toolbox plugins list`) is accepted as --name VALUE.
     """
+    from toolbox import distributed
     from toolbox.run import EXPERIMENT_FILE, resume_run, resume_seeds, run_seeds, start_run
 
     _setup_logging()
+    distributed.init()
     progress = Progress()
 
     def announce(runner: Any) -> None:
-        console.print(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}",
-                      markup=False, highlight=False)
+        processes = f"  processes: {distributed.world_size()}" if distributed.active() else ""
+        _say(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}{processes}")
 
     experiment: Optional[Path] = None
     try:
         if resume is not None:
             if ctx.args or any(v is not None for v in (plugins, arch, dataset, steps, epochs, config, seeds)):
                 raise UsageError("--resume takes its options from the run's config.yaml; pass only --resume DIR.")
-            if (resume / EXPERIMENT_FILE).is_file():
+            if distributed.run_on_main((resume / EXPERIMENT_FILE).is_file):
                 experiment = resume_seeds(resume, progress, announce)
             else:
                 runner = resume_run(resume, progress)
@@ -217,15 +248,15 @@ def run(
             else:
                 runner = start_run(values, progress)
         if experiment is not None:
-            console.print(f"per-seed runs and report.md in {experiment}", markup=False, highlight=False)
-            console.print((experiment / "report.md").read_text(), markup=False, highlight=False)
+            _say(f"per-seed runs and report.md in {experiment}")
+            _say(distributed.run_on_main((experiment / "report.md").read_text))
             return
         announce(runner)
         results = runner.execute()
     finally:
         progress.close()
     print_results(results)
-    console.print(f"results: {runner.run_dir / 'results.md'}", markup=False, highlight=False)
+    _say(f"results: {runner.run_dir / 'results.md'}")
 
 
 @app.command(context_settings=EXTRA)

@@ -60,10 +60,17 @@ class Context:
         key = "teacher_logits"
         cached = self._batch_cache.get(key)
         if cached is None or cached[0] is not inputs:
-            with torch.no_grad():
-                cached = (inputs, self.teacher(inputs).float())
+            cached = (inputs, self.infer(self.teacher, inputs))
             self._batch_cache[key] = cached
         return cached[1]
+
+    def infer(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """``module(inputs)`` as an inference pass: no autograd graph, the student's autocast
+        precision (``--precision``), float32 logits out. For teachers and other frozen models."""
+        from toolbox.engine import autocast_context  # the engine imports this module
+
+        with torch.no_grad(), autocast_context(self.device, self.options.precision):
+            return module(inputs).float()
 
     def new_batch(self) -> None:
         """Forget per-batch caches (called by the engine before every batch)."""

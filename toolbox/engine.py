@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolbox import distributed
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
@@ -95,8 +96,12 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             device: torch.device, precision: str = "fp32") -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) of ``model`` over ``batches``."""
+             device: torch.device, precision: str = "fp32", across_processes: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of ``model`` over ``batches``.
+
+    ``across_processes``: in a multi-process run ``batches`` are this process's part of the set
+    and the sums are added over all processes, so every process gets the scores of the whole set.
+    """
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -113,6 +118,10 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         correct5 += c5
         count += targets.numel()
     model.train(was_training)
+    if across_processes and distributed.active():
+        sums = distributed.reduce_sums({"loss": loss, "correct1": correct1, "correct5": correct5, "count": count})
+        loss, correct1, correct5 = (torch.tensor(sums[k]) for k in ("loss", "correct1", "correct5"))
+        count = int(sums["count"])
     count = max(count, 1)
     return {"loss": loss.item() / count, "top1": 100.0 * correct1.item() / count,
             "top5": 100.0 * correct5.item() / count}
@@ -138,7 +147,19 @@ class EpochStats:
         self.batches += 1
 
     def summary(self) -> dict[str, float]:
-        """Mean of each loss term per batch and train top-1 (percent)."""
+        """Mean of each loss term per batch and train top-1 (percent).
+
+        In a multi-process run the sums of all processes are added first (one all-reduce): every
+        process's batch is an equal share of the global batch, so the mean over all processes'
+        batches is the mean over global batches, and ``images`` counts the global images.
+        """
+        if distributed.active():
+            sums = distributed.reduce_sums({**{f"term:{k}": v for k, v in self.terms.items()},
+                                            "correct": 0 if self.correct is None else self.correct,
+                                            "images": self.images, "batches": self.batches})
+            self.images, self.batches = int(sums["images"]), int(sums["batches"])
+            self.correct = torch.tensor(sums["correct"], dtype=torch.float64)
+            self.terms = {k: torch.tensor(sums[f"term:{k}"], dtype=torch.float64) for k in self.terms}
         out = {name: value.item() / max(self.batches, 1) for name, value in self.terms.items()}
         out["train_top1"] = 100.0 * (self.correct.item() if self.correct is not None else 0) / max(self.images, 1)
         return out
@@ -149,11 +170,18 @@ class Trainer:
 
     ``batches_for_epoch(epoch)`` returns the epoch's iterable of ``(inputs, targets)`` already on
     the device. ``on_batch`` (progress) and ``on_epoch_end(epoch, metrics)`` are optional callbacks.
+
+    ``forward`` is the module the training forward/backward runs through: ``ctx.model`` (the
+    default) or, in a multi-process run, its DistributedDataParallel wrapper, whose backward
+    leaves the gradients averaged over all processes. Hooks always receive ``ctx.model``, so
+    ``toolbox_regularize`` (after backward) and ``toolbox_batch_end`` (after the step) act once,
+    on the synchronized gradients and parameters, identically on every process.
     """
 
-    def __init__(self, pm: pluggy.PluginManager, ctx: Context) -> None:
+    def __init__(self, pm: pluggy.PluginManager, ctx: Context, forward: nn.Module | None = None) -> None:
         self.pm = pm
         self.ctx = ctx
+        self.forward = forward if forward is not None else ctx.model
         self.hook = pm.hook
         self.has_loss = has_impl(pm, "toolbox_loss")
         self.has_regularize = has_impl(pm, "toolbox_regularize")
@@ -172,7 +200,7 @@ class Trainer:
         model = ctx.model
         device = ctx.device
         scaler = torch.amp.GradScaler("cuda") if options.precision == "fp16" and device.type == "cuda" else None
-        model.train()
+        self.forward.train()
         for epoch in range(start_epoch, ctx.epochs):
             ctx.epoch = epoch
             if self.has_epoch_start:
@@ -214,7 +242,7 @@ class Trainer:
         if self.has_loss:
             ctx.new_batch()
         with autocast_context(ctx.device, ctx.options.precision):
-            logits = model(inputs)
+            logits = self.forward(inputs)
         logits = logits.float()
         ce = F.cross_entropy(logits, targets)
         terms = {"ce": ce}
@@ -250,8 +278,10 @@ class Trainer:
         return terms, correct
 
     def _finite(self, value: torch.Tensor, what: str, terms: dict[str, torch.Tensor]) -> bool:
-        """True when ``value`` is finite; else raise, or warn when skipping bad batches."""
-        if bool(torch.isfinite(value)):
+        """True when ``value`` is finite (on every process); else raise, or warn when skipping bad
+        batches (every process then skips the batch together)."""
+        finite = torch.isfinite(value)
+        if distributed.all_true(finite):
             return True
         ctx = self.ctx
         bad = [name for name, term in terms.items() if not bool(torch.isfinite(term.detach()))]

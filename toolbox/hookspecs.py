@@ -126,6 +126,8 @@ def toolbox_regularize(ctx: Any, model: Any) -> None:
 
     Gradients are true gradients here (after ``GradScaler.unscale_`` when one is used), so a
     regularizer's strength never depends on the loss scale. Write into ``param.grad`` in place.
+    In a multi-process (torchrun) run they are already averaged over the processes and ``model``
+    is the plain model, so the change acts once on the synchronized gradient.
     """
 
 

@@ -5,6 +5,11 @@ every phase (``checkpoints/step{k}_{phase}.pt``), ``results.json``, ``results.md
 ``resume(run_dir)`` continues from the last complete phase. Every random draw of a phase comes
 from generators seeded by (seed, step, phase), so a resumed run trains exactly as an
 uninterrupted one would on the same machine.
+
+Under ``torchrun`` every process runs the same :class:`Run` (``toolbox.distributed``): each
+trains on its share of every global batch through DistributedDataParallel and evaluates its
+share of the test set; rank 0 alone reads and writes the run directory and shares what it read
+(:func:`toolbox.distributed.run_on_main`), so the files are those of a single-process run.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import yaml
 from torch import nn
 
 from toolbox import checkpoint as ckpt
-from toolbox import report
+from toolbox import distributed, report
 from toolbox.context import Context
 from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset,
                           split_shards)
@@ -112,11 +117,13 @@ class Run:
 
     def __init__(self, options: RunOptions, pm: pluggy.PluginManager, run_dir: Path,
                  progress: "Callable[..., Any] | None" = None) -> None:
+        distributed.init()
         self.options = options
         self.pm = pm
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.device = select_device(options.device)
+        self.progress = progress if distributed.is_main() else None
+        self.device = distributed.local_device(select_device(options.device))
+        distributed.local_batch_size(options.batch_size)  # refuses a global batch the processes cannot share
         if options.threads:
             torch.set_num_threads(options.threads)
         self.data: ImageData = load_run_data(options)
@@ -133,10 +140,13 @@ class Run:
         self.pm.hook.toolbox_configure(options=options)
         check_run(options.arch, options.model_kwargs, self.data.num_classes, self.data.in_chans,
                   self.data.image_size, options.plugins, float(options.plugin.get("ratio", 0.5)))
+        distributed.check_same("options and dataset", {
+            **options.to_dict(), "train images": int(self.data.train_y.numel()),
+            "test images": int(self.data.test_y.numel()), "classes": self.data.num_classes})
 
     def initialize_from(self, path: Path) -> None:
         """Start from the weights and masks of a checkpoint (``toolbox train --init``)."""
-        data = ckpt.load_checkpoint(path)
+        data = distributed.run_on_main(ckpt.load_checkpoint, path)
         self.model = self._to_device(ckpt.apply_recorded_structure(self.model, data))
         ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=f"checkpoint {path}",
                         in_chans=self.data.in_chans)
@@ -152,30 +162,46 @@ class Run:
         return model
 
     def _loader(self, indices: torch.Tensor | None, train: bool, seed: int) -> BatchLoader:
+        """Training batches (each process gets its share of every global batch), or the test set
+        (each process gets its part of it)."""
         data = self.data
         x, y = (data.train_x, data.train_y) if train else (data.test_x, data.test_y)
-        size = self.options.batch_size if train else self.options.eval_batch_size
-        return BatchLoader(x, y, indices, size, data.mean, data.std, train=train, seed=seed,
-                           device=self.device, channels_last=self.options.channels_last)
+        if train:
+            return BatchLoader(x, y, indices, self.options.batch_size, data.mean, data.std, train=True, seed=seed,
+                               device=self.device, channels_last=self.options.channels_last,
+                               rank=distributed.rank(), world_size=distributed.world_size())
+        return BatchLoader(x, y, self._eval_part(indices, y.numel()), self.options.eval_batch_size, data.mean,
+                           data.std, train=False, seed=seed, device=self.device,
+                           channels_last=self.options.channels_last)
 
     def _validation_loader(self) -> BatchLoader:
         """The held-out validation images (from the training set), unaugmented."""
         data = self.data
-        return BatchLoader(data.train_x, data.train_y, self.validation, self.options.eval_batch_size,
-                           data.mean, data.std, train=False, device=self.device,
+        return BatchLoader(data.train_x, data.train_y, self._eval_part(self.validation, data.train_y.numel()),
+                           self.options.eval_batch_size, data.mean, data.std, train=False, device=self.device,
                            channels_last=self.options.channels_last)
+
+    @staticmethod
+    def _eval_part(indices: torch.Tensor | None, total: int) -> torch.Tensor | None:
+        """The evaluation images of this process: all of them on one process, else its part."""
+        if not distributed.active():
+            return indices
+        return distributed.shard(torch.arange(total) if indices is None else indices)
 
     def _input_size(self) -> tuple[int, int, int]:
         return (self.data.in_chans, self.data.image_size, self.data.image_size)
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one line to metrics.jsonl (one write; a torn line is dropped on resume)."""
-        ckpt.append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+        """Append one line to metrics.jsonl (one write; a torn line is dropped on resume); rank 0 writes."""
+        distributed.run_on_main(ckpt.append_line, self.run_dir / "metrics.jsonl", json.dumps(record))
 
     # --------------------------------------------------------------- the run
     def prepare_directory(self) -> None:
         """Create the run directory and write config.yaml, shards.json and an empty metrics.jsonl
-        (fresh runs, and resumed ones that had no complete phase)."""
+        (fresh runs, and resumed ones that had no complete phase); rank 0 writes."""
+        distributed.run_on_main(self._write_directory)
+
+    def _write_directory(self) -> None:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe = self.run_dir / ".write-test"
@@ -192,6 +218,8 @@ class Run:
 
     def check_disk_space(self) -> None:
         """Warn when the run directory's disk has less free space than the run's checkpoints need."""
+        if not distributed.is_main():
+            return
         try:
             free = shutil.disk_usage(self.run_dir).free
         except OSError:
@@ -201,10 +229,11 @@ class Run:
             log.warning("Only %.0f MB are free on the disk of %s but this run's checkpoints need about %.0f MB; "
                         "free some space or pass another --out.", free / 1e6, self.run_dir, needed / 1e6)
 
-    def execute(self, only_phase: str | None = None) -> dict[str, Any]:
+    def execute(self, only_phase: str | None = None, until: tuple[int, str] | None = None) -> dict[str, Any]:
         """Train every remaining phase of every step; return the results dict.
 
-        ``only_phase`` runs just that phase of step 1 (``toolbox train``).
+        ``only_phase`` runs just that phase of step 1 (``toolbox train``); ``until`` stops after
+        that (step, phase) (a later ``execute`` goes on from there).
         """
         options = self.options
         self.check_disk_space()
@@ -212,12 +241,16 @@ class Run:
         for step in range(1, options.steps + 1):
             phases = [only_phase] if only_phase else plan_phases(self.pm, step, options.steps)
             for phase in phases:
-                if (step, phase) in self.state.done:
-                    continue
-                self._run_phase(step, phase, has_previous=not first_phase)
-                first_phase = False
+                if (step, phase) not in self.state.done:
+                    self._run_phase(step, phase, has_previous=not first_phase)
+                    first_phase = False
+                if (step, phase) == until:
+                    break
+            else:
+                continue
+            break
         results = self.results()
-        report.write_run_report(self.run_dir, results)
+        distributed.run_on_main(report.write_run_report, self.run_dir, results)
         return results
 
     def results(self) -> dict[str, Any]:
@@ -323,15 +356,17 @@ class Run:
                 self.progress("epoch", step=step, phase=phase, epoch=epoch + 1, epochs=ctx.epochs, metrics=metrics)
             if epoch + 1 < ctx.epochs:
                 begun = time.perf_counter()
-                self._save_partial(ctx, optimizer, epoch + 1, before + begun - started - saving)
+                distributed.run_on_main(self._save_partial, ctx, optimizer, epoch + 1,
+                                        before + begun - started - saving)
                 saving += time.perf_counter() - begun
 
         if self.progress is not None:
             self.progress("phase", step=step, phase=phase, epochs=ctx.epochs,
                           batches=len(loader) * max(ctx.epochs - ctx.start_epoch, 0))
         if ctx.epochs > ctx.start_epoch and len(loader) > 0:
-            Trainer(self.pm, ctx).train(optimizer, batches, len(loader), start_epoch=ctx.start_epoch,
-                                        on_batch=self._batch_callback(ctx), on_epoch_end=epoch_done)
+            forward = distributed.wrap(self.model, self.device)  # wrapped after toolbox_prune: rank 0's weights
+            Trainer(self.pm, ctx, forward).train(optimizer, batches, len(loader), start_epoch=ctx.start_epoch,
+                                                 on_batch=self._batch_callback(ctx), on_epoch_end=epoch_done)
         return time.perf_counter() - started - saving
 
     def _batch_callback(self, ctx: Context) -> Callable[[], None] | None:
@@ -354,11 +389,15 @@ class Run:
         """Phase end hooks, evaluation, the phase's record and checkpoint; drop ``partial.pt``."""
         options, state, step, phase = self.options, self.state, ctx.step, ctx.phase
         self.pm.hook.toolbox_phase_end(ctx=ctx)
+        distributed.broadcast_module(self.model)  # BN running statistics: rank 0's on every process
+        ctx.masks = distributed.broadcast_masks(ctx.masks)
         state.masks, state.records = ctx.masks, ctx.records
-        test = evaluate(self.model, self._loader(None, train=False, seed=0), self.device, options.precision)
+        test = evaluate(self.model, self._loader(None, train=False, seed=0), self.device, options.precision,
+                        across_processes=True)
         validation = {}
         if self.validation is not None:
-            scores = evaluate(self.model, self._validation_loader(), self.device, options.precision)
+            scores = evaluate(self.model, self._validation_loader(), self.device, options.precision,
+                              across_processes=True)
             validation = {"val_top1": scores["top1"], "val_loss": scores["loss"]}
         record = {"phase": phase, "epochs": ctx.epochs, "images": int(indices.numel()),
                   "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"], **validation,
@@ -368,8 +407,7 @@ class Run:
         self._record_phase(step, record)
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))
-        self._save(step, phase)
-        ckpt.partial_checkpoint_path(self.run_dir).unlink(missing_ok=True)
+        distributed.run_on_main(self._save, step, phase)
         if self.progress is not None:
             self.progress("phase_end", step=step, phase=phase, record=record)
 
@@ -398,11 +436,12 @@ class Run:
         return data
 
     def _save(self, step: int, phase: str) -> None:
-        """The checkpoint at the end of a phase, then results.json."""
+        """The checkpoint at the end of a phase, then results.json; drop ``partial.pt``."""
         state = self.state
         data = self._checkpoint(step, phase, state.masks, state.records, state.optimizer_state)
         ckpt.save_checkpoint(ckpt.phase_checkpoint_path(self.run_dir, step, phase), data)
         ckpt.atomic_write_json(self.run_dir / "results.json", self.results())
+        ckpt.partial_checkpoint_path(self.run_dir).unlink(missing_ok=True)
 
     def _save_partial(self, ctx: Context, optimizer: torch.optim.Optimizer, epochs_done: int,
                       train_seconds: float) -> None:
@@ -422,28 +461,45 @@ class Run:
     def restore(self) -> str | None:
         """Load the last complete phase's checkpoint and, when it belongs to the next phase,
         ``partial.pt``; return where the run continues (``None``: from the very beginning)."""
-        for folder in (self.run_dir, self.run_dir / "checkpoints"):
-            for tmp in ckpt.remove_temp_files(folder):
-                log.info("Removed %s, the temp file of a write that a kill interrupted.", tmp)
+        distributed.run_on_main(self._remove_temp_files)
         order = self._phase_order()
         last = self._restore_complete(order)
         self.partial = self._find_partial(order)
-        self._trim_metrics()
+        distributed.run_on_main(self._trim_metrics)
         if self.partial is not None:
             return (f"step {self.partial['step']} {self.partial['phase']}, epoch "
                     f"{self.partial['epochs_done'] + 1} of {self.partial['epochs']}")
         return None if last is None else f"after step {last[0]} {last[1]}"
 
+    def _remove_temp_files(self) -> None:
+        """Delete the temp files of writes that a kill interrupted."""
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            for tmp in ckpt.remove_temp_files(folder):
+                log.info("Removed %s, the temp file of a write that a kill interrupted.", tmp)
+
+    @staticmethod
+    def _read_checkpoint(path: Path) -> dict[str, Any] | CheckpointError | None:
+        """The checkpoint at ``path`` (rank 0 reads it, every process gets it): ``None`` when there
+        is none, the :class:`CheckpointError` when it cannot be read."""
+        def read() -> dict[str, Any] | CheckpointError | None:
+            if not path.exists():
+                return None
+            try:
+                return ckpt.load_checkpoint(path)
+            except CheckpointError as exc:
+                return exc
+
+        return distributed.run_on_main(read)
+
     def _restore_complete(self, order: list[tuple[int, str]]) -> tuple[int, str] | None:
         """Load the newest readable phase checkpoint (a truncated one is skipped with a warning)."""
         for step, phase in reversed(order):
             path = ckpt.phase_checkpoint_path(self.run_dir, step, phase)
-            if not path.exists():
+            data = self._read_checkpoint(path)
+            if data is None:
                 continue
-            try:
-                data = ckpt.load_checkpoint(path)
-            except CheckpointError as exc:
-                log.warning("Ignoring checkpoint %s: %s", path, exc)
+            if isinstance(data, CheckpointError):
+                log.warning("Ignoring checkpoint %s: %s", path, data)
                 continue
             self.model = self._to_device(ckpt.apply_recorded_structure(self.model, data))
             ckpt.load_state(self.model, data, self.options.arch, self.data.num_classes, source=f"checkpoint {path}",
@@ -458,16 +514,15 @@ class Run:
         """``partial.pt`` when it continues the phase right after the restored one; else ``None``
         (a truncated, stale or foreign one is ignored with a warning)."""
         path = ckpt.partial_checkpoint_path(self.run_dir)
-        if not path.exists():
+        data = self._read_checkpoint(path)
+        if data is None:
             return None
-        try:
-            data = ckpt.load_checkpoint(path)
-        except CheckpointError as exc:
-            log.warning("Ignoring the unfinished phase's checkpoint %s: %s", path, exc)
+        if isinstance(data, CheckpointError):
+            log.warning("Ignoring the unfinished phase's checkpoint %s: %s", path, data)
             return None
         key = (int(data.get("step", 0)), str(data.get("phase")))
         if key in self.state.done:
-            path.unlink(missing_ok=True)  # its phase completed after it was written
+            distributed.run_on_main(path.unlink, missing_ok=True)  # its phase completed after it was written
             return None
         pending = [item for item in order if item not in self.state.done]
         done_then = {(int(s), str(p)) for s, p in data.get("done", [])}
@@ -564,33 +619,37 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     ``init`` starts from a checkpoint's weights and masks; its arch and model options win.
     ``extra_plugins`` registers plugin objects directly (name -> object), after ``--plugins``.
     """
+    distributed.init()
     if init is not None:
-        recorded = ckpt.load_checkpoint(init)
+        recorded = distributed.run_on_main(ckpt.load_checkpoint, init)
         values = {**values, "arch": recorded["arch"], "model_kwargs": recorded.get("model_kwargs") or {}}
     pm = load_plugins(_plugin_names(values), extra_plugins)
     options = build_options(dict(values), declared_options(pm), dormant_options(_plugin_names(values)))
-    run_dir = Path(options.out) if options.out else default_run_dir(options)
+    run_dir = Path(distributed.broadcast_object(str(options.out or default_run_dir(options))))
     options.out = str(run_dir)
     if options.seeds:
         raise UsageError("--seeds runs several experiments; use toolbox.run.run_seeds (the CLI does) instead of start_run.")
     run = Run(options, pm, run_dir, progress)
     if init is not None:
         run.initialize_from(init)
-    if (ckpt.partial_checkpoint_path(run_dir).exists()
-            or any(ckpt.phase_checkpoint_path(run_dir, 1, p).exists() for p in PHASES)):
+    if distributed.run_on_main(_holds_run, run_dir):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or another --out.")
     run.prepare_directory()
     return run
 
 
+def _holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds a run's checkpoints."""
+    return (ckpt.partial_checkpoint_path(run_dir).exists()
+            or any(ckpt.phase_checkpoint_path(run_dir, 1, p).exists() for p in PHASES))
+
+
 def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
                extra_plugins: dict[str, Any] | None = None) -> Run:
     """Reopen the run in ``run_dir`` from its config.yaml and last complete checkpoint."""
+    distributed.init()
     run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise UsageError(f"{run_dir} has no config.yaml, so it is not a run directory; pass the --out of an earlier run.")
-    values = read_mapping(config)
+    values = distributed.run_on_main(read_run_config, run_dir)
     pm = load_plugins(_plugin_names(values), extra_plugins)
     options = build_options(values, declared_options(pm))
     run = Run(options, pm, run_dir, progress)
@@ -604,6 +663,14 @@ def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
 
 
 EXPERIMENT_FILE = "experiment.yaml"
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The options in ``run_dir/config.yaml``; a folder without one is one sentence."""
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise UsageError(f"{run_dir} has no config.yaml, so it is not a run directory; pass the --out of an earlier run.")
+    return read_mapping(config)
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
@@ -631,22 +698,29 @@ def run_seeds(values: dict[str, Any], progress: Callable[..., Any] | None = None
     ``values`` holds ``seeds``; the merged values are kept in ``<out>/experiment.yaml`` so
     ``resume_seeds(out)`` can finish the seeds a kill interrupted.
     """
+    distributed.init()
     names = _plugin_names(values)
     probe = build_options(dict(values), declared_options(load_plugins(names)), dormant_options(names))
-    out = Path(probe.out) if probe.out else default_run_dir(probe)
+    out = Path(distributed.broadcast_object(str(probe.out or default_run_dir(probe))))
+    record = {k: v for k, v in values.items() if v is not None}
+    record["out"] = str(out)
+    distributed.run_on_main(_write_experiment, out, record)
+    return _finish_seeds(out, record, progress, announce)
+
+
+def _write_experiment(out: Path, record: dict[str, Any]) -> None:
+    """Create ``out`` and write experiment.yaml; refuse a folder that already holds an experiment."""
     if (out / EXPERIMENT_FILE).exists():
         raise UsageError(f"{out} already holds an experiment; pass --resume {out} to continue it or another --out.")
     out.mkdir(parents=True, exist_ok=True)
-    record = {k: v for k, v in values.items() if v is not None}
-    record["out"] = str(out)
     ckpt.atomic_write_text(out / EXPERIMENT_FILE, yaml.safe_dump(record, sort_keys=False))
-    return _finish_seeds(out, record, progress, announce)
 
 
 def resume_seeds(out: Path, progress: Callable[..., Any] | None = None,
                  announce: Callable[[Run], None] | None = None) -> Path:
     """Finish a multi-seed experiment: resume started seeds, start the missing ones."""
-    record = read_mapping(Path(out) / EXPERIMENT_FILE)
+    distributed.init()
+    record = distributed.run_on_main(read_mapping, Path(out) / EXPERIMENT_FILE)
     return _finish_seeds(Path(out), record, progress, announce)
 
 
@@ -654,14 +728,14 @@ def _finish_seeds(out: Path, record: dict[str, Any], progress: Callable[..., Any
                   announce: Callable[[Run], None] | None) -> Path:
     seeds = [int(s) for s in (record["seeds"] if isinstance(record["seeds"], list) else str(record["seeds"]).split(","))]
     for seed, run_dir in seed_dirs(out, seeds).items():
-        if (run_dir / "config.yaml").exists():
+        if distributed.run_on_main((run_dir / "config.yaml").exists):
             run = resume_run(run_dir, progress)
         else:
             run = start_run({**record, "seed": seed, "seeds": [], "out": str(run_dir)}, progress)
         if announce is not None:
             announce(run)
         run.execute()
-    report.write_comparison([out], out)
+    distributed.run_on_main(report.write_comparison, [out], out)
     return out
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from toolbox import channels as ch
+from toolbox import distributed
 from toolbox.checkpoint import atomic_savefig
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
@@ -531,7 +532,7 @@ class SparsityTraining:
             "mode": cfg.mode, "target_ratio": target, "achieved_ratio": ratio, "trained_ratio": trained,
             "s_per_epoch": list(self.s_history), "ratio_per_epoch": list(self.ratio_history),
             "selected_filters": self.selected.count(), "filters": self.graph.num_units}
-        if ctx.run_dir is not None:
+        if ctx.run_dir is not None and distributed.is_main():  # only rank 0 writes the run directory
             try:
                 plot_gamma_histogram(model, self.graph, self.selection, cfg.threshold,
                                      Path(ctx.run_dir) / f"gamma_hist_step{ctx.step}.png",

@@ -25,13 +25,18 @@ def make_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4, offset: int = 0,
+                  total: int | None = None) -> torch.Tensor:
     """Random crop and horizontal flip of a uint8 batch (B x C x H x W), same shape and dtype.
 
     Every image is zero-padded by ``pad`` pixels on each side and cropped back to H x W at an
     offset drawn uniformly from ``0..2*pad`` per axis and per image; then it is mirrored left
     to right with probability 0.5. Draws (row offsets, column offsets, flips, in that order)
     come from ``generator`` on the CPU; the pixel work runs on ``x.device`` as one gather.
+
+    ``x`` may be the images ``offset .. offset + B - 1`` of a batch of ``total`` images (one
+    process's share in a multi-process run): the draws are made for all ``total`` images and
+    this part's are used, so the shares together are augmented exactly as the whole batch.
     """
     if x.dim() != 4:
         raise ValueError(
@@ -40,9 +45,13 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     if pad < 0:
         raise ValueError(f"pad must be 0 or more, got {pad}.")
     b, c, h, w = x.shape
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
+    n = b if total is None else total
+    if offset < 0 or offset + b > n:
+        raise ValueError(f"images {offset}..{offset + b - 1} are not part of a batch of {n}.")
+    part = slice(offset, offset + b)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)[part]
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)[part]
+    flip = (torch.rand(n, generator=generator) < 0.5)[part]
     if b == 0:
         return x.clone()
     ar_w = torch.arange(w)
@@ -88,6 +97,14 @@ class BatchLoader:
     There is deliberately no background prefetch thread: on the 2-core target it made a
     training loop 3-15% slower (the batch work is ~1% of a small CNN step and the thread
     competes with the model's intra-op threads); see ``benchmarks/pipeline.py``.
+
+    Multi-process runs (``world_size`` > 1): ``batch_size`` is the global batch, which must be
+    divisible by ``world_size``. Every process draws the same order; the last
+    ``num_samples % world_size`` images of it are left out (at most ``world_size - 1`` per
+    epoch, a different few every epoch), every global batch is cut into ``world_size`` equal
+    contiguous parts and process ``rank`` yields part ``rank``, augmented exactly as in the
+    whole batch. The parts of all processes are therefore the batches one process would yield
+    (with ``world_size = 1`` nothing changes), and ``len()`` is the same on every process.
     """
 
     def __init__(
@@ -104,6 +121,8 @@ class BatchLoader:
         channels_last: bool = False,
         drop_last: bool = False,
         pad: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(
@@ -116,6 +135,11 @@ class BatchLoader:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError(
+                f"rank {rank} of {world_size} processes with a global batch of {batch_size}: "
+                "the batch must be divisible by the number of processes."
+            )
         if indices is not None:
             index = torch.as_tensor(indices, dtype=torch.int64).cpu()
             x, y = x.index_select(0, index), y.index_select(0, index)
@@ -128,6 +152,8 @@ class BatchLoader:
         self.channels_last = channels_last
         self.drop_last = drop_last
         self.pad = pad
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0
         self._shift, self._scale = _affine(mean, std, self.device)
@@ -138,9 +164,14 @@ class BatchLoader:
             )
 
     def __len__(self) -> int:
-        """Number of batches in a full epoch."""
-        n = self.x.shape[0]
+        """Number of (global) batches in a full epoch."""
+        n = self._usable()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _usable(self) -> int:
+        """Images of an epoch's order that are used: all but ``num_samples % world_size``."""
+        n = self.x.shape[0]
+        return n - n % self.world_size
 
     @property
     def num_samples(self) -> int:
@@ -169,13 +200,24 @@ class BatchLoader:
         """Yield ``(x_float, y)`` batches of the current epoch."""
         order = self.order()
         epoch, bs = self.epoch, self.batch_size
+        if self.world_size == 1:
+            for b in range(self.start_batch, len(self)):
+                yield self._make(order[b * bs : (b + 1) * bs], epoch, b)
+            return
+        n, usable = self.x.shape[0], self._usable()
         for b in range(self.start_batch, len(self)):
-            yield self._make(order[b * bs : (b + 1) * bs], epoch, b)
+            start, stop = b * bs, min((b + 1) * bs, usable)
+            share = (stop - start) // self.world_size
+            offset = self.rank * share
+            index = order[start + offset : start + offset + share]
+            # augmentation draws for the batch one process would make (the tail left out included)
+            yield self._make(index, epoch, b, offset, min((b + 1) * bs, n) - start)
 
     def _make(
-        self, index: torch.Tensor, epoch: int, batch: int
+        self, index: torch.Tensor, epoch: int, batch: int, offset: int = 0, total: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``batch`` of ``epoch``: gather, move, augment (train), normalise."""
+        """Batch ``batch`` of ``epoch`` (or this process's part ``offset ..`` of its ``total``
+        images): gather, move, augment (train), normalise."""
         if self.device.type == "cuda":
             xb = torch.empty((index.numel(), *self.x.shape[1:]), dtype=torch.uint8, pin_memory=True)
             yb = torch.empty((index.numel(),), dtype=torch.int64, pin_memory=True)
@@ -187,7 +229,8 @@ class BatchLoader:
             xb = self.x.index_select(0, index).to(self.device)
             yb = self.y.index_select(0, index).to(self.device)
         if self.train:
-            xb = augment_batch(xb, make_generator(self.seed, epoch, _AUGMENT, batch), self.pad)
+            xb = augment_batch(xb, make_generator(self.seed, epoch, _AUGMENT, batch), self.pad,
+                               offset, total)
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb.float().sub_(self._shift).mul_(self._scale), yb

@@ -1,0 +1,395 @@
+"""Training throughput of the toolbox engine against a plain PyTorch loop, in one process.
+
+    python benchmarks/throughput.py [--arch cifar_resnet20] [--dataset fashion_mnist]
+                                    [--batch-size 128] [--batches 30] [--repeats 3]
+                                    [--precision bf16] [--no-compile] [--out runs/throughput.json]
+
+Same model, batch size and images everywhere; every figure is the median img/s of ``--repeats``
+timed passes over ``--batches`` batches, after an untimed warm-up, on a freshly seeded model.
+Tables (markdown on stdout, everything also in ``--out`` as JSON):
+
+1. loops on pre-made batches (the loop alone): a plain hand-written SGD loop; the engine with no
+   plugins; the engine with a no-op plugin implementing every hook (the hook machinery's cost);
+   the engine with sst,aod,msl active in an AOD phase (frozen teacher) and in an SST phase with
+   MSL (teacher), as at step 2 of a run;
+2. data pipeline end to end: the same plain loop fed live by the toolbox's BatchLoader, and by
+   torchvision's PIL-transform DataLoader (0 and 2 workers);
+3. settings: NCHW vs channels_last, fp32 vs bf16 autocast, 1 vs 2 threads, torch.compile;
+4. the teacher: its forward per batch against the student's inference pass and training step;
+5. the achieved fraction of the measured matmul peak (training FLOPs = 3 x forward = 6 x MACs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
+from pipeline import PilDataset  # noqa: E402
+from toolbox.context import Context  # noqa: E402
+from toolbox.data import BatchLoader, ImageData, load_dataset  # noqa: E402
+from toolbox.engine import Trainer, autocast_context, build_optimizer, count_macs  # noqa: E402
+from toolbox.hookspecs import hookimpl  # noqa: E402
+from toolbox.options import build_options  # noqa: E402
+from toolbox.plugins import chain_prune, declared_options, load_plugins, make_manager  # noqa: E402
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+TrainFn = Callable[[Iterable[Batch]], None]  # trains one pass over the given batches
+Source = Callable[[int], Iterable[Batch]]  # the first k batches of a pipeline (drawn live or pre-made)
+CPU = torch.device("cpu")
+
+
+class NoOpPlugin:
+    """Implements every hook and does nothing: what the hook machinery alone costs."""
+
+    @hookimpl
+    def toolbox_options(self) -> list:
+        return []
+
+    @hookimpl
+    def toolbox_configure(self, options: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_phases(self, step: int, num_steps: int) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_data_schedule(self, step: int, phase: str, shards: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_phase_start(self, ctx: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_prune(self, ctx: Any, model: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_epoch_start(self, ctx: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_loss(self, ctx: Any, batch: Any, logits: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_regularize(self, ctx: Any, model: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_batch_end(self, ctx: Any, model: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_epoch_end(self, ctx: Any, metrics: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_phase_end(self, ctx: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_state_dict(self, ctx: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_load_state_dict(self, ctx: Any, state: Any) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------- loops
+def plain_loop(model: nn.Module, precision: str, channels_last: bool) -> TrainFn:
+    """A hand-written SGD loop: forward under autocast, cross-entropy, backward, step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def train(batches: Iterable[Batch]) -> None:
+        for x, y in batches:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_context(CPU, precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return train
+
+
+def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last: bool,
+                plugins: list[str] | None = None, extra: list[Any] | None = None, phase: str = "learn") -> TrainFn:
+    """The toolbox Trainer over the batches (one epoch per pass). With ``plugins`` the phase is
+    set up as a run does at step 2: configure, a frozen teacher, ``toolbox_phase_start``, the
+    ``toolbox_prune`` chain (aod's re-initialization), then training."""
+    names = plugins or []
+    pm = load_plugins(names) if names else make_manager()
+    for plugin in extra or []:
+        pm.register(plugin)
+    options = build_options({"plugins": names, "lr": 0.05, "precision": precision, "channels_last": channels_last},
+                            declared_options(pm))
+    pm.hook.toolbox_configure(options=options)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if names else None
+    ctx = Context(options=options, model=model, device=CPU, step=2, num_steps=4, phase=phase, epochs=1,
+                  num_classes=data.num_classes, input_size=(data.in_chans, data.image_size, data.image_size),
+                  teacher=teacher)
+    state: dict[str, Any] = {}
+
+    def train(batches: Iterable[Batch]) -> None:
+        batches = [(x.contiguous(memory_format=torch.channels_last) if channels_last else x, y) for x, y in batches]
+        if "optimizer" not in state:
+            ctx.batches_per_epoch = len(batches)
+            pm.hook.toolbox_phase_start(ctx=ctx)
+            ctx.model = chain_prune(pm, ctx, ctx.model)
+            state["optimizer"] = ctx.optimizer = build_optimizer(ctx.model, options)
+        Trainer(pm, ctx).train(state["optimizer"], lambda epoch: batches, len(batches))
+
+    return train
+
+
+# ----------------------------------------------------------------------------- measuring
+def new_model(arch: str, data: ImageData, channels_last: bool) -> nn.Module:
+    """A freshly seeded model in train mode."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=data.num_classes, in_chans=data.in_chans)
+    return (model.to(memory_format=torch.channels_last) if channels_last else model).train()
+
+
+def timed(train: TrainFn, source: Source, count: int, batch_size: int, repeats: int, warmup: int = 3) -> float:
+    """Median img/s of ``repeats`` passes of ``train`` over ``count`` batches of ``source``
+    (full batches of ``batch_size``), after a warm-up pass over ``warmup`` batches."""
+    train(source(warmup))
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        train(source(count))
+        rates.append(count * batch_size / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def premade(batches: list[Batch]) -> Source:
+    """Batches made before timing: the loop alone is measured."""
+    return lambda k: batches[:k]
+
+
+def live(make: Callable[[], Iterable[Batch]]) -> Source:
+    """Batches drawn from a pipeline while timing: loading is part of the measurement."""
+    return lambda k: itertools.islice(iter(make()), k)
+
+
+def batch_pipeline(data: ImageData, batch_size: int) -> Callable[[], Iterable[Batch]]:
+    """The toolbox's BatchLoader over the training set (a new epoch each call)."""
+    loader = BatchLoader(data.train_x, data.train_y, None, batch_size, data.mean, data.std, train=True, seed=0)
+    epoch = {"n": 0}
+
+    def make() -> Iterable[Batch]:
+        loader.set_epoch(epoch["n"])
+        epoch["n"] += 1
+        return loader
+
+    return make
+
+
+def pil_pipeline(data: ImageData, batch_size: int, workers: int) -> Callable[[], Iterable[Batch]]:
+    """torchvision's PIL transforms through a DataLoader (persistent workers)."""
+    loader = torch.utils.data.DataLoader(PilDataset(data), batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, persistent_workers=workers > 0, drop_last=True)
+    return lambda: loader
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of a square matmul at ``dtype`` on the current threads."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def teacher_costs(arch: str, data: ImageData, batch: Batch, precision: str, repeats: int) -> dict[str, float]:
+    """Milliseconds per batch: the teacher's forward (ctx.teacher_logits), the student's inference
+    pass (eval, no_grad, same autocast) and the student's training step."""
+    model = new_model(arch, data, channels_last=True)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    options = build_options({"precision": precision, "channels_last": True}, {})
+    ctx = Context(options=options, model=model, device=CPU, teacher=teacher)
+    x = batch[0].contiguous(memory_format=torch.channels_last)
+    logits = ctx.teacher_logits(x)
+    assert logits.grad_fn is None and not logits.requires_grad, "the teacher's logits carry a graph"
+
+    def ms(fn: Callable[[], Any]) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - started))
+        return statistics.median(times)
+
+    def teacher_forward() -> None:
+        ctx.new_batch()
+        ctx.teacher_logits(x)
+
+    student = copy.deepcopy(model).eval()
+
+    def inference() -> None:
+        with torch.no_grad(), autocast_context(CPU, precision):
+            student(x)
+
+    step = plain_loop(model, precision, channels_last=True)
+    return {"teacher_forward_ms": ms(teacher_forward), "student_inference_ms": ms(inference),
+            "student_train_step_ms": ms(lambda: step([batch]))}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every table, print markdown, write the JSON record; return the record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="cifar_resnet20")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="of tables 1, 2 and 4")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--out", default="runs/throughput.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = load_dataset(args.dataset, args.data_root, download=False)
+    loader = BatchLoader(data.train_x, data.train_y, None, args.batch_size, data.mean, data.std, train=True, seed=0)
+    loader.set_epoch(0)
+    batches = [b for _, b in zip(range(args.batches), loader)]
+    n, p, r = len(batches), args.precision, args.repeats
+    record: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{args.threads} threads", "arch": args.arch, "dataset": data.name,
+        "batch_size": args.batch_size, "batches": n, "repeats": r, "precision": p}
+    print(f"{record['machine']}; {args.arch} on {data.name}, batch {args.batch_size}, {n} batches x {r} repeats")
+
+    bs = args.batch_size
+
+    def arch_model(channels_last: bool = True) -> nn.Module:
+        return new_model(args.arch, data, channels_last)
+
+    def speed(train: TrainFn, source: Source | None = None) -> float:
+        return timed(train, source or premade(batches), n, bs, r)
+
+    # 1. loops
+    loops = {
+        "plain loop": plain_loop(arch_model(), p, True),
+        "engine, no plugins": engine_loop(arch_model(), data, p, True),
+        "engine, no-op plugin (every hook)": engine_loop(arch_model(), data, p, True, extra=[NoOpPlugin()]),
+        "engine, sst,aod,msl: AOD phase (teacher)": engine_loop(arch_model(), data, p, True, ["sst", "aod", "msl"]),
+        "engine, sst,aod,msl: SST phase with MSL (teacher)": engine_loop(arch_model(), data, p, True,
+                                                                         ["sst", "aod", "msl"], phase="sparsify"),
+    }
+    table1 = {name: speed(fn) for name, fn in loops.items()}
+    record["loops"] = table1
+    base = table1["plain loop"]
+    print(f"\n### 1. Loops (channels_last, {p}, pre-made batches)\n\n| loop | img/s | / plain loop |\n|---|---:|---:|")
+    for name, value in table1.items():
+        print(f"| {name} | {value:.0f} | {value / base:.3f} |")
+    noop = table1["engine, no-op plugin (every hook)"] / table1["engine, no plugins"]
+    print(f"\nhook machinery (no-op plugin / no plugins): {noop:.3f}")
+    record["hook_ratio"] = noop
+
+    # 2. pipelines end to end
+    pipelines = {
+        "pre-made batches (no loading)": premade(batches),
+        "BatchLoader, live": live(batch_pipeline(data, bs)),
+        "torchvision PIL DataLoader, 0 workers": live(pil_pipeline(data, bs, 0)),
+        "torchvision PIL DataLoader, 2 workers": live(pil_pipeline(data, bs, 2)),
+    }
+    table2 = {name: speed(plain_loop(arch_model(), p, True), source) for name, source in pipelines.items()}
+    record["pipelines"] = table2
+    ours = table2["BatchLoader, live"]
+    print(f"\n### 2. Data pipeline end to end (plain loop, channels_last, {p})\n\n"
+          "| pipeline | img/s | BatchLoader / this |\n|---|---:|---:|")
+    for name, value in table2.items():
+        print(f"| {name} | {value:.0f} | {ours / value:.2f} |")
+
+    # 3. settings
+    table3: dict[str, float] = {}
+    for channels_last in (False, True):
+        for precision in ("fp32", "bf16"):
+            layout = "channels_last" if channels_last else "NCHW"
+            table3[f"plain loop, {layout}, {precision}"] = speed(plain_loop(arch_model(channels_last), precision,
+                                                                            channels_last))
+            table3[f"engine, {layout}, {precision}"] = speed(engine_loop(arch_model(channels_last), data, precision,
+                                                                         channels_last))
+    torch.set_num_threads(1)
+    table3[f"plain loop, channels_last, {p}, 1 thread"] = speed(plain_loop(arch_model(), p, True))
+    torch.set_num_threads(args.threads)
+    record["settings"] = table3
+    record["compile"] = {}
+    if not args.no_compile:
+        for precision in ("fp32", "bf16"):
+            model = arch_model()
+            started = time.perf_counter()
+            try:
+                compiled = torch.compile(model)
+                train = plain_loop(compiled, precision, True)
+                train(batches[:2])
+                seconds = time.perf_counter() - started
+                table3[f"plain loop, channels_last, {precision}, torch.compile"] = speed(train)
+                record["compile"][precision] = {"compile_seconds": seconds}
+            except Exception as exc:  # noqa: BLE001 (a compiler failure is a result to record)
+                record["compile"][precision] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    print("\n### 3. Settings (pre-made batches)\n\n| setting | img/s |\n|---|---:|")
+    for name, value in table3.items():
+        print(f"| {name} | {value:.0f} |")
+    for precision, info in record["compile"].items():
+        print(f"torch.compile {precision}: {info}")
+
+    # 4. teacher
+    record["teacher"] = teacher_costs(args.arch, data, batches[0], p, max(r, 5))
+    t = record["teacher"]
+    print(f"\n### 4. Teacher ({p}, channels_last), ms per batch of {args.batch_size}\n\n"
+          f"teacher forward {t['teacher_forward_ms']:.1f}; student inference pass {t['student_inference_ms']:.1f} "
+          f"(teacher / inference {t['teacher_forward_ms'] / t['student_inference_ms']:.2f}); student training step "
+          f"{t['student_train_step_ms']:.1f}")
+
+    # 5. FLOP peak
+    macs = count_macs(arch_model(), (data.in_chans, data.image_size, data.image_size))
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    record["flops"] = {"macs_per_image": macs, "matmul_peak_gflops": peaks, "fraction": {}}
+    print(f"\n### 5. Fraction of the matmul peak (training = 6 x {macs / 1e6:.1f} MMACs per image)\n\n"
+          "| setting | img/s | achieved GFLOP/s | matmul peak GFLOP/s | fraction |\n|---|---:|---:|---:|---:|")
+    for precision in ("fp32", "bf16"):
+        rate = table3[f"plain loop, channels_last, {precision}"]
+        achieved = rate * 6 * macs / 1e9
+        record["flops"]["fraction"][precision] = achieved / peaks[precision]
+        print(f"| plain loop, channels_last, {precision} | {rate:.0f} | {achieved:.1f} | {peaks[precision]:.0f} | "
+              f"{achieved / peaks[precision]:.1%} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    return record
+
+
+if __name__ == "__main__":
+    main()

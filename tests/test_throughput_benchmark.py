@@ -1,0 +1,35 @@
+"""The throughput benchmark runs end to end at a tiny size and reports every row."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("throughput_benchmark", ROOT / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_throughput_run_reports_every_table(tmp_path: Path) -> None:
+    bench = _load()
+    record = bench.main(["--dataset", "synthetic", "--batch-size", "8", "--batches", "2", "--repeats", "1",
+                         "--threads", "1", "--no-compile", "--out", str(tmp_path / "t.json")])
+    assert len(record["loops"]) == 5 and len(record["pipelines"]) == 4
+    assert all(v > 0 for table in ("loops", "pipelines", "settings") for v in record[table].values())
+    assert record["teacher"]["teacher_forward_ms"] > 0 and 0 < record["flops"]["fraction"]["fp32"] < 1
+    assert (tmp_path / "t.json").is_file()
+
+
+def test_no_op_plugin_implements_every_hook() -> None:
+    from toolbox import hookspecs
+
+    bench = _load()
+    specs = {name for name in dir(hookspecs) if name.startswith("toolbox_")}
+    assert specs and specs <= set(dir(bench.NoOpPlugin))
