@@ -81,7 +81,7 @@ class Ablation:
 ABLATIONS: dict[str, Ablation] = {
     "control": Ablation("the method itself, forked like the others and run to the end with the code of the "
                         "ablations: the paired reference of every row below", until=None),
-    "no_sst": Ablation("aod alone: no SST phase; aod re-initializes the --ratio smallest-|gamma| filters "
+    "no_sst": Ablation("aod alone: no SST phase; aod re-initializes the --ratio filters of smallest abs(gamma) "
                        "of the plainly trained step-1 model", base="finetune", fork=(1, "learn"),
                        changes={"plugins": ["aod"]}),
     "no_msl": Ablation("sst,aod: SST of steps 2-3 without the multi-step loss (read out at step 4)",
@@ -89,6 +89,9 @@ ABLATIONS: dict[str, Ablation] = {
     "no_reinit": Ablation("aod keeps the sparse filters (--reinit none): distillation only", plugin={"reinit": "none"}),
     "ratio0.3": Ablation("--ratio 0.3 (SST of step 1 and AOD of step 2)", fork=(1, "learn"), plugin={"ratio": 0.3}),
     "ratio0.7": Ablation("--ratio 0.7 (SST of step 1 and AOD of step 2)", fork=(1, "learn"), plugin={"ratio": 0.7}),
+    "msl_first_step": Ablation("--msl-first-step: step 1's SST also distills from the pre-SST model "
+                               "(FINDINGS 5's first remedy for SST's cost)", fork=(1, "learn"),
+                               plugin={"msl_first_step": True}),
     "reinit_orthogonal": Ablation("--reinit orthogonal", plugin={"reinit": "orthogonal"}),
     "reinit_diverse": Ablation("--reinit diverse", plugin={"reinit": "diverse"}),
     "reinit_gamma0": Ablation("--reinit-gamma 0 (fresh filters dead behind ReLU)", plugin={"reinit_gamma": 0.0}),

@@ -174,16 +174,22 @@ def new_model(arch: str, data: ImageData, channels_last: bool) -> nn.Module:
     return (model.to(memory_format=torch.channels_last) if channels_last else model).train()
 
 
-def timed(train: TrainFn, source: Source, count: int, batch_size: int, repeats: int, warmup: int = 3) -> float:
-    """Median img/s of ``repeats`` passes of ``train`` over ``count`` batches of ``source``
-    (full batches of ``batch_size``), after a warm-up pass over ``warmup`` batches."""
-    train(source(warmup))
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        train(source(count))
-        rates.append(count * batch_size / (time.perf_counter() - started))
-    return statistics.median(rates)
+def interleaved(entries: dict[str, tuple[TrainFn, Source]], count: int, batch_size: int, rounds: int,
+                warmup: int = 3) -> dict[str, float]:
+    """Median img/s of each entry (a train function and its batch source) over ``rounds`` rounds;
+    every round times one pass of ``count`` full batches of each entry, in a rotating order, so
+    that drifts of the shared machine hit all entries alike. Untimed warm-up first."""
+    for train, source in entries.values():
+        train(source(warmup))
+    names = list(entries)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            train, source = entries[name]
+            started = time.perf_counter()
+            train(source(count))
+            rates[name].append(count * batch_size / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def premade(batches: list[Batch]) -> Source:
@@ -272,12 +278,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="of tables 1, 2 and 4")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--tables", default="1,2,3,4,5", help="which tables to run (comma-separated numbers)")
     parser.add_argument("--out", default="runs/throughput.json")
     args = parser.parse_args(argv)
+    tables = set(args.tables.split(","))
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, args.data_root, download=False)
     loader = BatchLoader(data.train_x, data.train_y, None, args.batch_size, data.mean, data.std, train=True, seed=0)
@@ -295,96 +303,105 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def arch_model(channels_last: bool = True) -> nn.Module:
         return new_model(args.arch, data, channels_last)
 
-    def speed(train: TrainFn, source: Source | None = None) -> float:
-        return timed(train, source or premade(batches), n, bs, r)
+    def speeds(entries: dict[str, TrainFn | tuple[TrainFn, Source]]) -> dict[str, float]:
+        pairs = {k: v if isinstance(v, tuple) else (v, premade(batches)) for k, v in entries.items()}
+        return interleaved(pairs, n, bs, r)
 
+    table3: dict[str, float] = {}
     # 1. loops
-    loops = {
-        "plain loop": plain_loop(arch_model(), p, True),
-        "engine, no plugins": engine_loop(arch_model(), data, p, True),
-        "engine, no-op plugin (every hook)": engine_loop(arch_model(), data, p, True, extra=[NoOpPlugin()]),
-        "engine, sst,aod,msl: AOD phase (teacher)": engine_loop(arch_model(), data, p, True, ["sst", "aod", "msl"]),
-        "engine, sst,aod,msl: SST phase with MSL (teacher)": engine_loop(arch_model(), data, p, True,
-                                                                         ["sst", "aod", "msl"], phase="sparsify"),
-    }
-    table1 = {name: speed(fn) for name, fn in loops.items()}
-    record["loops"] = table1
-    base = table1["plain loop"]
-    print(f"\n### 1. Loops (channels_last, {p}, pre-made batches)\n\n| loop | img/s | / plain loop |\n|---|---:|---:|")
-    for name, value in table1.items():
-        print(f"| {name} | {value:.0f} | {value / base:.3f} |")
-    noop = table1["engine, no-op plugin (every hook)"] / table1["engine, no plugins"]
-    print(f"\nhook machinery (no-op plugin / no plugins): {noop:.3f}")
-    record["hook_ratio"] = noop
+    if "1" in tables:
+        loops = {
+            "plain loop": plain_loop(arch_model(), p, True),
+            "engine, no plugins": engine_loop(arch_model(), data, p, True),
+            "engine, no-op plugin (every hook)": engine_loop(arch_model(), data, p, True, extra=[NoOpPlugin()]),
+            "engine, sst,aod,msl: AOD phase (teacher)": engine_loop(arch_model(), data, p, True, ["sst", "aod", "msl"]),
+            "engine, sst,aod,msl: SST phase with MSL (teacher)": engine_loop(arch_model(), data, p, True,
+                                                                             ["sst", "aod", "msl"], phase="sparsify"),
+        }
+        table1 = speeds(loops)
+        record["loops"] = table1
+        base = table1["plain loop"]
+        print(f"\n### 1. Loops (channels_last, {p}, pre-made batches)\n\n| loop | img/s | / plain loop |\n|---|---:|---:|")
+        for name, value in table1.items():
+            print(f"| {name} | {value:.0f} | {value / base:.3f} |")
+        noop = table1["engine, no-op plugin (every hook)"] / table1["engine, no plugins"]
+        print(f"\nhook machinery (no-op plugin / no plugins): {noop:.3f}")
+        record["hook_ratio"] = noop
 
     # 2. pipelines end to end
-    pipelines = {
-        "pre-made batches (no loading)": premade(batches),
-        "BatchLoader, live": live(batch_pipeline(data, bs)),
-        "torchvision PIL DataLoader, 0 workers": live(pil_pipeline(data, bs, 0)),
-        "torchvision PIL DataLoader, 2 workers": live(pil_pipeline(data, bs, 2)),
-    }
-    table2 = {name: speed(plain_loop(arch_model(), p, True), source) for name, source in pipelines.items()}
-    record["pipelines"] = table2
-    ours = table2["BatchLoader, live"]
-    print(f"\n### 2. Data pipeline end to end (plain loop, channels_last, {p})\n\n"
-          "| pipeline | img/s | BatchLoader / this |\n|---|---:|---:|")
-    for name, value in table2.items():
-        print(f"| {name} | {value:.0f} | {ours / value:.2f} |")
+    if "2" in tables:
+        pipelines = {
+            "pre-made batches (no loading)": premade(batches),
+            "BatchLoader, live": live(batch_pipeline(data, bs)),
+            "torchvision PIL DataLoader, 0 workers": live(pil_pipeline(data, bs, 0)),
+            "torchvision PIL DataLoader, 2 workers": live(pil_pipeline(data, bs, 2)),
+        }
+        table2 = speeds({name: (plain_loop(arch_model(), p, True), source) for name, source in pipelines.items()})
+        record["pipelines"] = table2
+        ours = table2["BatchLoader, live"]
+        print(f"\n### 2. Data pipeline end to end (plain loop, channels_last, {p})\n\n"
+              "| pipeline | img/s | BatchLoader / this |\n|---|---:|---:|")
+        for name, value in table2.items():
+            print(f"| {name} | {value:.0f} | {ours / value:.2f} |")
 
     # 3. settings
-    table3: dict[str, float] = {}
-    for channels_last in (False, True):
-        for precision in ("fp32", "bf16"):
-            layout = "channels_last" if channels_last else "NCHW"
-            table3[f"plain loop, {layout}, {precision}"] = speed(plain_loop(arch_model(channels_last), precision,
-                                                                            channels_last))
-            table3[f"engine, {layout}, {precision}"] = speed(engine_loop(arch_model(channels_last), data, precision,
-                                                                         channels_last))
-    torch.set_num_threads(1)
-    table3[f"plain loop, channels_last, {p}, 1 thread"] = speed(plain_loop(arch_model(), p, True))
-    torch.set_num_threads(args.threads)
-    record["settings"] = table3
-    record["compile"] = {}
-    if not args.no_compile:
-        for precision in ("fp32", "bf16"):
-            model = arch_model()
-            started = time.perf_counter()
-            try:
-                compiled = torch.compile(model)
-                train = plain_loop(compiled, precision, True)
-                train(batches[:2])
-                seconds = time.perf_counter() - started
-                table3[f"plain loop, channels_last, {precision}, torch.compile"] = speed(train)
-                record["compile"][precision] = {"compile_seconds": seconds}
-            except Exception as exc:  # noqa: BLE001 (a compiler failure is a result to record)
-                record["compile"][precision] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-    print("\n### 3. Settings (pre-made batches)\n\n| setting | img/s |\n|---|---:|")
-    for name, value in table3.items():
-        print(f"| {name} | {value:.0f} |")
-    for precision, info in record["compile"].items():
-        print(f"torch.compile {precision}: {info}")
+    if "3" in tables:
+        settings: dict[str, TrainFn | tuple[TrainFn, Source]] = {}
+        for channels_last in (False, True):
+            for precision in ("fp32", "bf16"):
+                layout = "channels_last" if channels_last else "NCHW"
+                settings[f"plain loop, {layout}, {precision}"] = plain_loop(arch_model(channels_last), precision,
+                                                                            channels_last)
+                settings[f"engine, {layout}, {precision}"] = engine_loop(arch_model(channels_last), data, precision,
+                                                                         channels_last)
+        table3 = speeds(settings)
+        torch.set_num_threads(1)
+        table3[f"plain loop, channels_last, {p}, 1 thread"] = speeds({"1": plain_loop(arch_model(), p, True)})["1"]
+        torch.set_num_threads(args.threads)
+        record["settings"] = table3
+        record["compile"] = {}
+        if not args.no_compile:
+            for precision in ("fp32", "bf16"):
+                model = arch_model()
+                started = time.perf_counter()
+                try:
+                    compiled = torch.compile(model)
+                    train = plain_loop(compiled, precision, True)
+                    train(batches[:2])
+                    seconds = time.perf_counter() - started
+                    table3[f"plain loop, channels_last, {precision}, torch.compile"] = speeds({"c": train})["c"]
+                    record["compile"][precision] = {"compile_seconds": seconds}
+                except Exception as exc:  # noqa: BLE001 (a compiler failure is a result to record)
+                    record["compile"][precision] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        print("\n### 3. Settings (pre-made batches)\n\n| setting | img/s |\n|---|---:|")
+        for name, value in table3.items():
+            print(f"| {name} | {value:.0f} |")
+        for precision, info in record["compile"].items():
+            print(f"torch.compile {precision}: {info}")
 
     # 4. teacher
-    record["teacher"] = teacher_costs(args.arch, data, batches[0], p, max(r, 5))
-    t = record["teacher"]
-    print(f"\n### 4. Teacher ({p}, channels_last), ms per batch of {args.batch_size}\n\n"
-          f"teacher forward {t['teacher_forward_ms']:.1f}; student inference pass {t['student_inference_ms']:.1f} "
-          f"(teacher / inference {t['teacher_forward_ms'] / t['student_inference_ms']:.2f}); student training step "
-          f"{t['student_train_step_ms']:.1f}")
+    if "4" in tables:
+        record["teacher"] = teacher_costs(args.arch, data, batches[0], p, max(r, 5))
+        t = record["teacher"]
+        print(f"\n### 4. Teacher ({p}, channels_last), ms per batch of {args.batch_size}\n\n"
+              f"teacher forward {t['teacher_forward_ms']:.1f}; student inference pass {t['student_inference_ms']:.1f} "
+              f"(teacher / inference {t['teacher_forward_ms'] / t['student_inference_ms']:.2f}); student training step "
+              f"{t['student_train_step_ms']:.1f}")
 
     # 5. FLOP peak
-    macs = count_macs(arch_model(), (data.in_chans, data.image_size, data.image_size))
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    record["flops"] = {"macs_per_image": macs, "matmul_peak_gflops": peaks, "fraction": {}}
-    print(f"\n### 5. Fraction of the matmul peak (training = 6 x {macs / 1e6:.1f} MMACs per image)\n\n"
-          "| setting | img/s | achieved GFLOP/s | matmul peak GFLOP/s | fraction |\n|---|---:|---:|---:|---:|")
-    for precision in ("fp32", "bf16"):
-        rate = table3[f"plain loop, channels_last, {precision}"]
-        achieved = rate * 6 * macs / 1e9
-        record["flops"]["fraction"][precision] = achieved / peaks[precision]
-        print(f"| plain loop, channels_last, {precision} | {rate:.0f} | {achieved:.1f} | {peaks[precision]:.0f} | "
-              f"{achieved / peaks[precision]:.1%} |")
+    if "5" in tables:
+        macs = count_macs(arch_model(), (data.in_chans, data.image_size, data.image_size))
+        peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+        record["flops"] = {"macs_per_image": macs, "matmul_peak_gflops": peaks, "fraction": {}}
+        print(f"\n### 5. Fraction of the matmul peak (training = 6 x {macs / 1e6:.1f} MMACs per image)\n\n"
+              "| setting | img/s | achieved GFLOP/s | matmul peak GFLOP/s | fraction |\n|---|---:|---:|---:|---:|")
+        for precision in ("fp32", "bf16"):
+            key = f"plain loop, channels_last, {precision}"
+            rate = table3[key] if key in table3 else speeds({key: plain_loop(arch_model(), precision, True)})[key]
+            achieved = rate * 6 * macs / 1e9
+            record["flops"]["fraction"][precision] = achieved / peaks[precision]
+            print(f"| plain loop, channels_last, {precision} | {rate:.0f} | {achieved:.1f} | {peaks[precision]:.0f} | "
+                  f"{achieved / peaks[precision]:.1%} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
