@@ -31,6 +31,7 @@ import torch
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
+from run_compare import comparable, metric_lines
 from nets import Net
 from toolbox import checkpoint as ckpt
 from toolbox import distributed
@@ -43,8 +44,6 @@ from toolbox.options import RunOptions
 from toolbox.plugins import chain_prune, declared_options, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
-WALL_CLOCK = ("train_seconds", "seconds", "images_per_second")
-
 #: Largest difference in test top-1 (percentage points, on the synthetic set's 200 test images)
 #: allowed between the 2-process and the 1-process run of :data:`RUN` after any phase. The data,
 #: augmentation, learning rate and regularizers of every step are identical; what differs is that
@@ -332,19 +331,6 @@ def toolbox(*args: str, processes: int = 1, timeout: float = 300, **env: str) ->
                           timeout=timeout, cwd=ROOT)
 
 
-def comparable(results: dict[str, Any]) -> dict[str, Any]:
-    results = copy.deepcopy(results)
-    results["config"].pop("out")
-    for step in results["steps"]:
-        step.pop("train_seconds")
-        for phase in step["phases"]:
-            phase.pop("train_seconds")
-    return results
-
-
-def metric_lines(run_dir: Path) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k not in WALL_CLOCK} for line in lines]
 
 
 def files(run_dir: Path) -> list[str]:

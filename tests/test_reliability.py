@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import errno
 import json
@@ -30,6 +29,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from run_compare import comparable, metric_lines
 from toolbox import checkpoint as ckpt
 from toolbox.cli import app
 from toolbox.hookspecs import hookimpl
@@ -40,25 +40,8 @@ from toolbox.run import resume_run, start_run
 runner = CliRunner()
 KILL_RUN = {"plugins": "sst,aod,msl", "dataset": "synthetic", "arch": "cifar_resnet20", "steps": 3,
             "epochs": 3, "batch_size": 64, "device": "cpu", "threads": 1}
-WALL_CLOCK = ("train_seconds", "seconds", "images_per_second")
-
 
 # ----------------------------------------------------------------------------- helpers
-def comparable(results: dict[str, Any]) -> dict[str, Any]:
-    """Results without wall-clock fields and the run directory (they differ between any two runs)."""
-    results = copy.deepcopy(results)
-    results["config"].pop("out")
-    for step in results["steps"]:
-        step.pop("train_seconds")
-        for phase in step["phases"]:
-            phase.pop("train_seconds")
-    return results
-
-
-def metric_lines(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl without wall-clock fields (every line must parse)."""
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k not in WALL_CLOCK} for line in lines]
 
 
 def leftovers(run_dir: Path) -> list[Path]:
