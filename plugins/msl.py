@@ -8,7 +8,8 @@ In ``sparsify`` phases of steps > 1 (and at step 1 with ``--msl-first-step true`
 ``ctx.teacher`` (the AOD model of the current step; at step 1 the model before SST). With
 ``--msl-teachers all`` the end-of-sparsify models of the earlier steps are added (loaded once per
 phase from the run directory), all teachers weighted equally so the weights sum to
-``--msl-weight``.
+``--msl-weight``. Their filters that SST zeroed are removed (:mod:`toolbox.teacher`: same logits,
+fewer MACs; ``--compact-teacher false`` keeps them dense).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
 from toolbox.sparsity import sparsity_plugins
+from toolbox.teacher import distillation_teacher
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class MSL:
             model = loader(ctx.run_dir, step, "sparsify").to(ctx.device).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
-            self.extra.append(model)
+            self.extra.append(distillation_teacher(model, None, ctx.input_size, ctx.options.compact_teacher,
+                                                   ctx.logger, name=f"msl: step {step}'s model"))
 
     @hookimpl
     def toolbox_loss(self, ctx: Any, batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:

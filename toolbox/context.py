@@ -22,7 +22,9 @@ class Context:
     the previous phase left it; ``None`` in the first phase of a run. ``start_epoch`` is the
     first epoch this process trains: 0, or the epochs already done when the phase continues from
     ``partial.pt`` after a kill (then ``toolbox_prune`` is skipped and
-    ``toolbox_load_state_dict`` restores the plugins' state).
+    ``toolbox_load_state_dict`` restores the plugins' state). :meth:`teacher_logits` computes
+    the teacher's logits with its compact copy where the teacher's masked filters are exactly 0
+    (``--compact-teacher``, :mod:`toolbox.teacher`).
     """
 
     options: RunOptions
@@ -47,6 +49,7 @@ class Context:
     phase_metrics: dict[str, float] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("toolbox"))
     _batch_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _distilled: tuple[nn.Module, nn.Module] | None = field(default=None, repr=False)
 
     @property
     def plugin_options(self) -> dict[str, Any]:
@@ -60,9 +63,23 @@ class Context:
         key = "teacher_logits"
         cached = self._batch_cache.get(key)
         if cached is None or cached[0] is not inputs:
-            cached = (inputs, self.infer(self.teacher, inputs))
+            cached = (inputs, self.infer(self.distillation_teacher(), inputs))
             self._batch_cache[key] = cached
         return cached[1]
+
+    def distillation_teacher(self) -> nn.Module | None:
+        """The module that computes :meth:`teacher_logits`: the compact copy of ``teacher`` (with
+        ``masks``) where it computes the same logits and ``--compact-teacher`` is on, else
+        ``teacher``. Built on first use, once per teacher."""
+        if self.teacher is None:
+            return None
+        if self._distilled is None or self._distilled[0] is not self.teacher:
+            from toolbox.teacher import distillation_teacher
+
+            module = distillation_teacher(self.teacher, self.masks, self.input_size,
+                                          enabled=self.options.compact_teacher, logger=self.logger)
+            self._distilled = (self.teacher, module)
+        return self._distilled[1]
 
     def infer(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """``module(inputs)`` as an inference pass: no autograd graph, the student's autocast

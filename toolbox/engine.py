@@ -22,6 +22,7 @@ from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox.plugins import has_impl
+from toolbox.precision import resolve_precision
 
 
 class NumericError(RuntimeError):
@@ -53,7 +54,9 @@ def select_device(name: str) -> torch.device:
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16`` (CPU or CUDA) and ``fp16`` (CUDA); a no-op for ``fp32``."""
+    """Autocast for ``bf16`` (CPU or CUDA) and ``fp16`` (CUDA); a no-op for ``fp32``; ``auto`` is
+    resolved for ``device`` (:func:`toolbox.precision.resolve_precision`)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

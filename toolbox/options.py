@@ -21,7 +21,7 @@ from toolbox.errors import UsageError
 
 PHASES = ("learn", "sparsify", "compact")
 SCHEDULES = ("cosine", "multistep", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -119,7 +119,8 @@ class RunOptions:
     out: str | None = None
     device: str = "auto"
     channels_last: bool = True
-    precision: str = "fp32"
+    precision: str = "fp32"  # "auto": bf16 where native (toolbox.precision), fp32 elsewhere
+    compact_teacher: bool = True
     threads: int | None = None
     skip_nonfinite: bool = False
     plugin: dict[str, Any] = field(default_factory=dict)

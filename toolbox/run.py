@@ -40,6 +40,7 @@ from toolbox.engine import (Trainer, build_optimizer, count_macs, count_params, 
 from toolbox.errors import CheckpointError, UsageError
 from toolbox.options import PHASES, RunOptions, build_options
 from toolbox.plugins import chain_prune, declared_options, dormant_options, load_plugins
+from toolbox.precision import resolve_precision
 from toolbox.preflight import check_run
 
 log = logging.getLogger("toolbox")
@@ -123,6 +124,9 @@ class Run:
         self.run_dir = Path(run_dir)
         self.progress = progress if distributed.is_main() else None
         self.device = distributed.local_device(select_device(options.device))
+        if options.precision == "auto":  # recorded resolved (config.yaml, checkpoints, results)
+            options.precision = resolve_precision(options.precision, self.device)
+            log.info("--precision auto: %s on %s.", options.precision, self.device)
         distributed.local_batch_size(options.batch_size)  # refuses a global batch the processes cannot share
         if options.threads:
             torch.set_num_threads(options.threads)
