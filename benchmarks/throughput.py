@@ -1,21 +1,27 @@
 """Training throughput of the toolbox engine against a plain PyTorch loop, in one process.
 
     python benchmarks/throughput.py [--arch cifar_resnet20] [--dataset fashion_mnist]
-                                    [--batch-size 128] [--batches 30] [--repeats 3]
+                                    [--batch-size 128[,256]] [--batches 30] [--repeats 3]
                                     [--precision bf16] [--no-compile] [--out runs/throughput.json]
+    python benchmarks/throughput.py --preset resnet110   # the paper's backbone (see PRESETS)
 
 Same model, batch size and images everywhere; every figure is the median img/s of ``--repeats``
 timed passes over ``--batches`` batches, after an untimed warm-up, on a freshly seeded model.
+Several batch sizes (``--batch-size 128,256``) run the tables once per batch size (the JSON then
+holds one record per batch size under ``runs``). A preset sets defaults; explicit flags win.
 Tables (markdown on stdout, everything also in ``--out`` as JSON):
 
 1. loops on pre-made batches (the loop alone): a plain hand-written SGD loop; the engine with no
    plugins; the engine with a no-op plugin implementing every hook (the hook machinery's cost);
-   the engine with sst,aod,msl active in an AOD phase (frozen teacher) and in an SST phase with
-   MSL (teacher), as at step 2 of a run;
+   the engine with sst,aod,msl active, as at step 2 of a run: in an AOD phase, whose frozen
+   teacher is the SST model (the ``--ratio`` 0.5 smallest-|gamma| filters at BN scale 0, masks
+   set), distilled from its compact copy (the default) and from the dense model
+   (``--compact-teacher false``), and in an SST phase with MSL (teacher: the AOD model, dense);
 2. data pipeline end to end: the same plain loop fed live by the toolbox's BatchLoader, and by
    torchvision's PIL-transform DataLoader (0 and 2 workers);
 3. settings: NCHW vs channels_last, fp32 vs bf16 autocast, 1 vs 2 threads, torch.compile;
-4. the teacher: its forward per batch against the student's inference pass and training step;
+4. the teacher: its forward per batch (dense, and the compact copy of the SST teacher with its
+   MACs ratio) against the student's inference pass and training step;
 5. the achieved fraction of the measured matmul peak (training FLOPs = 3 x forward = 6 x MACs).
 """
 
@@ -44,6 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from pipeline import PilDataset  # noqa: E402
+from toolbox import channels as ch  # noqa: E402
+from toolbox import sparsity  # noqa: E402
+from toolbox.compact import cost  # noqa: E402
 from toolbox.context import Context  # noqa: E402
 from toolbox.data import BatchLoader, ImageData, load_dataset  # noqa: E402
 from toolbox.engine import Trainer, autocast_context, build_optimizer, count_macs  # noqa: E402
@@ -55,6 +64,13 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 TrainFn = Callable[[Iterable[Batch]], None]  # trains one pass over the given batches
 Source = Callable[[int], Iterable[Batch]]  # the first k batches of a pipeline (drawn live or pre-made)
 CPU = torch.device("cpu")
+#: Argument defaults per preset (explicit flags win). ``resnet110``: the paper's backbone, at the
+#: batch sizes of the paper's CIFAR runs; loops, teacher and the fraction of the peak.
+PRESETS: dict[str, dict[str, Any]] = {
+    "resnet110": {"arch": "cifar_resnet110", "batch_size": "128,256", "batches": 10, "tables": "1,4,5"},
+}
+#: The fraction of filters an SST phase zeroes before the AOD phase (the default --ratio).
+SST_RATIO = 0.5
 
 
 class NoOpPlugin:
@@ -136,22 +152,40 @@ def plain_loop(model: nn.Module, precision: str, channels_last: bool) -> TrainFn
     return train
 
 
+def sst_state(model: nn.Module, input_size: tuple[int, int, int], ratio: float = SST_RATIO) -> dict[str, torch.Tensor]:
+    """Make ``model`` look as an SST phase leaves it: BN scales drawn from U(0.05, 1) (fixed seed),
+    the ``ratio`` smallest (global ranking) set to exactly 0; return the masks (as sst writes them)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=generator) * 0.95 + 0.05)
+    graph = ch.channel_groups(model, input_size)
+    selection = sparsity.select(model, graph, ratio)
+    sparsity.zero_chosen_(model, ch.selected_channels(graph, selection))
+    return ch.selection_to_masks(model, graph, selection)
+
+
 def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last: bool,
-                plugins: list[str] | None = None, extra: list[Any] | None = None, phase: str = "learn") -> TrainFn:
+                plugins: list[str] | None = None, extra: list[Any] | None = None, phase: str = "learn",
+                sst_teacher: bool = False, compact_teacher: bool = True) -> TrainFn:
     """The toolbox Trainer over the batches (one epoch per pass). With ``plugins`` the phase is
     set up as a run does at step 2: configure, a frozen teacher, ``toolbox_phase_start``, the
-    ``toolbox_prune`` chain (aod's re-initialization), then training."""
+    ``toolbox_prune`` chain (aod's re-initialization), then training. ``sst_teacher``: the model
+    is first brought to the state SST leaves (:func:`sst_state`, masks set), so the teacher is the
+    SST model; ``compact_teacher`` is the core option of that name."""
     names = plugins or []
     pm = load_plugins(names) if names else make_manager()
     for plugin in extra or []:
         pm.register(plugin)
-    options = build_options({"plugins": names, "lr": 0.05, "precision": precision, "channels_last": channels_last},
-                            declared_options(pm))
+    options = build_options({"plugins": names, "lr": 0.05, "precision": precision, "channels_last": channels_last,
+                             "compact_teacher": compact_teacher}, declared_options(pm))
     pm.hook.toolbox_configure(options=options)
+    input_size = (data.in_chans, data.image_size, data.image_size)
+    masks = sst_state(model, input_size) if sst_teacher else {}
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if names else None
     ctx = Context(options=options, model=model, device=CPU, step=2, num_steps=4, phase=phase, epochs=1,
-                  num_classes=data.num_classes, input_size=(data.in_chans, data.image_size, data.image_size),
-                  teacher=teacher)
+                  num_classes=data.num_classes, input_size=input_size, teacher=teacher, masks=masks)
     state: dict[str, Any] = {}
 
     def train(batches: Iterable[Batch]) -> None:
@@ -235,15 +269,24 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
 
 
 def teacher_costs(arch: str, data: ImageData, batch: Batch, precision: str, repeats: int) -> dict[str, float]:
-    """Milliseconds per batch: the teacher's forward (ctx.teacher_logits), the student's inference
-    pass (eval, no_grad, same autocast) and the student's training step."""
+    """Milliseconds per batch: the teacher's forward (ctx.teacher_logits: dense, and the compact
+    copy of the SST teacher), the student's inference pass (eval, no_grad, same autocast) and the
+    student's training step; and the compact teacher's MACs ratio."""
     model = new_model(arch, data, channels_last=True)
+    input_size = (data.in_chans, data.image_size, data.image_size)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     options = build_options({"precision": precision, "channels_last": True}, {})
-    ctx = Context(options=options, model=model, device=CPU, teacher=teacher)
+    ctx = Context(options=options, model=model, device=CPU, teacher=teacher, input_size=input_size)
     x = batch[0].contiguous(memory_format=torch.channels_last)
     logits = ctx.teacher_logits(x)
     assert logits.grad_fn is None and not logits.requires_grad, "the teacher's logits carry a graph"
+    sst_model = copy.deepcopy(model)
+    masks = sst_state(sst_model, input_size)
+    sst_ctx = Context(options=options, model=model, device=CPU, teacher=sst_model.eval().requires_grad_(False),
+                      input_size=input_size, masks=masks)
+    compact = sst_ctx.distillation_teacher()
+    assert compact is not sst_ctx.teacher, "the SST teacher was not compacted"
+    macs_ratio = cost(compact, input_size)[0] / cost(sst_ctx.teacher, input_size)[0]
 
     def ms(fn: Callable[[], Any]) -> float:
         fn()
@@ -258,6 +301,10 @@ def teacher_costs(arch: str, data: ImageData, batch: Batch, precision: str, repe
         ctx.new_batch()
         ctx.teacher_logits(x)
 
+    def compact_forward() -> None:
+        sst_ctx.new_batch()
+        sst_ctx.teacher_logits(x)
+
     student = copy.deepcopy(model).eval()
 
     def inference() -> None:
@@ -265,18 +312,21 @@ def teacher_costs(arch: str, data: ImageData, batch: Batch, precision: str, repe
             student(x)
 
     step = plain_loop(model, precision, channels_last=True)
-    return {"teacher_forward_ms": ms(teacher_forward), "student_inference_ms": ms(inference),
+    return {"teacher_forward_ms": ms(teacher_forward), "compact_teacher_forward_ms": ms(compact_forward),
+            "compact_teacher_macs_ratio": macs_ratio, "student_inference_ms": ms(inference),
             "student_train_step_ms": ms(lambda: step([batch]))}
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every table, print markdown, write the JSON record; return the record."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; a ``--preset`` sets defaults (explicit flags win); ``batch_sizes`` parsed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="defaults for a named setting: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
     parser.add_argument("--arch", default="cifar_resnet20")
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", default="128", help="one batch size, or several comma-separated (128,256)")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=2)
@@ -284,21 +334,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--tables", default="1,2,3,4,5", help="which tables to run (comma-separated numbers)")
     parser.add_argument("--out", default="runs/throughput.json")
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
-    tables = set(args.tables.split(","))
+    try:
+        args.batch_sizes = [int(v) for v in str(args.batch_size).split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--batch-size takes whole numbers like 128 or 128,256, got {args.batch_size!r}")
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        parser.error(f"--batch-size takes positive whole numbers like 128 or 128,256, got {args.batch_size!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every table (once per batch size), print markdown, write the JSON record; return it
+    (with several batch sizes: ``{"preset": ..., "runs": [one record per batch size]}``)."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, args.data_root, download=False)
-    loader = BatchLoader(data.train_x, data.train_y, None, args.batch_size, data.mean, data.std, train=True, seed=0)
+    records = [measure(args, data, bs) for bs in args.batch_sizes]
+    record = records[0] if len(records) == 1 else {"preset": args.preset, "runs": records}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def measure(args: argparse.Namespace, data: ImageData, bs: int) -> dict[str, Any]:
+    """Every table of ``args.tables`` at batch size ``bs``; print markdown, return the record."""
+    tables = set(args.tables.split(","))
+    loader = BatchLoader(data.train_x, data.train_y, None, bs, data.mean, data.std, train=True, seed=0)
     loader.set_epoch(0)
     batches = [b for _, b in zip(range(args.batches), loader)]
     n, p, r = len(batches), args.precision, args.repeats
     record: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{args.threads} threads", "arch": args.arch, "dataset": data.name,
-        "batch_size": args.batch_size, "batches": n, "repeats": r, "precision": p}
-    print(f"{record['machine']}; {args.arch} on {data.name}, batch {args.batch_size}, {n} batches x {r} repeats")
-
-    bs = args.batch_size
+        "batch_size": bs, "batches": n, "repeats": r, "precision": p}
+    print(f"{record['machine']}; {args.arch} on {data.name}, batch {bs}, {n} batches x {r} repeats")
 
     def arch_model(channels_last: bool = True) -> nn.Module:
         return new_model(args.arch, data, channels_last)
@@ -314,7 +388,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "plain loop": plain_loop(arch_model(), p, True),
             "engine, no plugins": engine_loop(arch_model(), data, p, True),
             "engine, no-op plugin (every hook)": engine_loop(arch_model(), data, p, True, extra=[NoOpPlugin()]),
-            "engine, sst,aod,msl: AOD phase (teacher)": engine_loop(arch_model(), data, p, True, ["sst", "aod", "msl"]),
+            "engine, sst,aod,msl: AOD phase (compact SST teacher)": engine_loop(
+                arch_model(), data, p, True, ["sst", "aod", "msl"], sst_teacher=True),
+            "engine, sst,aod,msl: AOD phase (dense SST teacher)": engine_loop(
+                arch_model(), data, p, True, ["sst", "aod", "msl"], sst_teacher=True, compact_teacher=False),
             "engine, sst,aod,msl: SST phase with MSL (teacher)": engine_loop(arch_model(), data, p, True,
                                                                              ["sst", "aod", "msl"], phase="sparsify"),
         }
@@ -327,6 +404,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         noop = table1["engine, no-op plugin (every hook)"] / table1["engine, no plugins"]
         print(f"\nhook machinery (no-op plugin / no plugins): {noop:.3f}")
         record["hook_ratio"] = noop
+        gain = (table1["engine, sst,aod,msl: AOD phase (compact SST teacher)"]
+                / table1["engine, sst,aod,msl: AOD phase (dense SST teacher)"])
+        print(f"AOD phase, compact / dense SST teacher: {gain:.3f}")
+        record["compact_teacher_gain"] = gain
 
     # 2. pipelines end to end
     if "2" in tables:
@@ -383,10 +464,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "4" in tables:
         record["teacher"] = teacher_costs(args.arch, data, batches[0], p, max(r, 5))
         t = record["teacher"]
-        print(f"\n### 4. Teacher ({p}, channels_last), ms per batch of {args.batch_size}\n\n"
+        print(f"\n### 4. Teacher ({p}, channels_last), ms per batch of {bs}\n\n"
               f"teacher forward {t['teacher_forward_ms']:.1f}; student inference pass {t['student_inference_ms']:.1f} "
               f"(teacher / inference {t['teacher_forward_ms'] / t['student_inference_ms']:.2f}); student training step "
-              f"{t['student_train_step_ms']:.1f}")
+              f"{t['student_train_step_ms']:.1f}; compact SST teacher (r = {SST_RATIO}) forward "
+              f"{t['compact_teacher_forward_ms']:.1f} (/ dense {t['compact_teacher_forward_ms'] / t['teacher_forward_ms']:.2f}"
+              f", MACs ratio {t['compact_teacher_macs_ratio']:.3f})")
 
     # 5. FLOP peak
     if "5" in tables:
@@ -402,9 +485,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             record["flops"]["fraction"][precision] = achieved / peaks[precision]
             print(f"| plain loop, channels_last, {precision} | {rate:.0f} | {achieved:.1f} | {peaks[precision]:.0f} | "
                   f"{achieved / peaks[precision]:.1%} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
     return record
 
 

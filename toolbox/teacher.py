@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from toolbox import channels as ch
 from toolbox import compact as cp
+from toolbox.errors import UsageError
 
 log = logging.getLogger("toolbox")
 
@@ -67,13 +68,14 @@ def _probe(model: nn.Module, input_size: Sequence[int], device: torch.device) ->
 
 
 def compact_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
-                    input_size: Sequence[int] | None) -> tuple[nn.Module | None, str]:
+                    input_size: Sequence[int] | None, round_to: int = 1) -> tuple[nn.Module | None, str]:
     """A compact, frozen, eval-mode copy of ``teacher`` with the same logits, or ``None``; and why.
 
     ``masks`` (``dict[bn_name, BoolTensor]``, True = unimportant, as ``sst`` writes them) name the
     filters to remove; their coupled BN scales must all be exactly 0 (else ``None``: the copy
     would not compute the teacher's function). ``masks=None`` removes every filter whose coupled
     BN scales are all exactly 0. ``input_size`` is (C, H, W) (default: the model's timm cfg).
+    ``round_to`` is :func:`toolbox.compact.compact`'s (keep widths multiples of it; still exact).
     The copy's logits are checked on a probe batch (fp32) against the teacher's. Returns
     ``(None, reason)`` where compaction does not apply: no masked filter, masked scales not 0, a
     backbone torch-pruning cannot trace, constants that cannot be folded, a logit mismatch.
@@ -93,20 +95,26 @@ def compact_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
             model = copy.deepcopy(dense).requires_grad_(True)  # torch-pruning traces through autograd
             example = ch.example_input(model, input_size)
             graph = ch.channel_groups(model, example_inputs=example)
-            selection = ch.masks_to_selection(graph, masks)
         except Exception as exc:  # noqa: BLE001 (any tracing failure means: use the dense teacher)
             return None, f"its channel groups cannot be traced ({type(exc).__name__}: {str(exc)[:120]})"
+        try:
+            selection = ch.masks_to_selection(graph, masks)
+        except UsageError as exc:
+            return None, str(exc)
         if derived:  # a unit is removable only when every coupled BN scale is 0
             peaks = ch.unit_max_gamma(model, graph)
             selection = [sel & (peak.cpu() == 0) for sel, peak in zip(selection, peaks)]
-        elif nonzero_masked_units(model, graph, selection):
-            return None, (f"{nonzero_masked_units(model, graph, selection)} masked filters have a BN scale that "
-                          "is not 0, so removing them would change its function")
+        else:
+            alive = nonzero_masked_units(model, graph, selection)
+            if alive:
+                return None, (f"{alive} masked filters have a BN scale that is not 0, so removing them would "
+                              "change its function")
         if not any(bool(sel.any()) for sel in selection):
-            return None, "no masked filter lies in a prunable channel group"
+            return None, ("no filter of a prunable channel group has every BN scale exactly 0" if derived
+                          else "no masked filter lies in a prunable channel group")
         units = ch.selection_to_masks(model, graph, selection)
         try:
-            small, structure = cp.compact(model, masks=units, example_inputs=example)
+            small, structure = cp.compact(model, masks=units, example_inputs=example, round_to=round_to)
         except Exception as exc:  # noqa: BLE001 (a pruning failure means: use the dense teacher)
             return None, f"compaction failed ({type(exc).__name__}: {str(exc)[:120]})"
         stats = structure["compactions"][-1]
