@@ -14,7 +14,8 @@ Protocols (PAPER.md, "The CPU protocol"; Fashion-MNIST stands in for CIFAR-100):
 - ablations: variants of the method, each forked from the primary run of one seed (default 0)
   after the phase it shares with it (paired: same shards, same step-1 model, same batch order),
   read out where the change can act (the single-step readout, step 2 after AOD, unless noted).
-``--dataset cifar100 --data-root DIR --arch cifar_resnet110`` runs the same rows on CIFAR-100.
+``--dataset cifar100 --data-root DIR --arch cifar_resnet110`` runs the same rows on CIFAR-100;
+``--precision fp32 --out runs/accuracy-fp32`` runs them without bf16 autocast (paired by seed).
 
 Rows: the method (``sst,aod,msl``), ``finetune`` with the method's epochs per phase, ``finetune``
 with the method's total epochs per step (two phases per step -> twice the epochs), ``lwf`` and
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--arch", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "auto"],
+                        help="autocast of every run (default bf16; pair with another --out to compare)")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic run (for tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -310,7 +313,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
 
     base = {**COMMON, **PROTOCOLS[args.protocol], **(QUICK if args.quick else {})}
-    for key in ("dataset", "data_root", "arch", "threads"):
+    for key in ("dataset", "data_root", "arch", "threads", "precision"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     table = rows(base["epochs"])

@@ -59,3 +59,12 @@ def test_single_step_view_and_forked_ablations(tmp_path: Path) -> None:
     assert no_msl["config"]["plugins"] == ["sst", "aod"] and len(no_msl["steps"]) == 3
     report = (out / "ablations" / "report.md").read_text()
     assert "no_reinit" in report and "no_msl" in report and "| control |" in report
+
+
+def test_precision_flag_reaches_every_run(tmp_path: Path) -> None:
+    import yaml
+
+    bench = _load()
+    bench.main(["--quick", "--seeds", "0", "--out", str(tmp_path), "--only", "finetune", "--precision", "bf16"])
+    config = yaml.safe_load((tmp_path / "primary" / "finetune" / "seed0" / "config.yaml").read_text())
+    assert config["precision"] == "bf16"

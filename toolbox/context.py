@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from toolbox.options import RunOptions
+from toolbox.teacher import distillation_teacher
 
 
 @dataclass
@@ -74,8 +75,6 @@ class Context:
         if self.teacher is None:
             return None
         if self._distilled is None or self._distilled[0] is not self.teacher:
-            from toolbox.teacher import distillation_teacher
-
             module = distillation_teacher(self.teacher, self.masks, self.input_size,
                                           enabled=self.options.compact_teacher, logger=self.logger)
             self._distilled = (self.teacher, module)
