@@ -8,8 +8,8 @@ In ``sparsify`` phases of steps > 1 (and at step 1 with ``--msl-first-step true`
 ``ctx.teacher`` (the AOD model of the current step; at step 1 the model before SST). With
 ``--msl-teachers all`` the end-of-sparsify models of the earlier steps are added (loaded once per
 phase from the run directory), all teachers weighted equally so the weights sum to
-``--msl-weight``. Their filters that SST zeroed are removed (:mod:`toolbox.teacher`: same logits,
-fewer MACs; ``--compact-teacher false`` keeps them dense).
+``--msl-weight``. Their filters that SST zeroed are removed (:mod:`toolbox.compact_teacher`:
+same logits, fewer MACs; ``--compact-teacher false`` keeps them dense).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
 from toolbox.sparsity import sparsity_plugins
-from toolbox.teacher import distillation_teacher
+from toolbox.compact_teacher import distillation_teacher
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from toolbox.options import RunOptions
-from toolbox.teacher import distillation_teacher
+from toolbox.compact_teacher import distillation_teacher
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Context:
     ``partial.pt`` after a kill (then ``toolbox_prune`` is skipped and
     ``toolbox_load_state_dict`` restores the plugins' state). :meth:`teacher_logits` computes
     the teacher's logits with its compact copy where the teacher's masked filters are exactly 0
-    (``--compact-teacher``, :mod:`toolbox.teacher`).
+    (``--compact-teacher``, :mod:`toolbox.compact_teacher`).
     """
 
     options: RunOptions

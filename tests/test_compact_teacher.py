@@ -17,7 +17,7 @@ import toolbox  # noqa: F401  (registers the CIFAR backbones)
 from toolbox import channels as ch
 from toolbox import compact as cp
 from toolbox import sparsity
-from toolbox import teacher as tt
+from toolbox import compact_teacher as tt
 from toolbox.context import Context
 from toolbox.options import RunOptions
 from toolbox_plugins.aod import AOD
