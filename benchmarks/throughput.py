@@ -46,7 +46,9 @@ import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from pipeline import PilDataset  # noqa: E402
 from toolbox.context import Context  # noqa: E402
 from toolbox.data import BatchLoader, ImageData, load_dataset  # noqa: E402
-from toolbox.engine import Trainer, autocast_context, build_optimizer, count_macs  # noqa: E402
+from toolbox.cost import count_macs  # noqa: E402
+from toolbox.device import autocast_context  # noqa: E402
+from toolbox.engine import Trainer, build_optimizer  # noqa: E402
 from toolbox.hookspecs import hookimpl  # noqa: E402
 from toolbox.options import build_options  # noqa: E402
 from toolbox.plugins import chain_prune, declared_options, load_plugins, make_manager  # noqa: E402

@@ -39,7 +39,7 @@ from toolbox import channels as ch
 from toolbox import distributed
 from toolbox.distill import alpha_option, kd_loss, temperature_option
 from toolbox.errors import UsageError
-from toolbox.engine import autocast_context
+from toolbox.device import autocast_context
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
 

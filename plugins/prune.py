@@ -26,6 +26,9 @@ import logging
 from typing import Any
 
 from toolbox import compact as cp
+from toolbox.cost import compaction_report
+from toolbox.prune_file import checkpoint_input_size
+from toolbox.structure import merge_structures
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
@@ -60,7 +63,7 @@ def run_input_size(ctx: Any, model: Any) -> tuple[int, int, int]:
     first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
     in_chans = int(getattr(first, "in_channels", 3))
     fake = {"in_chans": in_chans, "options": {"dataset": ctx.options.dataset}}
-    return cp.checkpoint_input_size(fake, model)
+    return checkpoint_input_size(fake, model)
 
 
 class Prune:
@@ -113,10 +116,10 @@ class Prune:
         small, structure = cp.compact(model, masks=None if use_ratio else masks,
                                       ratio=self.ratio if use_ratio else None, example_inputs=example,
                                       round_to=self.round_to)
-        ctx.records["structure"] = cp.merge_structures(ctx.records.get("structure"), structure)
+        ctx.records["structure"] = merge_structures(ctx.records.get("structure"), structure)
         ctx.masks = {}
         stats = structure["compactions"][-1]
-        self.report = cp.compaction_report(model, small, size, repeats=self.repeats, batch_sizes=BATCH_SIZES)
+        self.report = compaction_report(model, small, size, repeats=self.repeats, batch_sizes=BATCH_SIZES)
         self.report.update(filters=float(stats["filters"]), filters_removed=float(stats["removed"]),
                            filters_kept_constant=float(stats["carriers"]), filters_spared=float(stats["spared"]))
         ctx.logger.info("prune: removed %d of %d filters; MACs x%.3f, params x%.3f.", stats["removed"],

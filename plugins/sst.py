@@ -21,15 +21,9 @@ The machinery is :class:`toolbox.sparsity.SparsityTraining`; SST is its selectiv
 
 from __future__ import annotations
 
-from typing import Any
-
-from toolbox.options import PluginOption
-from toolbox.sparsity import (SparsitySettings, SparsityTraining, achieved, add_subgradient,  # noqa: F401
-                              max_chosen_gamma, plot_gamma_histogram, select, soft_threshold_,
-                              target_threshold, zero_chosen_)
+from toolbox.sparsity import SparsityTraining
 
 MODES = ("target", "subgradient", "proximal")
-SSTSettings = SparsitySettings  #: validated SST options (kept under its historical name)
 
 
 class SST(SparsityTraining):
@@ -45,12 +39,3 @@ class SST(SparsityTraining):
     selective = True
     modes = MODES
 
-
-def sst_options() -> list[PluginOption]:
-    """The options ``sst`` declares: ``--ratio --s --sst-mode --sst-select --sst-rerank --sparsity-threshold``."""
-    return SST.declare_options()
-
-
-def sst_settings(plugin: dict[str, Any]) -> SSTSettings:
-    """Read and validate the SST options (missing keys take their defaults)."""
-    return SST.read_settings(plugin)

@@ -15,8 +15,10 @@ from torch import nn
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
 from toolbox import channels as ch
 from toolbox import checkpoint as ckpt
-from toolbox.compact import (apply_structure, bn_scale_importance, compact, compaction_report,
-                             merge_structures, prune_checkpoint)
+from toolbox.compact import bn_scale_importance, compact
+from toolbox.cost import compaction_report
+from toolbox.prune_file import prune_checkpoint
+from toolbox.structure import apply_structure, merge_structures
 from toolbox.context import Context
 from toolbox.errors import CheckpointError, UsageError
 from toolbox.options import RunOptions

@@ -36,7 +36,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     Exit codes: 2 for a :class:`UsageError` (bad value, bad or mismatched checkpoint), 1 for a
     non-finite loss (:class:`toolbox.engine.NumericError`), for a file the run could not write
-    (:class:`toolbox.checkpoint.WriteError`: full disk, permissions; earlier checkpoints intact)
+    (:class:`toolbox.io.WriteError`: full disk, permissions; earlier checkpoints intact)
     and, under torchrun, for a collective that failed because another process died or hung. In
     a multi-process run the other ranks' messages start with ``rank N:``.
     """
@@ -44,7 +44,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from toolbox import distributed
-        from toolbox.checkpoint import WriteError
+        from toolbox.io import WriteError
         from toolbox.engine import NumericError
 
         who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
@@ -220,7 +220,8 @@ def run(
     plugin declares (see `toolbox plugins list`) is accepted as --name VALUE.
     """
     from toolbox import distributed
-    from toolbox.run import EXPERIMENT_FILE, resume_run, resume_seeds, run_seeds, start_run
+    from toolbox.experiment import EXPERIMENT_FILE, resume_seeds, run_seeds
+    from toolbox.run import resume_run, start_run
 
     _setup_logging()
     distributed.init()
@@ -304,7 +305,8 @@ def eval_checkpoint(
     """Evaluate a checkpoint on the full test set (top-1 / top-5)."""
     from toolbox.checkpoint import load_checkpoint, model_from_checkpoint
     from toolbox.data import BatchLoader, load_dataset
-    from toolbox.engine import evaluate, select_device
+    from toolbox.device import select_device
+    from toolbox.engine import evaluate
 
     data_checkpoint = load_checkpoint(checkpoint)
     options = data_checkpoint.get("options") or {}
@@ -338,7 +340,7 @@ def prune(
     round_to: int = typer.Option(1, help="Keep layer widths multiples of this (faster kernels, fewer MACs removed)."),
 ) -> None:
     """Remove the unimportant channels with torch-pruning: a smaller, faster model."""
-    from toolbox.compact import prune_checkpoint
+    from toolbox.prune_file import prune_checkpoint
 
     if ratio is not None and not 0 <= ratio < 1:
         raise UsageError(f"--ratio must lie in [0, 1), got {ratio}.")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from toolbox.device import autocast_context
 from toolbox.options import RunOptions
 
 
@@ -67,8 +68,6 @@ class Context:
     def infer(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """``module(inputs)`` as an inference pass: no autograd graph, the student's autocast
         precision (``--precision``), float32 logits out. For teachers and other frozen models."""
-        from toolbox.engine import autocast_context  # the engine imports this module
-
         with torch.no_grad(), autocast_context(self.device, self.options.precision):
             return module(inputs).float()
 

@@ -290,3 +290,26 @@ def _parse_core(key: str, raw: Any) -> Any:
         if len(set(value)) != len(value):
             raise UsageError(f"--seeds lists a seed twice ({raw!r}); list each seed once.")
     return value
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML mapping the toolbox wrote (config.yaml, experiment.yaml); damage is one sentence."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise UsageError(f"{path} is not readable YAML; the run directory is damaged (restore the file "
+                         "or start a new run).") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} does not hold a mapping of options; the run directory is damaged "
+                         "(restore the file or start a new run).")
+    return values
+
+
+def plugin_names(values: dict[str, Any]) -> list[str]:
+    """The ``plugins`` value as a list of names (a comma-separated string, a list, or one value)."""
+    names = values.get("plugins") or []
+    if isinstance(names, str):
+        return [p.strip() for p in names.split(",") if p.strip()]
+    if isinstance(names, (list, tuple)):
+        return [str(name) for name in names]
+    return [str(names)]

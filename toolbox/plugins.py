@@ -137,14 +137,35 @@ def has_impl(pm: pluggy.PluginManager, hook: str) -> bool:
     return bool(getattr(pm.hook, hook).get_hookimpls())
 
 
+def call_impl(impl: Any, **kwargs: Any) -> Any:
+    """Call one pluggy hook implementation with the arguments it asks for."""
+    return impl.function(*[kwargs[name] for name in impl.argnames])
+
+
 def chain_prune(pm: pluggy.PluginManager, ctx: Any, model: Any) -> Any:
     """Call every ``toolbox_prune`` in registration (``--plugins``) order, chaining the model."""
     for impl in pm.hook.toolbox_prune.get_hookimpls():
-        kwargs = {"ctx": ctx, "model": model}
-        result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+        result = call_impl(impl, ctx=ctx, model=model)
         if result is not None:
             model = result
     return model
+
+
+def plugin_states(pm: pluggy.PluginManager, ctx: Any) -> dict[str, Any]:
+    """``toolbox_state_dict`` of every plugin that implements it and returns something, by plugin name."""
+    states: dict[str, Any] = {}
+    for impl in pm.hook.toolbox_state_dict.get_hookimpls():
+        value = call_impl(impl, ctx=ctx)
+        if value is not None:
+            states[impl.plugin_name] = value
+    return states
+
+
+def load_plugin_states(pm: pluggy.PluginManager, ctx: Any, states: dict[str, Any]) -> None:
+    """Hand each plugin the state it saved (``toolbox_load_state_dict``); plugins without one are skipped."""
+    for impl in pm.hook.toolbox_load_state_dict.get_hookimpls():
+        if impl.plugin_name in states:
+            call_impl(impl, ctx=ctx, state=states[impl.plugin_name])
 
 
 def dormant_options(enabled: list[str]) -> dict[str, str]:

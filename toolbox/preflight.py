@@ -51,6 +51,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from toolbox import channels as ch
 from toolbox.errors import UsageError
+from toolbox.models import build_model
 
 log = logging.getLogger("toolbox")
 
@@ -452,7 +453,6 @@ def stage_compact(state: DryRun) -> str:
 
 def stage_save(state: DryRun) -> str:
     """Write the compact model and its structure record as a toolbox checkpoint."""
-    from toolbox import checkpoint as ckpt
 
     data = ckpt.make_checkpoint(
         state.small, arch=state.arch, num_classes=state.num_classes, in_chans=state.in_chans,
@@ -466,7 +466,6 @@ def stage_save(state: DryRun) -> str:
 
 def stage_reload(state: DryRun) -> str:
     """Load the checkpoint (weights_only), rebuild the model from its record and compare outputs."""
-    from toolbox import checkpoint as ckpt
 
     model = ckpt.model_from_checkpoint(ckpt.load_checkpoint(state.folder / "preflight.pt"))
     agree, diff = outputs_match(state.reference, _forward(model, state.inputs))
@@ -551,7 +550,6 @@ def preflight(arch: str, num_classes: int = 10, in_chans: int = 3, image_size: i
     ``plugins`` decide whether a problem refuses (see the module docstring). The global random
     state and the ``toolbox`` logger's level are left as they were.
     """
-    from toolbox import checkpoint as ckpt
 
     start = time.perf_counter()
     kwargs = dict(model_kwargs or {})
@@ -560,7 +558,7 @@ def preflight(arch: str, num_classes: int = 10, in_chans: int = 3, image_size: i
         raise UsageError(f"--ratio must lie in [0, 1), got {ratio}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ckpt.build_model(arch, num_classes, in_chans, kwargs).eval()
+        model = build_model(arch, num_classes, in_chans, kwargs).eval()
         size = resolve_input_size(model, in_chans, image_size)
         report = PreflightReport(arch=arch, model_kwargs=kwargs, input_size=size, num_classes=num_classes,
                                  plugins=names, ratio=ratio, relevant=needs_check(names))

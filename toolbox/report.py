@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolbox.checkpoint import atomic_savefig, atomic_write_json, atomic_write_text
+from toolbox.io import atomic_savefig, atomic_write_json, atomic_write_text
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -40,7 +40,7 @@ from torch import nn
 
 from toolbox import channels as ch
 from toolbox import distributed
-from toolbox.checkpoint import atomic_savefig
+from toolbox.io import atomic_savefig
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption

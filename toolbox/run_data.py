@@ -1,0 +1,100 @@
+"""The data of a run: the dataset, its validation split and step shards, and each process's loaders.
+
+Under ``torchrun`` every process trains on its share of every global batch and evaluates its part
+of the test (and validation) images; on one process the loaders see everything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from toolbox import distributed
+from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset,
+                          split_shards)
+from toolbox.errors import UsageError
+from toolbox.options import RunOptions
+
+log = logging.getLogger("toolbox")
+
+
+def load_run_data(options: RunOptions) -> ImageData:
+    """Load the run's dataset; ``auto`` means Fashion-MNIST where present, else synthetic.
+
+    ``options.dataset`` is set to the name actually used, so config.yaml records it.
+    """
+    try:
+        if options.dataset == "auto":
+            try:
+                data = load_dataset("fashion_mnist", options.data_root, download=False)
+            except DatasetNotFoundError as exc:
+                log.warning("Fashion-MNIST not found (%s); using the synthetic dataset instead.", exc)
+                data = load_dataset("synthetic")
+            options.dataset = data.name
+            return data
+        return load_dataset(options.dataset, options.data_root)
+    except DatasetNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def split_validation_and_shards(labels: torch.Tensor, options: RunOptions) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Hold out ``val_per_class`` training images per class (for choosing hyper-parameters), then
+    split the rest into the step shards. Both come from the run's seed."""
+    if not options.val_per_class:
+        return None, split_shards(labels, options.steps, options.seed, options.per_class)
+    (validation,) = split_shards(labels, 1, options.seed + 7919, options.val_per_class)
+    rest = torch.ones(labels.numel(), dtype=torch.bool)
+    rest[validation] = False
+    remaining = rest.nonzero().flatten()
+    shards = split_shards(labels[remaining], options.steps, options.seed, options.per_class)
+    return validation, [remaining[s] for s in shards]
+
+
+def eval_part(indices: torch.Tensor | None, total: int) -> torch.Tensor | None:
+    """The evaluation images of this process: all of them on one process, else its part."""
+    if not distributed.active():
+        return indices
+    return distributed.shard(torch.arange(total) if indices is None else indices)
+
+
+class RunData:
+    """The dataset of a run with its validation split and shards, and the loaders over them."""
+
+    def __init__(self, options: RunOptions, device: torch.device) -> None:
+        self.options = options
+        self.device = device
+        self.data: ImageData = load_run_data(options)
+        try:
+            self.validation, self.shards = split_validation_and_shards(self.data.train_y, options)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the images."""
+        return (self.data.in_chans, self.data.image_size, self.data.image_size)
+
+    def train_loader(self, indices: torch.Tensor, seed: int) -> BatchLoader:
+        """Augmented training batches of ``indices``; each process gets its share of every global batch."""
+        data, options = self.data, self.options
+        return BatchLoader(data.train_x, data.train_y, indices, options.batch_size, data.mean, data.std, train=True,
+                           seed=seed, device=self.device, channels_last=options.channels_last,
+                           rank=distributed.rank(), world_size=distributed.world_size())
+
+    def test_loader(self) -> BatchLoader:
+        """The test set, unaugmented (each process gets its part of it)."""
+        data = self.data
+        return self._eval_loader(data.test_x, data.test_y, None)
+
+    def validation_loader(self) -> BatchLoader:
+        """The held-out validation images (from the training set), unaugmented."""
+        data = self.data
+        return self._eval_loader(data.train_x, data.train_y, self.validation)
+
+    def _eval_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None) -> BatchLoader:
+        data, options = self.data, self.options
+        return BatchLoader(x, y, eval_part(indices, y.numel()), options.eval_batch_size, data.mean, data.std,
+                           train=False, seed=0, device=self.device, channels_last=options.channels_last)
