@@ -41,7 +41,7 @@ import yaml
 
 from toolbox import checkpoint as ckpt
 from toolbox import io as tbio
-from toolbox.plugins import declared_options, load_plugins
+from toolbox.plugin_manager import declared_options, load_plugins
 from toolbox.report import plot_methods, rows_markdown, summarize
 from toolbox.options import read_mapping
 from toolbox.run import resume_run, start_run

@@ -51,7 +51,7 @@ from toolbox.device import autocast_context  # noqa: E402
 from toolbox.engine import Trainer, build_optimizer  # noqa: E402
 from toolbox.hookspecs import hookimpl  # noqa: E402
 from toolbox.options import build_options  # noqa: E402
-from toolbox.plugins import chain_prune, declared_options, load_plugins, make_manager  # noqa: E402
+from toolbox.plugin_manager import chain_prune, declared_options, load_plugins, make_manager  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainFn = Callable[[Iterable[Batch]], None]  # trains one pass over the given batches

@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from toolbox import capabilities as cap
+from toolbox import channels as ch
 from toolbox import compact as cp
 from toolbox.cost import compaction_report
 from toolbox.prune_file import checkpoint_input_size
 from toolbox.structure import merge_structures
-from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption
+from toolbox.options import PluginOption, option_values
 
 log = logging.getLogger("toolbox")
 PHASE = "compact"
@@ -43,7 +44,7 @@ def prune_options() -> list[PluginOption]:
     return [
         PluginOption("prune_ratio", float, 0.0, "remove this fraction of filters by BN |gamma| (torch-pruning "
                      "BN-scale importance) instead of the sst masks; 0 = use the masks; must lie in [0, 1)",
-                     check=cp.check_prune_ratio),
+                     check=lambda v: ch.check_ratio(v)),
         PluginOption("compact_epochs", int, 0, "fine-tuning epochs after compaction (the compact phase)",
                      check=lambda v: None if v >= 0 else "must be >= 0."),
         PluginOption("compact_round_to", int, 1, "keep (the most important) selected filters until every "
@@ -69,6 +70,8 @@ def run_input_size(ctx: Any, model: Any) -> tuple[int, int, int]:
 class Prune:
     """Compaction at the last step; the plugin's state lives on this object."""
 
+    provides = frozenset({cap.COMPACT})
+
     def __init__(self) -> None:
         """Start unconfigured; :meth:`toolbox_configure` reads the options."""
         self.ratio = 0.0
@@ -84,14 +87,11 @@ class Prune:
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
         """Validate the ratio and set the compact phase's epochs (``phase_epochs`` wins if set)."""
-        plugin = options.plugin
-        self.ratio = float(plugin.get("prune_ratio", 0.0))
-        self.repeats = int(plugin.get("compact_latency_repeats", 5))
-        self.round_to = int(plugin.get("compact_round_to", 1))
-        problem = cp.check_prune_ratio(self.ratio)
-        if problem:
-            raise UsageError(f"--prune-ratio={self.ratio!r}: {problem}")
-        options.phase_epochs.setdefault(PHASE, int(plugin.get("compact_epochs", 0)))
+        plugin = option_values(prune_options(), options.plugin)
+        self.ratio = plugin["prune_ratio"]
+        self.repeats = plugin["compact_latency_repeats"]
+        self.round_to = plugin["compact_round_to"]
+        options.phase_epochs.setdefault(PHASE, plugin["compact_epochs"])
 
     @hookimpl
     def toolbox_phases(self, step: int, num_steps: int) -> list[str] | None:

@@ -16,7 +16,10 @@ from toolbox.context import Context
 from toolbox.distill import kd_loss
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox_plugins.aod import AOD, adaptive_weight, draw_filters, ema_update
+from toolbox.distill import adaptive_weight
+from toolbox.reinit import draw_filters
+from toolbox.teachers import ema_update
+from toolbox_plugins.aod import AOD
 
 
 class Net(nn.Module):

@@ -42,7 +42,7 @@ from toolbox.data import BatchLoader
 from toolbox.engine import Trainer, build_optimizer, evaluate
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.plugins import chain_prune, declared_options, load_plugins
+from toolbox.plugin_manager import chain_prune, declared_options, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Largest difference in test top-1 (percentage points, on the synthetic set's 200 test images)

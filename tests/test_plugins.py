@@ -13,7 +13,7 @@ import torch
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
-from toolbox.plugins import available_plugins, chain_prune, declared_options, load_plugins, make_manager, register
+from toolbox.plugin_manager import available_plugins, chain_prune, declared_options, load_plugins, make_manager, register
 from toolbox.run import start_run
 
 

@@ -36,7 +36,7 @@ from toolbox.models import build_model
 from toolbox.cli import app
 from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
-from toolbox.plugins import _load_entry_point, available_plugins, instantiate
+from toolbox.plugin_manager import _load_entry_point, available_plugins, instantiate
 from toolbox.run import resume_run, start_run
 
 runner = CliRunner()

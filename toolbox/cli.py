@@ -340,10 +340,11 @@ def prune(
     round_to: int = typer.Option(1, help="Keep layer widths multiples of this (faster kernels, fewer MACs removed)."),
 ) -> None:
     """Remove the unimportant channels with torch-pruning: a smaller, faster model."""
+    from toolbox.channels import require_ratio
     from toolbox.prune_file import prune_checkpoint
 
-    if ratio is not None and not 0 <= ratio < 1:
-        raise UsageError(f"--ratio must lie in [0, 1), got {ratio}.")
+    if ratio is not None:
+        require_ratio(ratio)
     if round_to < 1:
         raise UsageError(f"--round-to must be at least 1, got {round_to}.")
     report = prune_checkpoint(checkpoint, out, ratio=ratio, round_to=round_to)
@@ -367,7 +368,7 @@ def check(
     config: Optional[Path] = typer.Option(None, help="A run's YAML/TOML config: check the run it describes."),
 ) -> None:
     """Check before a long run that a backbone can be sparsified, re-initialized and pruned (exit 1 if not)."""
-    from toolbox.preflight import check_arguments, check_command, exit_code
+    from toolbox.check_command import check_arguments, check_command, exit_code
 
     flags = dict(arch=arch, plugins=plugins, dataset=dataset, data_root=data_root, model_kwargs=model_kwargs,
                  ratio=ratio)
@@ -394,7 +395,7 @@ def report_command(
 @user_errors
 def plugins_list() -> None:
     """Installed plugins: name, source (built-in or package version), hooks implemented."""
-    from toolbox.plugins import _load_entry_point, available_plugins, hooks_of, instantiate
+    from toolbox.plugin_manager import _load_entry_point, available_plugins, hooks_of, instantiate
 
     table = Table(title="toolbox plugins")
     for column in ("name", "source", "hooks"):

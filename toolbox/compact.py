@@ -30,11 +30,6 @@ log = logging.getLogger("toolbox")
 
 
 # ----------------------------------------------------------------------------- selection
-def check_prune_ratio(ratio: float) -> str | None:
-    """Error sentence for a pruning ratio outside [0, 1), else None."""
-    return None if 0.0 <= ratio < 1.0 else "the ratio must lie in [0, 1), e.g. 0.5."
-
-
 def bn_scale_importance(model: nn.Module, graph: ch.ChannelGraph, dg: Any) -> list[torch.Tensor]:
     """Per group, torch-pruning's BN-scale importance of each unit (mean |gamma| over coupled BNs).
 
@@ -68,9 +63,6 @@ def select_units(model: nn.Module, graph: ch.ChannelGraph, dg: Any,
             log.warning("compact: masks of %s are outside the prunable channel groups and are ignored.",
                         ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))
     elif ratio is not None:
-        problem = check_prune_ratio(ratio)
-        if problem:
-            raise UsageError(f"--ratio={ratio!r}: {problem}")
         selection = ch.select_smallest(bn_scale_importance(model, graph, dg), ratio)
     else:
         raise UsageError("Nothing says which channels to remove: pass masks (from sst) or a ratio in [0, 1).")

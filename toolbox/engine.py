@@ -20,7 +20,7 @@ from toolbox import distributed
 from toolbox.context import Context
 from toolbox.device import autocast_context
 from toolbox.options import RunOptions
-from toolbox.plugins import has_impl
+from toolbox.plugin_manager import has_impl
 
 
 class NumericError(RuntimeError):

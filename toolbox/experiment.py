@@ -16,7 +16,7 @@ from toolbox import distributed, report
 from toolbox.errors import UsageError
 from toolbox.io import atomic_write_text
 from toolbox.options import build_options, plugin_names, read_mapping
-from toolbox.plugins import declared_options, dormant_options, load_plugins
+from toolbox.plugin_manager import declared_options, dormant_options, load_plugins
 from toolbox.run import Run, default_run_dir, resume_run, start_run
 
 EXPERIMENT_FILE = "experiment.yaml"

@@ -13,7 +13,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -313,3 +313,35 @@ def plugin_names(values: dict[str, Any]) -> list[str]:
     if isinstance(names, (list, tuple)):
         return [str(name) for name in names]
     return [str(names)]
+
+
+def option_values(declared: Iterable[PluginOption], values: dict[str, Any]) -> dict[str, Any]:
+    """Every declared option's value in ``values``, parsed and checked by its :class:`PluginOption`
+    (the one place options are validated); a missing one takes its default."""
+    return {opt.name: opt.parse(values[opt.name]) if opt.name in values else opt.default for opt in declared}
+
+
+class PluginSettings:
+    """Mixin for plugins whose options are read once into ``self.cfg``.
+
+    ``toolbox_configure`` calls :meth:`configure_settings`; a hook that runs without it (a plugin
+    driven directly, as in tests) reads them on first use through :meth:`settings`. Subclasses
+    implement :meth:`read_settings`.
+    """
+
+    cfg: Any = None
+
+    def read_settings(self, values: dict[str, Any]) -> Any:
+        """The plugin's settings from the run's plugin option values (override)."""
+        raise NotImplementedError
+
+    def configure_settings(self, values: dict[str, Any]) -> Any:
+        """Read (and so validate) the settings now; return them."""
+        self.cfg = self.read_settings(values)
+        return self.cfg
+
+    def settings(self, ctx: Any) -> Any:
+        """The settings, read from ``ctx.options`` when :meth:`configure_settings` has not run."""
+        if self.cfg is None:
+            self.cfg = self.read_settings(ctx.options.plugin)
+        return self.cfg

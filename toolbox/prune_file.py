@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from toolbox import checkpoint as ckpt
-from toolbox.compact import check_prune_ratio, compact, example_batch
+from toolbox.channels import require_ratio
+from toolbox.compact import compact, example_batch
 from toolbox.cost import compaction_report
 from toolbox.errors import UsageError
 from toolbox.structure import merge_structures
@@ -51,8 +52,8 @@ def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = No
     if ratio is None and not masks:
         raise UsageError(f"{path} has no masks of unimportant filters; pass --ratio R (in [0, 1)) to remove "
                          "the filters with the smallest BN |gamma|.")
-    if ratio is not None and check_prune_ratio(ratio):
-        raise UsageError(f"--ratio={ratio!r}: {check_prune_ratio(ratio)}")
+    if ratio is not None:
+        require_ratio(ratio)
     model = ckpt.model_from_checkpoint(data)
     size = tuple(input_size) if input_size is not None else checkpoint_input_size(data, model)
     small, structure = compact(model, masks=None if ratio is not None else masks, ratio=ratio,

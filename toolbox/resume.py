@@ -22,7 +22,7 @@ from toolbox import checkpoint as ckpt
 from toolbox import distributed
 from toolbox.errors import CheckpointError
 from toolbox.io import atomic_write_text, remove_temp_files
-from toolbox.plugins import load_plugin_states
+from toolbox.plugin_manager import load_plugin_states
 from toolbox.state import RunState
 
 if TYPE_CHECKING:

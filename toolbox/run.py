@@ -38,7 +38,7 @@ from toolbox.errors import UsageError
 from toolbox.io import KILL_ENV, kill_point
 from toolbox.models import build_model
 from toolbox.options import PHASES, RunOptions, build_options, plugin_names
-from toolbox.plugins import chain_prune, declared_options, dormant_options, load_plugins, plugin_states
+from toolbox.plugin_manager import chain_prune, declared_options, dormant_options, load_plugins, plugin_states
 from toolbox.preflight import check_run
 from toolbox.run_data import RunData
 from toolbox.state import RunState

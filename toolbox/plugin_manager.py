@@ -1,7 +1,8 @@
 """The plugin manager: discovers plugins through the ``toolbox.plugins`` entry points.
 
-Built-in plugins (``toolbox_plugins.*``) are registered in the project's own
-``pyproject.toml`` under that entry-point group, exactly like a third-party package would.
+Built-in plugins are registered in the project's own ``pyproject.toml`` under that entry-point
+group, exactly like a third-party package would (and the core never names one). A combination of
+plugins that cannot work is refused when they are loaded (:mod:`toolbox.capabilities`).
 An entry point may name a class (instantiated once per run, so state lives on the instance),
 an instance, or a module.
 """
@@ -16,10 +17,10 @@ from typing import Any
 import pluggy
 
 from toolbox import hookspecs
+from toolbox.capabilities import ENTRY_POINT_GROUP, check_combination
 from toolbox.errors import UsageError
 from toolbox.options import PluginOption
 
-ENTRY_POINT_GROUP = "toolbox.plugins"
 BUILTIN_DISTRIBUTION = "toolbox"
 
 
@@ -105,6 +106,7 @@ def load_plugins(names: list[str], extra: dict[str, Any] | None = None) -> plugg
         register(pm, instantiate(_load_entry_point(name)), name)
     for name, plugin in (extra or {}).items():
         register(pm, plugin, name)
+    check_combination({name: plugin for name, plugin in pm.list_name_plugin() if plugin is not None})
     return pm
 
 
