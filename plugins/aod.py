@@ -1,6 +1,6 @@
 """``aod``: diverse re-initialization + adaptive online distillation (learn phases of steps > 1).
 
-At the start of the phase (``toolbox_prune``) exactly the unimportant filters (``ctx.masks``,
+At the start of the phase (``toolbox_model_surgery``) exactly the unimportant filters (``ctx.masks``,
 from ``sst``; or, without sst, the ``--ratio`` smallest-|gamma| filters) are re-initialized:
 the output channels of every conv feeding their coupled BNs, the BN scale (``--reinit-gamma``),
 shift (0) and running statistics (mean 0, var 1), and optionally the consuming layers' input
@@ -14,7 +14,7 @@ added, where the adaptive weight ``w`` follows ``--adapt`` and the teacher ``--t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
 from toolbox.reinit import DEFAULT_GAMMA, DEFAULT_NEXT, DEFAULT_STRATEGY, NEXT, STRATEGIES, reinitialize
 from toolbox.teachers import EMATeacher, MutualPeer
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 ADAPT = ("confidence", "accuracy", "constant")
 TEACHERS = ("frozen", "ema", "mutual")
@@ -108,7 +111,7 @@ class AOD(PluginSettings):
         cap.check_names(options.plugins, {"aod": self})
 
     @hookimpl
-    def toolbox_phase_start(self, ctx: Any) -> None:
+    def toolbox_phase_start(self, ctx: "Context") -> None:
         """Learn phases after step 1 (with a teacher): set up the EMA or mutual teacher."""
         cfg = self.settings(ctx)
         self.active = ctx.phase == "learn" and ctx.step > 1 and ctx.teacher is not None
@@ -119,7 +122,7 @@ class AOD(PluginSettings):
             self.teacher = MutualPeer(ctx.teacher, cfg.T)
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_model_surgery(self, ctx: "Context", model: nn.Module) -> None:
         """Re-initialize exactly the masked filters.
 
         Without masks from a sparsity plugin (empty, or the ones aod chose itself at an earlier
@@ -148,7 +151,7 @@ class AOD(PluginSettings):
         ctx.logger.info("aod: re-initialized %d of %d filters (%s).", count, graph.num_units, cfg.reinit)
         return None
 
-    def _teacher_logits(self, ctx: Any, inputs: torch.Tensor, student: torch.Tensor,
+    def _teacher_logits(self, ctx: "Context", inputs: torch.Tensor, student: torch.Tensor,
                         targets: torch.Tensor) -> torch.Tensor:
         if isinstance(self.teacher, MutualPeer):
             return self.teacher.step(ctx, inputs, targets, student)
@@ -157,7 +160,7 @@ class AOD(PluginSettings):
         return ctx.teacher_logits(inputs)
 
     @hookimpl
-    def toolbox_loss(self, ctx: Any, batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """``aod_kd``: alpha x adaptive weight x KD towards the teacher."""
         cfg = self.settings(ctx)
         if not self.active or cfg.alpha == 0:
@@ -170,20 +173,20 @@ class AOD(PluginSettings):
         return {"aod_kd": cfg.alpha * kd_loss(logits, teacher, cfg.T, weights=weights)}
 
     @hookimpl
-    def toolbox_batch_end(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_batch_end(self, ctx: "Context", model: nn.Module) -> None:
         """EMA teacher: move it towards the updated student."""
         if self.active and isinstance(self.teacher, EMATeacher):
             self.teacher.update(model)
 
     @hookimpl
-    def toolbox_epoch_end(self, ctx: Any, metrics: dict[str, float]) -> None:
+    def toolbox_epoch_end(self, ctx: "Context", metrics: dict[str, float]) -> None:
         """Log ``aod_weight``: the mean adaptive distillation weight of the epoch."""
         if self.active and self.batches:
             metrics["aod_weight"] = distributed.mean_across(float(self.weight_sum) / self.batches)
         self.weight_sum, self.batches = 0.0, 0
 
     @hookimpl
-    def toolbox_state_dict(self, ctx: Any) -> dict[str, Any] | None:
+    def toolbox_state_dict(self, ctx: "Context") -> dict[str, Any] | None:
         """The EMA or mutual teacher's weights (and the peer's optimizer); nothing for the frozen
         teacher. The adaptive-weight sums restart every epoch, so they are not saved."""
         if not self.active or self.teacher is None:
@@ -191,7 +194,7 @@ class AOD(PluginSettings):
         return self.teacher.state_dict()
 
     @hookimpl
-    def toolbox_load_state_dict(self, ctx: Any, state: dict[str, Any]) -> None:
+    def toolbox_load_state_dict(self, ctx: "Context", state: dict[str, Any]) -> None:
         """Continue a learn phase after a kill: the EMA/mutual teacher as the last epoch left it."""
         if not self.active or self.teacher is None or "net" not in state:
             return
@@ -201,6 +204,6 @@ class AOD(PluginSettings):
             self.teacher.load_state_dict(state)
 
     @hookimpl
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """Drop the phase's EMA/peer network."""
         self.active, self.teacher = False, None

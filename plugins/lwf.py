@@ -6,7 +6,7 @@ the frozen previous model (``ctx.teacher``). No sparsity, no re-initialization.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from toolbox import capabilities as cap
 from toolbox.distill import alpha_option, kd_loss, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, option_values
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 
 class LwF:
@@ -39,7 +42,7 @@ class LwF:
         cap.check_names(options.plugins, {"lwf": self})
 
     @hookimpl
-    def toolbox_loss(self, ctx: Any, batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """``lwf_kd`` in learn phases of steps > 1."""
         if ctx.phase != "learn" or ctx.step < 2 or ctx.teacher is None or self.alpha == 0:
             return None

@@ -14,7 +14,7 @@ phase from the run directory), all teachers weighted equally so the weights sum 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from toolbox import capabilities as cap
 from toolbox.distill import kd_loss, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class MSL(PluginSettings):
         cap.check_names(options.plugins, {"msl": self})
 
     @hookimpl
-    def toolbox_phase_start(self, ctx: Any) -> None:
+    def toolbox_phase_start(self, ctx: "Context") -> None:
         """Sparsify phases after step 1 (or at step 1 when asked): load the earlier teachers."""
         cfg = self.settings(ctx)
         self.extra = []
@@ -109,7 +112,7 @@ class MSL(PluginSettings):
             self.extra.append(model)
 
     @hookimpl
-    def toolbox_loss(self, ctx: Any, batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """``msl_kd``: equal-weight KD towards every teacher, weights summing to ``--msl-weight``."""
         if not self.active:
             return None
@@ -120,6 +123,6 @@ class MSL(PluginSettings):
         return {"msl_kd": multi_teacher_kd(logits, teachers, cfg.T, cfg.weight)}
 
     @hookimpl
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """Release the earlier teachers."""
         self.active, self.extra = False, []

@@ -1,6 +1,6 @@
 """``prune``: compact the final model with torch-pruning (a ``compact`` phase at the last step).
 
-At the start of the ``compact`` phase (``toolbox_prune``) the unimportant filters are removed
+At the start of the ``compact`` phase (``toolbox_model_surgery``) the unimportant filters are removed
 from the model with :func:`toolbox.compact.compact`: the filters of ``ctx.masks`` (the masks
 ``sst`` wrote), or, with ``--prune-ratio R`` (> 0), the fraction R of filters with the smallest
 BN |gamma| (torch-pruning's BN-scale importance, ranked globally); an explicit ratio wins over
@@ -23,7 +23,7 @@ for filters whose scales are 0). That is the pipeline's intended behaviour, not 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolbox import capabilities as cap
 from toolbox import channels as ch
@@ -33,6 +33,9 @@ from toolbox.prune_file import checkpoint_input_size
 from toolbox.structure import merge_structures
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, option_values
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 log = logging.getLogger("toolbox")
 PHASE = "compact"
@@ -55,7 +58,7 @@ def prune_options() -> list[PluginOption]:
     ]
 
 
-def run_input_size(ctx: Any, model: Any) -> tuple[int, int, int]:
+def run_input_size(ctx: "Context", model: Any) -> tuple[int, int, int]:
     """The (C, H, W) of the run's images: ``ctx.input_size`` when the core provides it, else
     the dataset's known size, else the model's timm cfg."""
     size = getattr(ctx, "input_size", None)
@@ -71,6 +74,7 @@ class Prune:
     """Compaction at the last step; the plugin's state lives on this object."""
 
     provides = frozenset({cap.COMPACT})
+    phases = {PHASE: 2}
 
     def __init__(self) -> None:
         """Start unconfigured; :meth:`toolbox_configure` reads the options."""
@@ -99,7 +103,7 @@ class Prune:
         return [PHASE] if step == num_steps else None
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: Any) -> Any | None:
+    def toolbox_model_surgery(self, ctx: "Context", model: Any) -> Any | None:
         """In ``compact``: remove the filters, record the structure, empty the masks."""
         if ctx.phase != PHASE:
             return None
@@ -127,18 +131,18 @@ class Prune:
         return small
 
     @hookimpl
-    def toolbox_state_dict(self, ctx: Any) -> dict[str, Any] | None:
-        """In ``compact``: the compaction report (measured in ``toolbox_prune``, which a resumed
+    def toolbox_state_dict(self, ctx: "Context") -> dict[str, Any] | None:
+        """In ``compact``: the compaction report (measured in ``toolbox_model_surgery``, which a resumed
         phase does not call again)."""
         return {"report": dict(self.report)} if ctx.phase == PHASE and self.report else None
 
     @hookimpl
-    def toolbox_load_state_dict(self, ctx: Any, state: dict[str, Any]) -> None:
+    def toolbox_load_state_dict(self, ctx: "Context", state: dict[str, Any]) -> None:
         """Restore the compaction report of a ``compact`` phase continued after a kill."""
         self.report = {k: float(v) for k, v in state.get("report", {}).items()}
 
     @hookimpl
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """Put the compaction report (flat floats) into the phase's metrics."""
         if ctx.phase == PHASE and self.report:
             ctx.phase_metrics.update(self.report)

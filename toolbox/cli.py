@@ -8,15 +8,14 @@ validated in one place whatever its source. User errors exit with code 2 and one
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from toolbox.console import Progress, console, error_console, print_results, say, setup_logging
 from toolbox.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,8 +25,6 @@ models_app = typer.Typer(no_args_is_help=True, help="Inspect registered backbone
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(models_app, name="models")
 
-console = Console(soft_wrap=True)
-error_console = Console(stderr=True, soft_wrap=True)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -103,98 +100,6 @@ def merged_values(config: Optional[Path], flags: dict[str, Any], extra: list[str
     return values
 
 
-class Progress:
-    """Rich progress bars on a terminal, one plain log line per epoch otherwise (CI)."""
-
-    def __init__(self) -> None:
-        self.live = console.is_terminal
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, event: str, **info: Any) -> None:
-        """Receive a progress event from the run."""
-        if event == "phase" and self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self.close()
-            self.bar = RichProgress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
-                                    TimeRemainingColumn(), console=console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(f"step {info['step']} {info['phase']}", total=info["batches"])
-        elif event == "batch" and self.bar is not None:
-            self.bar.advance(self.task)
-        elif event == "epoch":
-            m = info["metrics"]
-            line = (f"step {info['step']} {info['phase']} epoch {info['epoch']}/{info['epochs']}: "
-                    f"loss {m.get('loss', float('nan')):.4f} train top-1 {m.get('train_top1', 0):.2f}% "
-                    f"lr {m.get('lr', 0):.4g} {m.get('images_per_second', 0):.0f} img/s")
-            (self.bar.console.log if self.bar is not None else console.print)(line, markup=False, highlight=False)
-        elif event == "phase_end":
-            self.close()
-            r = info["record"]
-            console.print(f"step {info['step']} {info['phase']} done: test top-1 {r['top1']:.2f}% "
-                          f"top-5 {r['top5']:.2f}% ({r['train_seconds']:.1f} s)", markup=False, highlight=False)
-
-    def close(self) -> None:
-        """Stop a live progress bar."""
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-
-def print_results(results: dict[str, Any]) -> None:
-    """The results table at the end of a run (rank 0 only under torchrun)."""
-    from toolbox import distributed
-
-    if not distributed.is_main():
-        return
-    table = Table(title=f"results ({results.get('dataset_source', '')})")
-    for column in ("step", "phases", "top-1 %", "top-5 %", "train s", "params", "sparsity"):
-        table.add_column(column, justify="right")
-    for step in results["steps"]:
-        sparsity = step.get("sparsity")
-        table.add_row(str(step["step"]), ",".join(p["phase"] for p in step["phases"]),
-                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", f"{step['train_seconds']:.1f}",
-                      f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
-    console.print(table)
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """A log handler writing to whatever ``sys.stderr`` is at the time of each message (a test
-    runner that swaps stderr per command never meets a closed stream)."""
-
-    @property
-    def stream(self) -> Any:  # type: ignore[override]
-        """The current ``sys.stderr``."""
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        """Ignored: the stream is always the current stderr."""
-
-
-def _setup_logging() -> None:
-    """INFO and above of every logger to stderr as ``LEVEL message`` (installed once); under
-    torchrun only rank 0 logs below ERROR, so the log reads like a single-process run's."""
-    from toolbox import distributed
-
-    root = logging.getLogger()
-    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if distributed.is_main() else logging.ERROR)
-
-
-def _say(text: str) -> None:
-    """Print a line of the command's output (rank 0 only under torchrun)."""
-    from toolbox import distributed
-
-    if distributed.is_main():
-        console.print(text, markup=False, highlight=False)
-
-
 @app.command(context_settings=EXTRA)
 @user_errors
 def run(
@@ -223,13 +128,13 @@ def run(
     from toolbox.experiment import EXPERIMENT_FILE, resume_seeds, run_seeds
     from toolbox.run import resume_run, start_run
 
-    _setup_logging()
+    setup_logging()
     distributed.init()
     progress = Progress()
 
     def announce(runner: Any) -> None:
         processes = f"  processes: {distributed.world_size()}" if distributed.active() else ""
-        _say(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}{processes}")
+        say(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}{processes}")
 
     experiment: Optional[Path] = None
     try:
@@ -249,15 +154,15 @@ def run(
             else:
                 runner = start_run(values, progress)
         if experiment is not None:
-            _say(f"per-seed runs and report.md in {experiment}")
-            _say(distributed.run_on_main((experiment / "report.md").read_text))
+            say(f"per-seed runs and report.md in {experiment}")
+            say(distributed.run_on_main((experiment / "report.md").read_text))
             return
         announce(runner)
         results = runner.execute()
     finally:
         progress.close()
     print_results(results)
-    _say(f"results: {runner.run_dir / 'results.md'}")
+    say(f"results: {runner.run_dir / 'results.md'}")
 
 
 @app.command(context_settings=EXTRA)
@@ -280,7 +185,7 @@ def train(
     """Train one phase on the whole training set (or --per-class images per class)."""
     from toolbox.run import start_run
 
-    _setup_logging()
+    setup_logging()
     flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, epochs=epochs,
                  batch_size=batch_size, lr=lr, seed=seed, out=out, steps="1")
     values = merged_values(config, flags, ctx.args)

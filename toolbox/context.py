@@ -22,7 +22,7 @@ class Context:
     own state on themselves. ``teacher`` is a frozen copy (eval mode, no grad) of the model as
     the previous phase left it; ``None`` in the first phase of a run. ``start_epoch`` is the
     first epoch this process trains: 0, or the epochs already done when the phase continues from
-    ``partial.pt`` after a kill (then ``toolbox_prune`` is skipped and
+    ``partial.pt`` after a kill (then ``toolbox_model_surgery`` is skipped and
     ``toolbox_load_state_dict`` restores the plugins' state).
     """
 

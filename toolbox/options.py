@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from toolbox.errors import UsageError
+from toolbox.phases import installed_phases
 
-PHASES = ("learn", "sparsify", "compact")
 SCHEDULES = ("cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -128,8 +128,11 @@ class RunOptions:
         """Epochs of ``phase`` (``phase_epochs`` overrides ``epochs``)."""
         return int(self.phase_epochs.get(phase, self.epochs))
 
-    def validate(self) -> "RunOptions":
-        """Raise :class:`UsageError` naming the first bad core value; return self."""
+    def validate(self, phases: Iterable[str] | None = None) -> "RunOptions":
+        """Raise :class:`UsageError` naming the first bad core value; return self.
+
+        ``phases`` are the names ``phase_epochs`` may use (default: those of the installed plugins).
+        """
         positive = {"steps": self.steps, "epochs": self.epochs, "batch-size": self.batch_size,
                     "eval-batch-size": self.eval_batch_size}
         for name, value in positive.items():
@@ -139,7 +142,9 @@ class RunOptions:
             raise UsageError(f"--per-class must be at least 1, got {self.per_class}.")
         if self.val_per_class < 0:
             raise UsageError(f"--val-per-class must be >= 0, got {self.val_per_class}.")
-        self.phase_epochs = {phase: _phase_epochs(phase, value) for phase, value in self.phase_epochs.items()}
+        if self.phase_epochs:
+            known = list(installed_phases() if phases is None else phases)
+            self.phase_epochs = {phase: _phase_epochs(phase, value, known) for phase, value in self.phase_epochs.items()}
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}.")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -174,10 +179,10 @@ class RunOptions:
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
 
 
-def _phase_epochs(phase: Any, value: Any) -> int:
+def _phase_epochs(phase: Any, value: Any, known: list[str]) -> int:
     """One ``phase_epochs`` entry: a known phase and a whole number >= 0."""
-    if phase not in PHASES:
-        raise UsageError(f"phase_epochs names unknown phase {phase!r}; use one of {', '.join(PHASES)}.")
+    if phase not in known:
+        raise UsageError(f"phase_epochs names unknown phase {phase!r}; use one of {', '.join(known)}.")
     try:
         epochs = parse_value(value, int)
     except (TypeError, ValueError):

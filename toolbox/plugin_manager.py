@@ -144,9 +144,16 @@ def call_impl(impl: Any, **kwargs: Any) -> Any:
     return impl.function(*[kwargs[name] for name in impl.argnames])
 
 
-def chain_prune(pm: pluggy.PluginManager, ctx: Any, model: Any) -> Any:
-    """Call every ``toolbox_prune`` in registration (``--plugins``) order, chaining the model."""
-    for impl in pm.hook.toolbox_prune.get_hookimpls():
+#: Hooks that change the model between phases, chained together (the second is the deprecated alias).
+SURGERY_HOOKS = ("toolbox_model_surgery", "toolbox_prune")
+
+
+def chain_model_surgery(pm: pluggy.PluginManager, ctx: Any, model: Any) -> Any:
+    """Call every ``toolbox_model_surgery`` (and deprecated ``toolbox_prune``) implementation in
+    registration (``--plugins``) order, chaining the model."""
+    order = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}
+    impls = [impl for hook in SURGERY_HOOKS for impl in getattr(pm.hook, hook).get_hookimpls()]
+    for impl in sorted(impls, key=lambda impl: order.get(impl.plugin_name, len(order))):
         result = call_impl(impl, ctx=ctx, model=model)
         if result is not None:
             model = result

@@ -37,8 +37,9 @@ from toolbox.engine import Trainer, build_optimizer, evaluate
 from toolbox.errors import UsageError
 from toolbox.io import KILL_ENV, kill_point
 from toolbox.models import build_model
-from toolbox.options import PHASES, RunOptions, build_options, plugin_names
-from toolbox.plugin_manager import chain_prune, declared_options, dormant_options, load_plugins, plugin_states
+from toolbox.options import RunOptions, build_options, plugin_names
+from toolbox.phases import LEARN, declared_phases, installed_phases
+from toolbox.plugin_manager import chain_model_surgery, declared_options, dormant_options, load_plugins, plugin_states
 from toolbox.preflight import check_run
 from toolbox.run_data import RunData
 from toolbox.state import RunState
@@ -46,20 +47,29 @@ from toolbox.state import RunState
 log = logging.getLogger("toolbox")
 
 
-def phase_seed(seed: int, step: int, phase: str) -> int:
-    """The seed of every random draw in ``phase`` of ``step`` (independent of earlier phases)."""
-    return seed * 100_003 + step * 101 + PHASES.index(phase) + 1
+def phase_seed(seed: int, step: int, place: int) -> int:
+    """The seed of every random draw in the phase at ``place`` of ``step`` (independent of earlier phases)."""
+    return seed * 100_003 + step * 101 + place + 1
+
+
+def run_phases(pm: pluggy.PluginManager) -> dict[str, int]:
+    """The phases a run may plan, name -> place: ``learn``, those the enabled plugins declare, and
+    (for a plugin that asks for a phase without declaring it) those installed plugins declare."""
+    declared = declared_phases(plugin for _, plugin in pm.list_name_plugin())
+    return dict(sorted({**installed_phases(), **declared}.items(), key=lambda item: item[1]))
 
 
 def plan_phases(pm: pluggy.PluginManager, step: int, num_steps: int) -> list[str]:
-    """``learn`` plus the phases plugins ask for, in canonical order."""
-    wanted = {"learn"}
+    """``learn`` plus the phases plugins ask for, in their declared order."""
+    known = run_phases(pm)
+    wanted = {LEARN}
     for extra in pm.hook.toolbox_phases(step=step, num_steps=num_steps):
         for name in extra or []:
-            if name not in PHASES:
-                raise UsageError(f"A plugin asked for unknown phase {name!r}; phases are {', '.join(PHASES)}.")
+            if name not in known:
+                raise UsageError(f"A plugin asked for phase {name!r}, which no plugin declares; phases "
+                                 f"are {', '.join(known)} (declare it in the plugin's `phases`).")
             wanted.add(name)
-    return [p for p in PHASES if p in wanted]
+    return [p for p in known if p in wanted]
 
 
 def default_run_dir(options: RunOptions) -> Path:
@@ -157,6 +167,9 @@ class Run:
         ``only_phase`` runs just that phase of step 1 (``toolbox train``); ``until`` stops after
         that (step, phase) (a later ``execute`` goes on from there).
         """
+        if only_phase is not None and only_phase not in run_phases(self.pm):
+            raise UsageError(f"--phase {only_phase!r} is not a phase of the enabled plugins; use one of "
+                             f"{', '.join(run_phases(self.pm))}.")
         self.check_disk_space()
         first_phase = not self.state.done and not self.initialized
         for step in range(1, self.options.steps + 1):
@@ -183,7 +196,7 @@ class Run:
     def _run_phase(self, step: int, phase: str, has_previous: bool) -> None:
         """Train ``phase`` of ``step`` from its start, or from ``partial.pt`` after a kill."""
         partial = self._take_partial(step, phase)
-        seed = phase_seed(self.options.seed, step, phase)
+        seed = phase_seed(self.options.seed, step, run_phases(self.pm)[phase])
         torch.manual_seed(seed)
         chosen = self.pm.hook.toolbox_data_schedule(step=step, phase=phase, shards=self.shards)
         indices = self.shards[step - 1] if chosen is None else chosen
@@ -225,7 +238,7 @@ class Run:
     def _begin_phase(self, ctx: Context) -> torch.optim.Optimizer:
         """A phase from its start: the plugins' model surgery chain, then the optimizer."""
         state = self.state
-        model = chain_prune(self.pm, ctx, self.model)
+        model = chain_model_surgery(self.pm, ctx, self.model)
         if model is not self.model:
             self.model = self.to_device(model)
             ctx.model = self.model
@@ -361,7 +374,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     run = Run(options, pm, run_dir, progress)
     if init is not None:
         run.initialize_from(init)
-    if distributed.run_on_main(files.holds_run, run_dir, PHASES):
+    if distributed.run_on_main(files.holds_run, run_dir, list(run_phases(pm))):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or another --out.")
     run.prepare_directory()
     return run

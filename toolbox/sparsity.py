@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -44,6 +44,9 @@ from toolbox.report import plot_controller, plot_gamma_histogram
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
 from toolbox.target_schedule import TargetSchedule
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 SELECTS = ("global", "layerwise")
 RERANKS = ("epoch", "once")
@@ -125,6 +128,7 @@ class SparsityTraining(PluginSettings):
     """
 
     provides: ClassVar[frozenset[str]] = frozenset({cap.SPARSIFY})
+    phases: ClassVar[dict[str, int]] = {"sparsify": 1}
     conflicts: ClassVar[frozenset[str]] = frozenset({cap.SPARSIFY})
     name: ClassVar[str] = "sparsity"  #: key of ``ctx.records`` and of log messages
     label: ClassVar[str] = "sparsity training"  #: how plot titles (and, upper-cased, warnings) name it
@@ -232,13 +236,13 @@ class SparsityTraining(PluginSettings):
         """Every step but the last gets a ``sparsify`` phase."""
         return ["sparsify"] if step < num_steps else None
 
-    def _select(self, ctx: Any) -> None:
+    def _select(self, ctx: "Context") -> None:
         """Rank the units and (re)build the selected set (and, when not selective, the rest)."""
         cfg, model = self.settings(ctx), ch.unwrap(ctx.model)
         self._use_selection(ctx, ch.select_smallest(self.importance(model), cfg.ratio,
                                                     layerwise=cfg.select == "layerwise"))
 
-    def _use_selection(self, ctx: Any, selection: list[torch.Tensor]) -> None:
+    def _use_selection(self, ctx: "Context", selection: list[torch.Tensor]) -> None:
         """Make ``selection`` (a bool tensor per group) the selected set; rebuild scope and rest."""
         self.selection = selection
         device = next(ctx.model.parameters()).device
@@ -252,7 +256,7 @@ class SparsityTraining(PluginSettings):
             self.rest = Units.build(self.graph, [~s for s in self.selection], device)
 
     @hookimpl
-    def toolbox_phase_start(self, ctx: Any) -> None:
+    def toolbox_phase_start(self, ctx: "Context") -> None:
         """In ``sparsify``: trace the channel groups and pick the filters to sparsify."""
         self.active = ctx.phase == "sparsify"
         if not self.active:
@@ -265,14 +269,14 @@ class SparsityTraining(PluginSettings):
         self.done, self.s_history, self.ratio_history = 0, [], []
 
     @hookimpl
-    def toolbox_epoch_start(self, ctx: Any) -> None:
+    def toolbox_epoch_start(self, ctx: "Context") -> None:
         """Reset the epoch's counters; re-rank the selection after the first epoch."""
         self.count, self.tau_sum, self.lr_sum = 0, 0.0, 0.0
         if self.active and ctx.epoch > 0 and self.settings(ctx).rerank == "epoch" and not self._held(ctx):
             self._select(ctx)
 
     @hookimpl
-    def toolbox_regularize(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_regularize(self, ctx: "Context", model: nn.Module) -> None:
         """Subgradient mode: the penalty on the scope; target mode: on the scope's unselected units."""
         if not self.active:
             return
@@ -284,20 +288,20 @@ class SparsityTraining(PluginSettings):
         elif cfg.mode == "target" and self.rest is not None and self.rest.count():
             self.penalty_grad_(ch.unwrap(model), self.rest, cfg.s)
 
-    def _schedule(self, ctx: Any) -> TargetSchedule:
+    def _schedule(self, ctx: "Context") -> TargetSchedule:
         """Target mode's schedule over the phase's optimizer steps (the engine sets ``ctx.batches_per_epoch``)."""
         return TargetSchedule(int(ctx.epochs) * max(int(ctx.batches_per_epoch), 1), self.settings(ctx).target_at)
 
-    def _held(self, ctx: Any) -> bool:
+    def _held(self, ctx: "Context") -> bool:
         """Target mode past its deadline: the selection is frozen and held at 0."""
         return self.settings(ctx).mode == "target" and self._schedule(ctx).held(self.done)
 
-    def _lr(self, ctx: Any) -> float:
+    def _lr(self, ctx: "Context") -> float:
         optimizer = ctx.optimizer
         return float(optimizer.param_groups[0]["lr"]) if optimizer is not None else float(ctx.options.lr)
 
     @hookimpl
-    def toolbox_batch_end(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_batch_end(self, ctx: "Context", model: nn.Module) -> None:
         """Target mode: the controlled proximal step on the selection; proximal mode: fixed on the scope."""
         self.count += 1
         if not self.active:
@@ -318,7 +322,7 @@ class SparsityTraining(PluginSettings):
         self.done += 1
 
     @hookimpl
-    def toolbox_epoch_end(self, ctx: Any, metrics: dict[str, float]) -> None:
+    def toolbox_epoch_end(self, ctx: "Context", metrics: dict[str, float]) -> None:
         """Log ``<prefix>_s`` and ``<prefix>_ratio`` (achieved ratio).
 
         ``<prefix>_s`` is the epoch's effective strength ``sum(tau) / sum(lr)``: the constant s
@@ -334,7 +338,7 @@ class SparsityTraining(PluginSettings):
         metrics[f"{self.prefix}_s"], metrics[f"{self.prefix}_ratio"] = s, ratio
 
     @hookimpl
-    def toolbox_state_dict(self, ctx: Any) -> dict[str, Any] | None:
+    def toolbox_state_dict(self, ctx: "Context") -> dict[str, Any] | None:
         """In ``sparsify``: optimizer steps done (the target schedule), the selection and the
         per-epoch histories; the epoch's ``tau``/``lr`` sums restart every epoch and are not saved."""
         if not self.active:
@@ -343,7 +347,7 @@ class SparsityTraining(PluginSettings):
                 "s_history": list(self.s_history), "ratio_history": list(self.ratio_history)}
 
     @hookimpl
-    def toolbox_load_state_dict(self, ctx: Any, state: dict[str, Any]) -> None:
+    def toolbox_load_state_dict(self, ctx: "Context", state: dict[str, Any]) -> None:
         """Continue a ``sparsify`` phase after a kill from :meth:`toolbox_state_dict`'s state."""
         if not self.active:
             return
@@ -354,7 +358,7 @@ class SparsityTraining(PluginSettings):
         self.ratio_history = [float(v) for v in state["ratio_history"]]
 
     @hookimpl
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """Guarantee (target mode), masks, sparsity metrics, records, the |gamma| histogram and the
         plot of the achieved ratio and effective strength per epoch."""
         if not self.active:
