@@ -16,23 +16,20 @@ from toolbox.preflight import FALLBACK_RATIO, INFO, OK, REFUSE, WARN, PreflightR
 
 #: (in_chans, image_size, num_classes) of the built-in datasets, so ``toolbox check`` need not
 #: load them; other (registered) datasets are loaded once to read their shape.
-DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
-    "cifar100": (3, 32, 100),
-    "tiny_imagenet": (3, 64, 200),
-    "fashion_mnist": (1, 32, 10),
-    "synthetic": (3, 16, 10),
-}
 
 
 def dataset_shape(dataset: str | None, data_root: str | None = None) -> tuple[int, int | None, int]:
     """``(in_chans, image_size, num_classes)`` of a dataset; ``None`` gives ``(3, None, 10)``
-    (image size from the model's cfg). Built-ins come from :data:`DATASET_SHAPES`; ``auto`` is
+    (image size from the model's cfg). Known shapes come from the dataset registry
+    (:func:`toolbox.data.known_shape`); ``auto`` is
     Fashion-MNIST where present, else synthetic; other names are loaded once."""
     if dataset is None:
         return 3, None, 10
-    if dataset in DATASET_SHAPES:
-        return DATASET_SHAPES[dataset][0], DATASET_SHAPES[dataset][1], DATASET_SHAPES[dataset][2]
-    from toolbox.data import DatasetNotFoundError, load_dataset, resolve_data_root
+    from toolbox.data import DatasetNotFoundError, known_shape, load_dataset, resolve_data_root
+
+    shape = known_shape(dataset)
+    if shape is not None:
+        return shape
 
     if dataset == "auto":  # as `toolbox run`: Fashion-MNIST where its files are, else synthetic
         from toolbox.data.fashion_mnist import find_files

@@ -49,11 +49,6 @@ class Context:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("toolbox"))
     _batch_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    @property
-    def plugin_options(self) -> dict[str, Any]:
-        """The plugin options of the run (``--s``, ``--ratio``, ...), by name."""
-        return self.options.plugin
-
     def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor | None:
         """Logits of the frozen teacher on this batch, computed once per batch for all plugins."""
         if self.teacher is None:

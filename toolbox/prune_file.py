@@ -12,12 +12,12 @@ from toolbox import checkpoint as ckpt
 from toolbox.channels import require_ratio
 from toolbox.compact import compact, example_batch
 from toolbox.cost import compaction_report
+from toolbox.data import known_shape
 from toolbox.errors import UsageError
 from toolbox.structure import merge_structures
 
 
 #: Image sizes of the built-in datasets (the models' timm cfg is the fallback).
-DATASET_IMAGE_SIZE = {"synthetic": 16, "fashion_mnist": 32, "cifar100": 32, "tiny_imagenet": 64}
 
 
 def checkpoint_input_size(checkpoint: dict[str, Any], model: nn.Module) -> tuple[int, int, int]:
@@ -26,7 +26,8 @@ def checkpoint_input_size(checkpoint: dict[str, Any], model: nn.Module) -> tuple
     if checkpoint.get("input_size"):
         return tuple(int(v) for v in checkpoint["input_size"])  # type: ignore[return-value]
     options = checkpoint.get("options") or {}
-    size = DATASET_IMAGE_SIZE.get(str(options.get("dataset")))
+    shape = known_shape(str(options.get("dataset")))
+    size = None if shape is None else shape[1]
     if size is None:
         cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
         size = int((cfg.get("input_size") or (3, 32, 32))[-1])

@@ -33,7 +33,7 @@ from toolbox import run_dir as files
 from toolbox.context import Context
 from toolbox.cost import count_macs, count_params
 from toolbox.device import select_device
-from toolbox.engine import Trainer, build_optimizer, evaluate
+from toolbox.engine import Trainer, build_optimizer
 from toolbox.errors import UsageError
 from toolbox.io import KILL_ENV, kill_point
 from toolbox.models import build_model
@@ -78,8 +78,28 @@ def default_run_dir(options: RunOptions) -> Path:
     return Path("runs") / f"{stamp}-{options.dataset}-{options.arch}"
 
 
+def batch_callback(progress: Callable[..., Any] | None, ctx: Context) -> Callable[[], None] | None:
+    """Progress per batch, plus the ``batch:`` kill point when a test asks for it; ``None`` if neither."""
+    kill = os.environ.get(KILL_ENV, "").startswith("batch:")
+    if progress is None and not kill:
+        return None
+
+    def on_batch() -> None:
+        if progress is not None:
+            progress("batch")
+        if kill:
+            kill_point(f"batch:{ctx.step}:{ctx.phase}:{ctx.epoch + 1}:{ctx.batch_index + 1}")
+
+    return on_batch
+
+
 class Run:
-    """One multi-step run: owns the model, the data, the plugins and the run directory."""
+    """One multi-step run: owns the model, the data, the plugins and the run directory.
+
+    Longer than ~200 lines because it is the run's whole lifecycle in one readable place: the
+    model it carries from phase to phase, the step x phase loop, and one phase's start, training,
+    evaluation and checkpoint; the data, the run directory's files and resuming live elsewhere.
+    """
 
     def __init__(self, options: RunOptions, pm: pluggy.PluginManager, run_dir: Path,
                  progress: "Callable[..., Any] | None" = None) -> None:
@@ -277,23 +297,8 @@ class Run:
         if ctx.epochs > ctx.start_epoch and len(loader) > 0:
             forward = distributed.wrap(self.model, self.device)  # wrapped after the surgery: rank 0's weights
             Trainer(self.pm, ctx, forward).train(optimizer, batches, len(loader), start_epoch=ctx.start_epoch,
-                                                 on_batch=self._batch_callback(ctx), on_epoch_end=epoch_done)
+                                                 on_batch=batch_callback(self.progress, ctx), on_epoch_end=epoch_done)
         return time.perf_counter() - started - saving
-
-    def _batch_callback(self, ctx: Context) -> Callable[[], None] | None:
-        """Progress per batch, plus the ``batch:`` kill point when a test asks for it; ``None`` if neither."""
-        progress = self.progress
-        kill = os.environ.get(KILL_ENV, "").startswith("batch:")
-        if progress is None and not kill:
-            return None
-
-        def on_batch() -> None:
-            if progress is not None:
-                progress("batch")
-            if kill:
-                kill_point(f"batch:{ctx.step}:{ctx.phase}:{ctx.epoch + 1}:{ctx.batch_index + 1}")
-
-        return on_batch
 
     def _finish_phase(self, ctx: Context, indices: torch.Tensor, optimizer: torch.optim.Optimizer,
                       train_seconds: float) -> None:
@@ -316,15 +321,8 @@ class Run:
             self.progress("phase_end", step=step, phase=phase, record=record)
 
     def _evaluate(self, ctx: Context) -> dict[str, Any]:
-        """Top-1/top-5 and loss on the test set (and the validation split); the test scores also
-        go to metrics.jsonl."""
-        test = evaluate(self.model, self.inputs.test_loader(), self.device, self.options.precision,
-                        across_processes=True)
-        scores = {"top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"]}
-        if self.validation is not None:
-            val = evaluate(self.model, self.inputs.validation_loader(), self.device, self.options.precision,
-                           across_processes=True)
-            scores.update(val_top1=val["top1"], val_loss=val["loss"])
+        """Test (and validation) scores of the model; the test scores also go to metrics.jsonl."""
+        test, scores = self.inputs.evaluate(self.model, self.options.precision)
         self._append_metrics({"step": ctx.step, "phase": ctx.phase, "eval": test})
         return scores
 

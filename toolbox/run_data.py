@@ -7,12 +7,15 @@ of the test (and validation) images; on one process the loaders see everything.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
+from torch import nn
 
 from toolbox import distributed
 from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset,
                           split_shards)
+from toolbox.engine import evaluate
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 
@@ -98,3 +101,14 @@ class RunData:
         data, options = self.data, self.options
         return BatchLoader(x, y, eval_part(indices, y.numel()), options.eval_batch_size, data.mean, data.std,
                            train=False, seed=0, device=self.device, channels_last=options.channels_last)
+
+    def evaluate(self, model: nn.Module, precision: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(test scores, record fields)``: top-1/top-5 and loss on the test set (summed over the
+        processes) and, with a validation split, its top-1 and loss."""
+        test = evaluate(model, self.test_loader(), self.device, precision, across_processes=True)
+        scores = {"top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"]}
+        if self.validation is not None:
+            val = evaluate(model, self.validation_loader(), self.device, precision, across_processes=True)
+            scores.update(val_top1=val["top1"], val_loss=val["loss"])
+        return test, scores
+

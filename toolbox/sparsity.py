@@ -15,11 +15,13 @@ penalty acts: the selection (``selective = True``, sst) or every unit (``selecti
 Modes (option ``--<prefix>-mode``):
 
 * ``target`` (default): after every optimizer step the selected units take a proximal step of the
-  penalty (:meth:`~SparsityTraining.prox_`) with a threshold ``tau = m / R``: ``m`` the largest
-  magnitude left among them (:meth:`~SparsityTraining.peak`) and ``R`` the iterations left in
-  the phase, so by the last batch every selected unit is at 0 whatever the phase length. Units in
-  the scope but not selected get the fixed-strength penalty gradient. The phase end zeroes what is
-  left and warns when that removed filters still above ``--sparsity-threshold``.
+  penalty (:meth:`~SparsityTraining.prox_`) whose threshold :class:`~toolbox.target_schedule.TargetSchedule`
+  sets so that they reach exactly 0 at ``--sparsity-target-at`` of the phase (default half way:
+  ``tau = m / R``, ``m`` the largest magnitude left among them, :meth:`~SparsityTraining.peak`, and
+  ``R`` the optimizer steps left until then). From there on the selection is frozen (no re-ranking)
+  and held at 0 while the rest of the network recovers. Units in the scope but not selected get the
+  fixed-strength penalty gradient. The phase end zeroes what is left and warns when that removed
+  filters still above ``--sparsity-threshold``.
 * ``subgradient``: ``grad += s * dR/dw`` on the scope (:meth:`~SparsityTraining.penalty_grad_`).
 * ``proximal``: the proximal step with a fixed ``tau = lr * s`` on the scope.
 

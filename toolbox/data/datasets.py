@@ -80,13 +80,28 @@ _BUILTIN: dict[str, str] = {
     "tiny_imagenet": "toolbox.data.tiny_imagenet",
 }
 _REGISTERED: dict[str, Loader] = {}
+#: ``(in_chans, image_size, num_classes)`` of the built-in datasets, known without loading them.
+_SHAPES: dict[str, tuple[int, int, int]] = {
+    "cifar100": (3, 32, 100),
+    "tiny_imagenet": (3, 64, 200),
+    "fashion_mnist": (1, 32, 10),
+    "synthetic": (3, 16, 10),
+}
 
 
-def register_dataset(name: str, loader: Loader) -> None:
-    """Make ``loader`` available to :func:`load_dataset` under ``name`` (e.g. from a plugin)."""
+def register_dataset(name: str, loader: Loader, shape: tuple[int, int, int] | None = None) -> None:
+    """Make ``loader`` available to :func:`load_dataset` under ``name`` (e.g. from a plugin);
+    ``shape`` is ``(in_chans, image_size, num_classes)`` when known without loading."""
     if not name or name != name.strip():
         raise ValueError(f"Dataset name {name!r} must be a non-empty word without spaces.")
     _REGISTERED[name] = loader
+    if shape is not None:
+        _SHAPES[name] = shape
+
+
+def known_shape(name: str) -> tuple[int, int, int] | None:
+    """``(in_chans, image_size, num_classes)`` of a dataset when known without loading it, else None."""
+    return _SHAPES.get(name)
 
 
 def list_datasets() -> list[str]:
