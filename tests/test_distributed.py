@@ -142,7 +142,7 @@ def test_the_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_kill_point_can_name_a_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     killed: list[int] = []
-    monkeypatch.setattr(ckpt.os, "kill", lambda pid, sig: killed.append(pid))
+    monkeypatch.setattr(tbio.os, "kill", lambda pid, sig: killed.append(pid))
     monkeypatch.setenv(tbio.KILL_ENV, "batch:1:learn:1:2")
     monkeypatch.setenv(tbio.KILL_RANK_ENV, "1")
     monkeypatch.setenv("RANK", "0")
