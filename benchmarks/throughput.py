@@ -87,6 +87,10 @@ class NoOpPlugin:
         return None
 
     @hookimpl
+    def toolbox_prune(self, ctx: Any, model: Any) -> None:  # the deprecated alias is a hook too
+        return None
+
+    @hookimpl
     def toolbox_epoch_start(self, ctx: Any) -> None:
         return None
 
