@@ -43,7 +43,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from toolbox import distributed
+        from toolbox import distributed, runlock
         from toolbox.checkpoint import WriteError
         from toolbox.engine import NumericError
 
@@ -65,6 +65,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                                 "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
             raise typer.Exit(1) from None
         finally:
+            runlock.release_all()
             distributed.destroy()
 
     return wrapper
@@ -201,7 +202,7 @@ def run(
     ctx: typer.Context,
     plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins, e.g. sst,aod,msl."),
     arch: Optional[str] = typer.Option(None, help="Backbone name in timm's registry (default cifar_resnet20)."),
-    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, or auto (Fashion-MNIST where present, else synthetic)."),
+    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, imagefolder (your own class folders: --data-root DIR with train/ and test/, or --train DIR --test DIR; --image-size, --channels, --mean/--std, --skip-bad-images), or auto (Fashion-MNIST where present, else synthetic)."),
     data_root: Optional[str] = typer.Option(None, help="Dataset folder (else $TOOLBOX_DATA, else ~/.cache/toolbox/data)."),
     steps: Optional[str] = typer.Option(None, help="Number of data shards / steps (default 4)."),
     epochs: Optional[str] = typer.Option(None, help="Epochs per phase (default 1)."),

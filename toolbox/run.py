@@ -31,10 +31,10 @@ import yaml
 from torch import nn
 
 from toolbox import checkpoint as ckpt
-from toolbox import distributed, report
+from toolbox import distributed, report, runlock
 from toolbox.context import Context
 from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset,
-                          split_shards)
+                          split_shards, with_normalization)
 from toolbox.engine import (Trainer, build_optimizer, count_macs, count_params, evaluate,
                             select_device)
 from toolbox.errors import CheckpointError, UsageError
@@ -70,7 +70,8 @@ def default_run_dir(options: RunOptions) -> Path:
 def load_run_data(options: RunOptions) -> ImageData:
     """Load the run's dataset; ``auto`` means Fashion-MNIST where present, else synthetic.
 
-    ``options.dataset`` is set to the name actually used, so config.yaml records it.
+    ``options.dataset`` is set to the name actually used, so config.yaml records it;
+    ``--mean/--std`` replace the dataset's normalization.
     """
     try:
         if options.dataset == "auto":
@@ -80,8 +81,14 @@ def load_run_data(options: RunOptions) -> ImageData:
                 log.warning("Fashion-MNIST not found (%s); using the synthetic dataset instead.", exc)
                 data = load_dataset("synthetic")
             options.dataset = data.name
-            return data
-        return load_dataset(options.dataset, options.data_root)
+        elif options.dataset == "imagefolder":
+            from toolbox.data.imagefolder import load_imagefolder  # Pillow only when needed
+
+            data = load_imagefolder(options.data_root, options.train, options.test, options.image_size,
+                                    options.channels, options.skip_bad_images)
+        else:
+            data = load_dataset(options.dataset, options.data_root)
+        return with_normalization(data, options.mean, options.std)
     except DatasetNotFoundError as exc:
         raise UsageError(str(exc)) from None
     except ValueError as exc:
@@ -431,7 +438,8 @@ class Run:
             self.model, arch=self.options.arch, num_classes=self.data.num_classes,
             in_chans=self.data.in_chans, model_kwargs=self.options.model_kwargs, step=step,
             phase=phase, masks=masks, records=records, options=self.options.to_dict(),
-            results=self.state.results, optimizer=optimizer, input_size=self._input_size())
+            results=self.state.results, optimizer=optimizer, input_size=self._input_size(),
+            classes=self.data.classes)
         data["done"] = sorted([list(item) for item in self.state.done])
         return data
 
@@ -632,6 +640,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     run = Run(options, pm, run_dir, progress)
     if init is not None:
         run.initialize_from(init)
+    distributed.run_on_main(runlock.hold, run, run_dir)  # after the data is known to be good
     if distributed.run_on_main(_holds_run, run_dir):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or another --out.")
     run.prepare_directory()
@@ -653,6 +662,7 @@ def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
     pm = load_plugins(_plugin_names(values), extra_plugins)
     options = build_options(values, declared_options(pm))
     run = Run(options, pm, run_dir, progress)
+    distributed.run_on_main(runlock.hold, run, run_dir)
     where = run.restore()
     if where is None:
         log.warning("No complete phase in %s; starting it from the beginning.", run_dir)
@@ -704,8 +714,13 @@ def run_seeds(values: dict[str, Any], progress: Callable[..., Any] | None = None
     out = Path(distributed.broadcast_object(str(probe.out or default_run_dir(probe))))
     record = {k: v for k, v in values.items() if v is not None}
     record["out"] = str(out)
-    distributed.run_on_main(_write_experiment, out, record)
-    return _finish_seeds(out, record, progress, announce)
+    distributed.run_on_main(runlock.acquire, out)
+    try:
+        distributed.run_on_main(_write_experiment, out, record)
+        return _finish_seeds(out, record, progress, announce)
+    finally:
+        if distributed.is_main():
+            runlock.release(out)
 
 
 def _write_experiment(out: Path, record: dict[str, Any]) -> None:
@@ -721,7 +736,12 @@ def resume_seeds(out: Path, progress: Callable[..., Any] | None = None,
     """Finish a multi-seed experiment: resume started seeds, start the missing ones."""
     distributed.init()
     record = distributed.run_on_main(read_mapping, Path(out) / EXPERIMENT_FILE)
-    return _finish_seeds(Path(out), record, progress, announce)
+    distributed.run_on_main(runlock.acquire, out)
+    try:
+        return _finish_seeds(Path(out), record, progress, announce)
+    finally:
+        if distributed.is_main():
+            runlock.release(out)
 
 
 def _finish_seeds(out: Path, record: dict[str, Any], progress: Callable[..., Any] | None,

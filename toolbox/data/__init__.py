@@ -14,6 +14,7 @@ from toolbox.data.datasets import (
     load_dataset,
     register_dataset,
     resolve_data_root,
+    with_normalization,
 )
 from toolbox.data.pipeline import BatchLoader, augment_batch, make_generator, normalize_batch
 from toolbox.data.shards import split_shards
@@ -32,4 +33,5 @@ __all__ = [
     "register_dataset",
     "resolve_data_root",
     "split_shards",
+    "with_normalization",
 ]
