@@ -65,12 +65,17 @@ def torchvision_epoch(train: Path, workers: int = 2) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def cache_epoch(x: torch.Tensor, y: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> float:
-    """Seconds of one epoch of BatchLoader batches (gather, crop + flip, normalize) from ``x``."""
+def cache_epoch(x: torch.Tensor, y: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                threads: int) -> float:
+    """Seconds of one epoch of BatchLoader batches (gather, crop + flip, normalize) from ``x``,
+    with ``threads`` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     loader = BatchLoader(x, y, None, BATCH, mean, std, train=True, seed=0)
     started = time.perf_counter()
     for _ in loader:
         pass
+    torch.set_num_threads(before)
     return time.perf_counter() - started
 
 
@@ -145,9 +150,10 @@ def main() -> None:
         load_imagefolder(root)  # the test set's cache too
         ready, wall = second_run_seconds(root, cache)
         rows.append(("second run: data ready (train + test, fresh process)", f"{ready:.2f} s (process {wall:.1f} s)"))
-        ours = cache_epoch(train.x, train.y, train.mean, train.std)
-        rows.append(("one epoch's data from the cache (BatchLoader over the memory map)",
-                     f"{ours:.2f} s ({tv_seconds / ours:.0f}x below torchvision)"))
+        for threads in (1, torch.get_num_threads()):
+            ours = cache_epoch(train.x, train.y, train.mean, train.std, threads)
+            rows.append((f"one epoch's data from the cache (BatchLoader over the memory map, {threads} torch "
+                         f"thread{'s' if threads > 1 else ''})", f"{ours:.2f} s ({tv_seconds / ours:.0f}x below torchvision)"))
         small = symlink_folder(Path(tmp) / "small", [root / "train"], 1000)
         large = symlink_folder(Path(tmp) / "large", [root / "train", root / "test"], None)
         for folder in (small, large):

@@ -259,13 +259,16 @@ def test_batch_loader_gathers_from_the_memory_map_without_copying(tmp_path: Path
 def test_cli_run_on_image_folders_records_classes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(mixed_root(tmp_path / "d")),
-                                 "--out", str(out), "--mean", "0.5", "--std", "0.25", *TINY_RUN])
+                                 "--out", str(out), "--mean", "0.5", "--std", "0.25", "--image-size", "16",
+                                 *TINY_RUN])
     assert result.exit_code == 0, result.output
     checkpoint = ckpt.load_checkpoint(out / "checkpoints" / "step1_learn.pt")
     assert checkpoint["classes"] == ["ant", "bee"] and checkpoint["in_chans"] == 1
-    assert "image_size: null" in (out / "config.yaml").read_text()
+    assert checkpoint["input_size"] == [1, 16, 16]
     result = runner.invoke(app, ["run", "--resume", str(out)])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", str(out / "checkpoints" / "step1_learn.pt"), "--device", "cpu"])
+    assert result.exit_code == 0 and "on imagefolder test set: top-1" in result.output, result.output
 
 
 def test_cli_bad_image_is_exit_2_and_nothing_is_written(tmp_path: Path) -> None:

@@ -313,7 +313,15 @@ def eval_checkpoint(
     if not name:
         raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
     try:
-        data = load_dataset(name, data_root or options.get("data_root"))
+        if name == "imagefolder":  # the recorded folders, image size, channels and normalization
+            from toolbox.options import CORE_FIELDS, RunOptions
+            from toolbox.run import load_run_data
+
+            recorded = RunOptions(**{k: v for k, v in options.items() if k in CORE_FIELDS and k != "plugin"})
+            recorded.dataset, recorded.data_root = name, data_root or recorded.data_root
+            data = load_run_data(recorded)
+        else:
+            data = load_dataset(name, data_root or options.get("data_root"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:

@@ -25,7 +25,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -51,14 +52,32 @@ TEMP_MARK = ".tmp"
 log = logging.getLogger("toolbox")
 
 
-@dataclass(frozen=True)
-class ImageFile:
-    """One source image: its path, class label, and the size and mtime that key the cache."""
+@dataclass
+class FileList:
+    """The source images as columns (compact: about 100 bytes a file, for millions of files):
+    path, class label, and the size and mtime that key the cache."""
 
-    path: str
-    label: int
-    size: int
-    mtime_ns: int
+    paths: list[str] = field(default_factory=list)
+    labels: array = field(default_factory=lambda: array("q"))
+    sizes: array = field(default_factory=lambda: array("q"))
+    mtimes_ns: array = field(default_factory=lambda: array("q"))
+
+    def add(self, path: str, label: int, size: int, mtime_ns: int) -> None:
+        """Append one file."""
+        self.paths.append(path)
+        self.labels.append(label)
+        self.sizes.append(size)
+        self.mtimes_ns.append(mtime_ns)
+
+    def extend(self, other: "FileList") -> None:
+        """Append every file of ``other``."""
+        self.paths += other.paths
+        self.labels += other.labels
+        self.sizes += other.sizes
+        self.mtimes_ns += other.mtimes_ns
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 @dataclass
@@ -100,12 +119,12 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def content_key(files: Sequence[ImageFile], size: int, channels: int | None) -> str:
+def content_key(files: FileList, size: int, channels: int | None) -> str:
     """Hash of everything that determines the decoded arrays (``channels`` None = chosen by
     majority)."""
     digest = hashlib.sha256(f"toolbox-decoded/{FORMAT}|{size}|{channels or 'auto'}\n".encode())
-    for f in files:
-        digest.update(f"{f.path}\0{f.label}\0{f.size}\0{f.mtime_ns}\n".encode())
+    for path, label, size_bytes, mtime in zip(files.paths, files.labels, files.sizes, files.mtimes_ns):
+        digest.update(f"{path}\0{label}\0{size_bytes}\0{mtime}\n".encode())
     return digest.hexdigest()
 
 
@@ -117,7 +136,7 @@ def decode_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def load_decoded(files: Sequence[ImageFile], size: int, channels: int | None, skip_bad: bool,
+def load_decoded(files: FileList, size: int, channels: int | None, skip_bad: bool,
                  folder: Path, name: str, what: str, workers: int | None = None) -> DecodedSet:
     """The decoded images of ``files`` from the cache entry ``folder/name``, built first when it
     is missing or stale.
@@ -223,10 +242,10 @@ def _temp(path: Path) -> Path:
     return path.with_name(f"{path.name}{TEMP_MARK}{os.getpid()}")
 
 
-def _build(files: Sequence[ImageFile], size: int, channels: int | None, entry: Path, key: str,
+def _build(files: FileList, size: int, channels: int | None, entry: Path, key: str,
            what: str, workers: int) -> DecodedSet:
     """Decode ``files`` into the entry's temp files, rename them into place, write the key last."""
-    paths = [f.path for f in files]
+    paths = files.paths
     chunk = max(1, min(256, math.ceil(len(paths) / (8 * workers))))
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     started = time.perf_counter()
@@ -244,7 +263,7 @@ def _build(files: Sequence[ImageFile], size: int, channels: int | None, entry: P
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    labels = np.asarray([files[i].label for i in kept], dtype=np.int64)
+    labels = np.frombuffer(files.labels, dtype=np.int64)[np.asarray(kept, dtype=np.int64)]
     pixels = max(1, len(kept) * size * size)
     mean = sums / pixels
     std = np.sqrt(np.maximum(sq_sums / pixels - mean**2, 0.0))

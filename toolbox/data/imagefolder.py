@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from toolbox.data.datasets import ImageData, resolve_data_root
-from toolbox.data.decoded_cache import ImageFile, cache_folder, load_decoded
+from toolbox.data.decoded_cache import FileList, cache_folder, load_decoded
 from toolbox.data.image_decode import image_extensions
 from toolbox.errors import UsageError
 
@@ -101,7 +101,7 @@ def _walk(folder: Path) -> Iterator[os.DirEntry[str]]:
 
 
 def list_images(folder: Path, classes: Sequence[str], require_all_classes: bool = True,
-                what: str = "image") -> list[ImageFile]:
+                what: str = "image") -> FileList:
     """Every image of ``folder``'s class folders, labelled by its folder's position in
     ``classes``. A class folder that is not in ``classes``, an empty class folder, or (with
     ``require_all_classes``) a class without a folder is one sentence naming it."""
@@ -117,13 +117,13 @@ def list_images(folder: Path, classes: Sequence[str], require_all_classes: bool 
                          f"must hold all {len(classes)} classes ({_short(classes)}).")
     if missing:
         log.warning("The %s folder %s has no images of class(es) %s.", what, folder, _short(missing))
-    files: list[ImageFile] = []
+    files = FileList()
     for name in found:
         label = list(classes).index(name)
         before = len(files)
         for entry in _walk(folder / name):
             stat = entry.stat()
-            files.append(ImageFile(entry.path, label, stat.st_size, stat.st_mtime_ns))
+            files.add(entry.path, label, stat.st_size, stat.st_mtime_ns)
         if len(files) == before:
             raise UsageError(f"The class folder {folder / name} holds no images (files Pillow reads, such as "
                              ".png, .jpg, .webp, .bmp); add images or remove the folder.")
@@ -156,8 +156,11 @@ def load_image_folders(folders: Sequence[str | os.PathLike[str]], classes: Seque
     if channels not in (None, 1, 3):
         raise UsageError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
     classes = list(classes) if classes is not None else class_folders(paths[0], what)
-    per_folder = [list_images(p, classes, require_all_classes, what) for p in paths]
-    files = [f for group in per_folder for f in group]
+    files, counts = FileList(), []
+    for path in paths:
+        group = list_images(path, classes, require_all_classes, what)
+        counts.append(len(group))
+        files.extend(group)
     decoded = load_decoded(files, image_size, channels, skip_bad_images, cache_folder(paths[0]),
                            _entry_name(paths, image_size, channels), f"{what}s in {_short([str(p) for p in paths], 3)}",
                            workers)
@@ -169,7 +172,7 @@ def load_image_folders(folders: Sequence[str | os.PathLike[str]], classes: Seque
                     _short([str(p) for p in paths], 3), decoded.skipped[0][1], decoded.skipped[0][2])
     return FolderImages(x=torch.from_numpy(decoded.images), y=torch.from_numpy(decoded.labels), classes=classes,
                         mean=decoded.mean, std=decoded.std, folders=paths,
-                        parts=_parts([len(g) for g in per_folder], [i for i, _, _ in decoded.skipped]),
+                        parts=_parts(counts, [i for i, _, _ in decoded.skipped]),
                         skipped=[f"{path} ({reason})" for _, path, reason in decoded.skipped],
                         cache=decoded.path, built=decoded.built)
 
