@@ -208,6 +208,18 @@ def test_second_load_hits_the_cache_and_changes_rebuild_it(tmp_path: Path) -> No
     assert load_image_folders([tmp_path / "train"], image_size=16).built  # another size, another entry
 
 
+def test_a_damaged_cache_is_decoded_again(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "train")
+    first = load_image_folders([tmp_path / "train"])
+    pixels = first.x.clone()
+    images = first.cache.with_name(first.cache.name + ".images.npy")
+    head = images.read_bytes()[:100]
+    images.unlink()  # (truncating the mapped file in place would pull the pages from under `first`)
+    images.write_bytes(head)  # a truncated copy, behind the toolbox's back
+    again = load_image_folders([tmp_path / "train"])
+    assert again.built and torch.equal(again.x, pixels)
+
+
 def test_cache_folder_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_image_folder(tmp_path / "data" / "train")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "elsewhere"))

@@ -7,7 +7,9 @@ of every file's path, label, size and modification time plus the image size and 
 so an added, removed, touched or relabelled file makes the entry stale and it is rebuilt. Before
 a rebuild the key file is deleted, and every file is written to a temp file and renamed into
 place, so a kill at any moment leaves either no trusted entry or a complete one. One process
-builds an entry at a time (a lock file beside it); the others wait and then read it.
+builds an entry at a time (a lock file beside it); the others wait and then read it. A rebuild
+renames new files over the old ones, so a running process keeps its map of the old file; never
+truncate or edit a cache file in place while a run maps it (delete it instead).
 
 The cache folder is ``$TOOLBOX_CACHE_DIR`` when set, else ``.toolbox-cache`` beside the image
 folder when that is writable, else ``~/.cache/toolbox/decoded``.
@@ -197,13 +199,13 @@ def _open(entry: Path, key: str) -> DecodedSet | None:
     meta_path = _key_path(entry)
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") != key:
+        if not isinstance(meta, dict) or meta.get("key") != key:
             return None
         images = np.load(_images_path(entry), mmap_mode="c" if meta["shape"][0] else None)
         labels = np.load(_labels_path(entry))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError
         log.warning("Ignoring the damaged decoded cache %s (%s); decoding again.", entry, exc)
         return None
     if list(images.shape) != meta["shape"] or images.dtype != np.uint8 or labels.shape != (images.shape[0],):
