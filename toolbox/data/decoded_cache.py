@@ -168,7 +168,7 @@ def _with_skip_policy(decoded: DecodedSet, skip_bad: bool, what: str) -> Decoded
     if decoded.skipped and not skip_bad:
         _, path, reason = decoded.skipped[0]
         more = len(decoded.skipped) - 1
-        others = f" (and {more} more unreadable images among the {what})" if more else ""
+        others = f" (and {more} more unreadable image{'s' if more > 1 else ''} among the {what})" if more else ""
         raise UsageError(f"Image {path} could not be decoded ({reason}){others}; fix or remove it, "
                          "or pass --skip-bad-images to leave unreadable images out.")
     return decoded
