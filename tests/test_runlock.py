@@ -52,6 +52,20 @@ def test_lock_file_names_the_owner_and_goes_on_release(tmp_path: Path) -> None:
     assert not runlock.lock_path(tmp_path / "run").exists()
 
 
+def test_a_collected_owner_releases_only_its_own_hold(tmp_path: Path) -> None:
+    class Owner:
+        pass
+
+    old, new = Owner(), Owner()
+    runlock.hold(old, tmp_path)
+    runlock.release_all()  # e.g. the end of a CLI command, while `old` still lives
+    runlock.hold(new, tmp_path)
+    del old  # collected later: must not release `new`'s lock
+    assert runlock.lock_path(tmp_path).exists()
+    del new
+    assert not runlock.lock_path(tmp_path).exists()
+
+
 def test_a_second_process_is_refused_with_the_owner_pid(tmp_path: Path) -> None:
     with held_elsewhere(tmp_path) as other:
         with pytest.raises(runlock.RunLockedError, match=f"in use by process {other.pid} "):

@@ -27,6 +27,8 @@ log = logging.getLogger("toolbox")
 
 #: Locks this process holds: resolved run directory -> (file descriptor, hold count).
 _held: dict[Path, tuple[int, int]] = {}
+#: The pending releases of :func:`hold`, per run directory (cancelled when the lock goes).
+_finalizers: dict[Path, list[weakref.finalize]] = {}
 
 
 class RunLockedError(UsageError):
@@ -94,6 +96,8 @@ def release(run_dir: str | os.PathLike[str]) -> None:
     if count > 1:
         _held[key] = (fd, count - 1)
         return
+    for pending in _finalizers.pop(key, []):  # an owner collected later must not release a new lock
+        pending.detach()
     with contextlib.suppress(OSError):
         os.unlink(lock_path(key))
     os.close(fd)
@@ -102,7 +106,7 @@ def release(run_dir: str | os.PathLike[str]) -> None:
 def hold(owner: object, run_dir: str | os.PathLike[str]) -> None:
     """:func:`acquire` the lock of ``run_dir`` for as long as ``owner`` lives (e.g. a Run)."""
     acquire(run_dir)
-    weakref.finalize(owner, release, run_dir)
+    _finalizers.setdefault(Path(run_dir).resolve(), []).append(weakref.finalize(owner, release, run_dir))
 
 
 @contextlib.contextmanager
@@ -129,6 +133,9 @@ def _forget_in_child() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _held.clear()
+    for pending in [f for group in _finalizers.values() for f in group]:
+        pending.detach()
+    _finalizers.clear()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
