@@ -410,6 +410,11 @@ CORE_CASES = [
     ("device", "meta", "--device"), ("channels_last", "maybe", "--channels-last"),
     ("precision", "fp64", "--precision"), ("threads", "0", "--threads"), ("threads", "x", "--threads"),
     ("skip_nonfinite", "maybe", "--skip-nonfinite"), ("model_kwargs", "x", "model_kwargs"),
+    ("train", "{tmp}", "--train applies to --dataset imagefolder only"), ("test", "{tmp}", "--test applies to"),
+    ("image_size", "0", "--image-size must be at least 1"), ("image_size", "x", "--image-size"),
+    ("channels", "2", "--channels must be 1"), ("mean", "x", "--mean"), ("mean", "nan", "--mean"),
+    ("mean", "0.1,0.2", "--mean gives 2 values"), ("std", "0", "--std values must be positive"),
+    ("skip_bad_images", "maybe", "--skip-bad-images"),
 ]
 if not torch.cuda.is_available():
     CORE_CASES.append(("device", "cuda", "no CUDA device"))

@@ -34,8 +34,10 @@ def make_checkpoint(model: nn.Module, *, arch: str, num_classes: int, in_chans: 
                     masks: dict[str, torch.Tensor], records: dict[str, Any],
                     options: dict[str, Any], results: list[dict[str, Any]],
                     optimizer: dict[str, Any] | None = None,
-                    input_size: tuple[int, int, int] | None = None) -> dict[str, Any]:
-    """The checkpoint dict of ``model`` at the end of ``phase`` of ``step``."""
+                    input_size: tuple[int, int, int] | None = None,
+                    classes: list[str] | None = None) -> dict[str, Any]:
+    """The checkpoint dict of ``model`` at the end of ``phase`` of ``step`` (``classes``: the
+    class names in label order, where the dataset has them)."""
     return {
         "format": FORMAT,
         "version": toolbox.__version__,
@@ -43,6 +45,7 @@ def make_checkpoint(model: nn.Module, *, arch: str, num_classes: int, in_chans: 
         "num_classes": int(num_classes),
         "in_chans": int(in_chans),
         "input_size": list(input_size) if input_size else None,
+        "classes": list(classes) if classes else None,
         "model_kwargs": dict(model_kwargs),
         "step": int(step),
         "phase": phase,

@@ -40,7 +40,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from toolbox import distributed
+        from toolbox import distributed, runlock
         from toolbox.io import WriteError
         from toolbox.engine import NumericError
 
@@ -62,6 +62,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                                 "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
             raise typer.Exit(1) from None
         finally:
+            runlock.release_all()
             distributed.destroy()
 
     return wrapper
@@ -106,7 +107,7 @@ def run(
     ctx: typer.Context,
     plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins, e.g. sst,aod,msl."),
     arch: Optional[str] = typer.Option(None, help="Backbone name in timm's registry (default cifar_resnet20)."),
-    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, or auto (Fashion-MNIST where present, else synthetic)."),
+    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, imagefolder (your own class folders: --data-root DIR with train/ and test/, or --train DIR --test DIR; --image-size, --channels, --mean/--std, --skip-bad-images), or auto (Fashion-MNIST where present, else synthetic)."),
     data_root: Optional[str] = typer.Option(None, help="Dataset folder (else $TOOLBOX_DATA, else ~/.cache/toolbox/data)."),
     steps: Optional[str] = typer.Option(None, help="Number of data shards / steps (default 4)."),
     epochs: Optional[str] = typer.Option(None, help="Epochs per phase (default 1)."),
@@ -219,7 +220,15 @@ def eval_checkpoint(
     if not name:
         raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
     try:
-        data = load_dataset(name, data_root or options.get("data_root"))
+        if name == "imagefolder":  # the recorded folders, image size, channels and normalization
+            from toolbox.options import CORE_FIELDS, RunOptions
+            from toolbox.run_data import load_run_data
+
+            recorded = RunOptions(**{k: v for k, v in options.items() if k in CORE_FIELDS and k != "plugin"})
+            recorded.dataset, recorded.data_root = name, data_root or recorded.data_root
+            data = load_run_data(recorded)
+        else:
+            data = load_dataset(name, data_root or options.get("data_root"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import yaml
 
-from toolbox import distributed, report
+from toolbox import distributed, report, runlock
 from toolbox.errors import UsageError
 from toolbox.io import atomic_write_text
 from toolbox.options import build_options, plugin_names, read_mapping
@@ -40,8 +40,13 @@ def run_seeds(values: dict[str, Any], progress: Callable[..., Any] | None = None
     out = Path(distributed.broadcast_object(str(probe.out or default_run_dir(probe))))
     record = {k: v for k, v in values.items() if v is not None}
     record["out"] = str(out)
-    distributed.run_on_main(_write_experiment, out, record)
-    return _finish_seeds(out, record, progress, announce)
+    distributed.run_on_main(runlock.acquire, out)
+    try:
+        distributed.run_on_main(_write_experiment, out, record)
+        return _finish_seeds(out, record, progress, announce)
+    finally:
+        if distributed.is_main():
+            runlock.release(out)
 
 
 def _write_experiment(out: Path, record: dict[str, Any]) -> None:
@@ -57,7 +62,12 @@ def resume_seeds(out: Path, progress: Callable[..., Any] | None = None,
     """Finish a multi-seed experiment: resume started seeds, start the missing ones."""
     distributed.init()
     record = distributed.run_on_main(read_mapping, Path(out) / EXPERIMENT_FILE)
-    return _finish_seeds(Path(out), record, progress, announce)
+    distributed.run_on_main(runlock.acquire, out)
+    try:
+        return _finish_seeds(Path(out), record, progress, announce)
+    finally:
+        if distributed.is_main():
+            runlock.release(out)
 
 
 def _finish_seeds(out: Path, record: dict[str, Any], progress: Callable[..., Any] | None,

@@ -98,6 +98,13 @@ class RunOptions:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "synthetic"
     data_root: str | None = None
+    train: str | None = None
+    test: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    skip_bad_images: bool = False
     steps: int = 4
     per_class: int | None = None
     val_per_class: int = 0
@@ -169,7 +176,23 @@ class RunOptions:
             raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}.")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}.")
+        self._validate_images()
         return self
+
+    def _validate_images(self) -> None:
+        """The image-folder options (``--dataset imagefolder`` only) and ``--mean/--std``."""
+        if self.image_size is not None and self.image_size < 1:
+            raise UsageError(f"--image-size must be at least 1, got {self.image_size}.")
+        if self.channels not in (None, 1, 3):
+            raise UsageError(f"--channels must be 1 (grayscale) or 3 (RGB), got {self.channels}.")
+        if self.std and any(not v > 0 for v in self.std):
+            raise UsageError(f"--std values must be positive, got {self.std}.")
+        folder_only = {"train": self.train, "test": self.test, "image-size": self.image_size,
+                       "channels": self.channels, "skip-bad-images": self.skip_bad_images or None}
+        used = [flag for flag, value in folder_only.items() if value is not None]
+        if used and self.dataset != "imagefolder":
+            raise UsageError(f"--{used[0]} applies to --dataset imagefolder only (this run uses {self.dataset}); "
+                             "add --dataset imagefolder or drop it.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as written to ``config.yaml`` and checkpoints."""
@@ -285,6 +308,13 @@ def _parse_core(key: str, raw: Any) -> Any:
             raise UsageError(f"--milestones must be fractions like 0.5,0.75, got {raw!r}.") from None
         if not all(math.isfinite(v) for v in value):
             raise UsageError(f"--milestones must be finite fractions like 0.5,0.75, got {raw!r}.")
+    if key in ("mean", "std"):
+        try:
+            value = [float(v) for v in value]
+        except ValueError:
+            raise UsageError(f"{flag} must be one number per channel like 0.5 or 0.49,0.48,0.45, got {raw!r}.") from None
+        if not value or not all(math.isfinite(v) for v in value):
+            raise UsageError(f"{flag} must be finite numbers, one per channel, got {raw!r}.")
     if key == "plugins":
         value = [str(v) for v in value]
     if key == "seeds":

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from toolbox import checkpoint as ckpt
-from toolbox import distributed, report, resume
+from toolbox import distributed, report, resume, runlock
 from toolbox import run_dir as files
 from toolbox.context import Context
 from toolbox.cost import count_macs, count_params
@@ -337,7 +337,8 @@ class Run:
             self.model, arch=self.options.arch, num_classes=self.data.num_classes,
             in_chans=self.data.in_chans, model_kwargs=self.options.model_kwargs, step=step,
             phase=phase, masks=masks, records=records, options=self.options.to_dict(),
-            results=self.state.results, optimizer=optimizer, input_size=self.inputs.input_size)
+            results=self.state.results, optimizer=optimizer, input_size=self.inputs.input_size,
+            classes=self.data.classes)
         data["done"] = sorted([list(item) for item in self.state.done])
         return data
 
@@ -372,6 +373,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     run = Run(options, pm, run_dir, progress)
     if init is not None:
         run.initialize_from(init)
+    distributed.run_on_main(runlock.hold, run, run_dir)  # after the data is known to be good
     if distributed.run_on_main(files.holds_run, run_dir, list(run_phases(pm))):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or another --out.")
     run.prepare_directory()
@@ -387,6 +389,7 @@ def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
     pm = load_plugins(plugin_names(values), extra_plugins)
     options = build_options(values, declared_options(pm))
     run = Run(options, pm, run_dir, progress)
+    distributed.run_on_main(runlock.hold, run, run_dir)
     where = run.restore()
     if where is None:
         log.warning("No complete phase in %s; starting it from the beginning.", run_dir)

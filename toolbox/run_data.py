@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from toolbox import distributed
-from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset,
-                          split_shards)
+from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset, split_shards,
+                          with_normalization)
 from toolbox.engine import evaluate
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
@@ -25,7 +25,8 @@ log = logging.getLogger("toolbox")
 def load_run_data(options: RunOptions) -> ImageData:
     """Load the run's dataset; ``auto`` means Fashion-MNIST where present, else synthetic.
 
-    ``options.dataset`` is set to the name actually used, so config.yaml records it.
+    ``options.dataset`` is set to the name actually used, so config.yaml records it;
+    ``--mean/--std`` replace the dataset's normalization.
     """
     try:
         if options.dataset == "auto":
@@ -35,8 +36,14 @@ def load_run_data(options: RunOptions) -> ImageData:
                 log.warning("Fashion-MNIST not found (%s); using the synthetic dataset instead.", exc)
                 data = load_dataset("synthetic")
             options.dataset = data.name
-            return data
-        return load_dataset(options.dataset, options.data_root)
+        elif options.dataset == "imagefolder":
+            from toolbox.data.imagefolder import load_imagefolder  # Pillow only when needed
+
+            data = load_imagefolder(options.data_root, options.train, options.test, options.image_size,
+                                    options.channels, options.skip_bad_images)
+        else:
+            data = load_dataset(options.dataset, options.data_root)
+        return with_normalization(data, options.mean, options.std)
     except DatasetNotFoundError as exc:
         raise UsageError(str(exc)) from None
     except ValueError as exc:

@@ -15,6 +15,7 @@ from toolbox.data.datasets import (
     load_dataset,
     register_dataset,
     resolve_data_root,
+    with_normalization,
 )
 from toolbox.data.pipeline import BatchLoader, augment_batch, make_generator, normalize_batch
 from toolbox.data.shards import split_shards
@@ -34,4 +35,5 @@ __all__ = [
     "register_dataset",
     "resolve_data_root",
     "split_shards",
+    "with_normalization",
 ]

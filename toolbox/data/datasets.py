@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +46,9 @@ class ImageData:
     Images are ``uint8`` tensors (N x C x H x W, contiguous), labels ``int64``. ``mean`` and
     ``std`` are per-channel statistics in [0, 1] units, meant for normalising the images after
     dividing by 255. ``source`` says where the data came from, for logs and reports.
+    ``classes`` names the classes in label order where the dataset knows them (image folders);
+    ``skipped`` lists the unreadable images left out (``--skip-bad-images``), as "path (reason)".
+    The image tensors may be memory-mapped from a decoded cache: read them, never write to them.
     """
 
     name: str
@@ -57,6 +60,8 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    classes: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def in_chans(self) -> int:
@@ -76,6 +81,7 @@ Loader = Callable[[Path, bool], ImageData]
 _BUILTIN: dict[str, str] = {
     "cifar100": "toolbox.data.cifar100",
     "fashion_mnist": "toolbox.data.fashion_mnist",
+    "imagefolder": "toolbox.data.imagefolder",
     "synthetic": "toolbox.data.synthetic",
     "tiny_imagenet": "toolbox.data.tiny_imagenet",
 }
@@ -137,6 +143,16 @@ def load_dataset(
             raise ValueError(f"Unknown dataset {name!r}; choose one of: {known}.")
         loader = importlib.import_module(module).load
     return loader(resolve_data_root(data_root), download)
+
+
+def with_normalization(data: ImageData, mean: list[float] | None, std: list[float] | None) -> ImageData:
+    """``data`` with the given per-channel ``mean`` and/or ``std`` (``--mean/--std``) instead of its
+    own; a list whose length is not the number of channels is one sentence."""
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values and len(values) != data.in_chans:
+            raise UsageError(f"{flag} gives {len(values)} values but the {data.name} images have "
+                             f"{data.in_chans} channel(s); give one value per channel.")
+    return replace(data, mean=tuple(mean) if mean else data.mean, std=tuple(std) if std else data.std)
 
 
 def not_found_message(title: str, folder: Path | str, download: bool, what: str) -> str:
