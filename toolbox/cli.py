@@ -1,4 +1,4 @@
-"""The ``toolbox`` command line (typer): run, train, eval, plugins, models.
+"""The ``toolbox`` command line (typer): run, step, train, eval, prune, check, report, plugins, models.
 
 Core flags and plugin flags share one path: every ``--name VALUE`` goes through
 :func:`toolbox.options.build_options` together with the config file, so a value is parsed and
@@ -164,6 +164,27 @@ def run(
         progress.close()
     print_results(results)
     say(f"results: {runner.run_dir / 'results.md'}")
+
+
+@app.command()
+@user_errors
+def step(
+    run_dir: Path = typer.Argument(..., help="The run directory (a finished run started with --shards)."),
+    data: Path = typer.Option(..., help="The newly arrived folder of class folders (the run's classes)."),
+) -> None:
+    """Add one step to a finished run with a newly arrived folder of images; earlier folders are
+    not needed."""
+    from toolbox.step import add_step
+
+    setup_logging()
+    progress = Progress()
+    try:
+        runner = add_step(run_dir, data, progress)
+        results = runner.execute()
+    finally:
+        progress.close()
+    print_results(results)
+    say(f"results: {runner.run_dir / 'results.md'}  model to serve: {runner.run_dir / 'serve'}")
 
 
 @app.command(context_settings=EXTRA)

@@ -22,6 +22,8 @@ from toolbox.phases import installed_phases
 
 SCHEDULES = ("cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: Which model ``RUN_DIR/serve/step{k}.pt`` holds: the learn phase's, or the compacted sparse one.
+SERVES = ("learn", "compact")
 
 
 @dataclass
@@ -105,6 +107,10 @@ class RunOptions:
     mean: list[float] | None = None
     std: list[float] | None = None
     skip_bad_images: bool = False
+    shards: list[str] = field(default_factory=list)
+    classes: list[str] | None = None
+    open_ended: bool = False
+    serve: str = "learn"
     steps: int = 4
     per_class: int | None = None
     val_per_class: int = 0
@@ -176,6 +182,10 @@ class RunOptions:
             raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}.")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}.")
+        if self.serve not in SERVES:
+            raise UsageError(f"--serve {self.serve!r} is unknown; use one of {', '.join(SERVES)}.")
+        if self.shards:
+            self.steps, self.open_ended, self.dataset = len(self.shards), True, "imagefolder"
         self._validate_images()
         return self
 

@@ -42,6 +42,7 @@ from toolbox.phases import LEARN, declared_phases, installed_phases
 from toolbox.plugin_manager import chain_model_surgery, declared_options, dormant_options, load_plugins, plugin_states
 from toolbox.preflight import check_run
 from toolbox.run_data import RunData
+from toolbox.serve import serve_checkpoint, serve_path
 from toolbox.state import RunState
 
 log = logging.getLogger("toolbox")
@@ -163,14 +164,21 @@ class Run:
         self.initialized = True
 
     # ------------------------------------------------------------- the run
+    def plan(self, step: int) -> list[str]:
+        """The phases of ``step``. A run meant to continue (``--open-ended``, every ``--shards`` run)
+        plans every step as if another came after it, so each step ends with its sparsify phase and
+        ``toolbox step`` finds the masks."""
+        return plan_phases(self.pm, step, step + 1 if self.options.open_ended else self.options.steps)
+
     def phase_order(self) -> list[tuple[int, str]]:
         """Every (step, phase) of the run, in training order."""
         return [(step, phase) for step in range(1, self.options.steps + 1)
-                for phase in plan_phases(self.pm, step, self.options.steps)]
+                for phase in self.plan(step)]
 
     def prepare_directory(self) -> None:
         """Write the run directory's first files (fresh runs, and resumed ones with no complete phase)."""
-        distributed.run_on_main(files.write_first_files, self.run_dir, self.options, self.shards, self.validation)
+        distributed.run_on_main(files.write_first_files, self.run_dir, self.options, self.shards, self.validation,
+                                self.data)
 
     def check_disk_space(self) -> None:
         """Warn when the run directory's disk has less free space than the run's checkpoints need."""
@@ -193,7 +201,7 @@ class Run:
         self.check_disk_space()
         first_phase = not self.state.done and not self.initialized
         for step in range(1, self.options.steps + 1):
-            phases = [only_phase] if only_phase else plan_phases(self.pm, step, self.options.steps)
+            phases = [only_phase] if only_phase else self.plan(step)
             for phase in phases:
                 if (step, phase) not in self.state.done:
                     self._run_phase(step, phase, has_previous=not first_phase)
@@ -219,9 +227,9 @@ class Run:
         seed = phase_seed(self.options.seed, step, run_phases(self.pm)[phase])
         torch.manual_seed(seed)
         chosen = self.pm.hook.toolbox_data_schedule(step=step, phase=phase, shards=self.shards)
-        indices = self.shards[step - 1] if chosen is None else chosen
+        x, y, indices = self.inputs.training_set(step, chosen)
         ctx = self._phase_context(step, phase, self._frozen_copy() if has_previous else None)
-        loader = self.inputs.train_loader(indices, seed)
+        loader = self.inputs.train_loader(x, y, indices, seed)
         ctx.batches_per_epoch = len(loader)
         ctx.start_epoch = 0 if partial is None else int(partial["epochs_done"])
         self.pm.hook.toolbox_phase_start(ctx=ctx)
@@ -230,7 +238,7 @@ class Run:
         else:
             optimizer, before = resume.continue_phase(self, ctx, partial), float(partial.get("train_seconds", 0.0))
         train_seconds = before + self._train(ctx, optimizer, loader, before)
-        self._finish_phase(ctx, indices, optimizer, train_seconds)
+        self._finish_phase(ctx, x.shape[0] if indices is None else int(indices.numel()), optimizer, train_seconds)
 
     def _take_partial(self, step: int, phase: str) -> dict[str, Any] | None:
         """The pending partial checkpoint if it is for this phase (used once)."""
@@ -300,7 +308,7 @@ class Run:
                                                  on_batch=batch_callback(self.progress, ctx), on_epoch_end=epoch_done)
         return time.perf_counter() - started - saving
 
-    def _finish_phase(self, ctx: Context, indices: torch.Tensor, optimizer: torch.optim.Optimizer,
+    def _finish_phase(self, ctx: Context, images: int, optimizer: torch.optim.Optimizer,
                       train_seconds: float) -> None:
         """Phase end hooks, evaluation, the phase's record and checkpoint; drop ``partial.pt``."""
         options, state, step, phase = self.options, self.state, ctx.step, ctx.phase
@@ -308,7 +316,7 @@ class Run:
         distributed.broadcast_module(self.model)  # BN running statistics: rank 0's on every process
         ctx.masks = distributed.broadcast_masks(ctx.masks)
         state.masks, state.records = ctx.masks, ctx.records
-        record = {"phase": phase, "epochs": ctx.epochs, "images": int(indices.numel()),
+        record = {"phase": phase, "epochs": ctx.epochs, "images": int(images),
                   **self._evaluate(ctx), "train_seconds": train_seconds, "params": count_params(self.model),
                   "macs": count_macs(self.model, self.inputs.input_size), **ctx.phase_metrics}
         state.record_phase(step, record)
@@ -317,6 +325,7 @@ class Run:
         distributed.run_on_main(files.save_phase, self.run_dir, step, phase,
                                 self._checkpoint(step, phase, state.masks, state.records, state.optimizer_state),
                                 self.results())
+        distributed.run_on_main(self._write_serve, step, phase)
         if self.progress is not None:
             self.progress("phase_end", step=step, phase=phase, record=record)
 
@@ -341,6 +350,19 @@ class Run:
             classes=self.data.classes)
         data["done"] = sorted([list(item) for item in self.state.done])
         return data
+
+    def _write_serve(self, step: int, phase: str) -> None:
+        """``serve/step{k}.pt``: the learn-phase model, or with ``--serve compact`` the step's last
+        phase's model with its masked filters removed."""
+        last = phase == self.plan(step)[-1]
+        if phase != LEARN and not (last and self.options.serve == "compact"):
+            return
+        options, data = self.options, self.data
+        checkpoint = serve_checkpoint(
+            self.model, self.state.masks, compacted=phase != LEARN, arch=options.arch,
+            num_classes=data.num_classes, in_chans=data.in_chans, model_kwargs=options.model_kwargs, step=step,
+            phase=phase, input_size=self.inputs.input_size, classes=data.classes, mean=data.mean, std=data.std)
+        ckpt.save_checkpoint(serve_path(self.run_dir, step), checkpoint)
 
     def _save_partial(self, ctx: Context, optimizer: torch.optim.Optimizer, epochs_done: int,
                       train_seconds: float) -> None:

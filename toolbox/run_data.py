@@ -16,6 +16,8 @@ from toolbox import distributed
 from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset, split_shards,
                           with_normalization)
 from toolbox.engine import evaluate
+from toolbox.data import shard_folders
+from toolbox.data.imagefolder import FolderImages
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 
@@ -76,21 +78,43 @@ class RunData:
     def __init__(self, options: RunOptions, device: torch.device) -> None:
         self.options = options
         self.device = device
-        self.data: ImageData = load_run_data(options)
+        self.steps: dict[int, FolderImages] = {}
+        if options.shards:  # one folder per step, decoded when the step trains
+            shard_folders.check_shard_options(options)
+            shard_folders.fix_shared_settings(options)
+            self.data: ImageData = shard_folders.load_shard_run_data(options)
+            self.validation, self.shards = None, []
+            return
+        self.data = load_run_data(options)
         try:
             self.validation, self.shards = split_validation_and_shards(self.data.train_y, options)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+    def training_set(self, step: int, chosen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(images, labels, indices)`` a phase of ``step`` trains on: the step's shard, or what a
+        ``toolbox_data_schedule`` plugin chose (``chosen``, indices into the training set)."""
+        if not self.options.shards:
+            data = self.data
+            return data.train_x, data.train_y, self.shards[step - 1] if chosen is None else chosen
+        if chosen is not None:
+            raise UsageError("A plugin chose a step's data from the earlier steps (toolbox_data_schedule), but a "
+                             "--shards run keeps no earlier folders; run it on a single dataset instead.")
+        if step not in self.steps:
+            self.steps = {step: shard_folders.load_step(self.options, step)}  # the previous step's map is dropped
+        images = self.steps[step]
+        return images.x, images.y, None
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` of the images."""
         return (self.data.in_chans, self.data.image_size, self.data.image_size)
 
-    def train_loader(self, indices: torch.Tensor, seed: int) -> BatchLoader:
-        """Augmented training batches of ``indices``; each process gets its share of every global batch."""
+    def train_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None, seed: int) -> BatchLoader:
+        """Augmented training batches of ``x[indices]`` (all of ``x`` when ``None``); each process gets
+        its share of every global batch."""
         data, options = self.data, self.options
-        return BatchLoader(data.train_x, data.train_y, indices, options.batch_size, data.mean, data.std, train=True,
+        return BatchLoader(x, y, indices, options.batch_size, data.mean, data.std, train=True,
                            seed=seed, device=self.device, channels_last=options.channels_last,
                            rank=distributed.rank(), world_size=distributed.world_size())
 

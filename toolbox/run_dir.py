@@ -3,7 +3,8 @@
 ``RUN_DIR/config.yaml`` (every option), ``shards.json`` (the images of every step),
 ``metrics.jsonl`` (one line per epoch and per evaluation), ``checkpoints/step{k}_{phase}.pt``
 after every phase and ``checkpoints/partial.pt`` during one, ``results.json``/``results.md`` and
-plots. In a multi-process run only rank 0 calls these.
+plots, ``data.json`` (class names, normalization, skipped images), ``serve/step{k}.pt``. In a
+multi-process run only rank 0 calls these.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 from torch import nn
 
 from toolbox import checkpoint as ckpt
+from toolbox.data import ImageData
 from toolbox.errors import UsageError
 from toolbox.io import append_line, atomic_write_json, atomic_write_text
 from toolbox.options import RunOptions, read_mapping
@@ -26,8 +28,9 @@ log = logging.getLogger("toolbox")
 
 
 def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Tensor],
-                      validation: torch.Tensor | None) -> None:
-    """Create the run directory and write config.yaml, shards.json and an empty metrics.jsonl."""
+                      validation: torch.Tensor | None, data: ImageData) -> None:
+    """Create the run directory and write config.yaml, shards.json, data.json (class names,
+    normalization, images left out by ``--skip-bad-images``) and an empty metrics.jsonl."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -40,6 +43,9 @@ def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Ten
                       {"seed": options.seed, "per_class": options.per_class,
                        "shards": [s.tolist() for s in shards],
                        "validation": None if validation is None else validation.tolist()})
+    atomic_write_json(run_dir / "data.json", {"dataset": data.name, "source": data.source, "classes": data.classes,
+                                              "mean": list(data.mean), "std": list(data.std),
+                                              "skipped_images": list(data.skipped)})
     atomic_write_text(run_dir / "metrics.jsonl", "")
 
 
