@@ -50,15 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from pipeline import PilDataset  # noqa: E402
+from toolbox import bn_l1  # noqa: E402
 from toolbox import channels as ch  # noqa: E402
-from toolbox import sparsity  # noqa: E402
-from toolbox.compact import cost  # noqa: E402
 from toolbox.context import Context  # noqa: E402
 from toolbox.data import BatchLoader, ImageData, load_dataset  # noqa: E402
-from toolbox.engine import Trainer, autocast_context, build_optimizer, count_macs  # noqa: E402
+from toolbox.cost import cost, count_macs  # noqa: E402
+from toolbox.device import autocast_context  # noqa: E402
+from toolbox.engine import Trainer, build_optimizer  # noqa: E402
 from toolbox.hookspecs import hookimpl  # noqa: E402
 from toolbox.options import build_options  # noqa: E402
-from toolbox.plugins import chain_prune, declared_options, load_plugins, make_manager  # noqa: E402
+from toolbox.plugin_manager import chain_model_surgery, declared_options, load_plugins, make_manager  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainFn = Callable[[Iterable[Batch]], None]  # trains one pass over the given batches
@@ -97,7 +98,11 @@ class NoOpPlugin:
         return None
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: Any) -> None:
+    def toolbox_model_surgery(self, ctx: Any, model: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_prune(self, ctx: Any, model: Any) -> None:  # the deprecated alias is a hook too
         return None
 
     @hookimpl
@@ -161,8 +166,8 @@ def sst_state(model: nn.Module, input_size: tuple[int, int, int], ratio: float =
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.num_features, generator=generator) * 0.95 + 0.05)
     graph = ch.channel_groups(model, input_size)
-    selection = sparsity.select(model, graph, ratio)
-    sparsity.zero_chosen_(model, ch.selected_channels(graph, selection))
+    selection = bn_l1.select(model, graph, ratio)
+    bn_l1.zero_chosen_(model, ch.selected_channels(graph, selection))
     return ch.selection_to_masks(model, graph, selection)
 
 
@@ -171,7 +176,7 @@ def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last
                 sst_teacher: bool = False, compact_teacher: bool = True) -> TrainFn:
     """The toolbox Trainer over the batches (one epoch per pass). With ``plugins`` the phase is
     set up as a run does at step 2: configure, a frozen teacher, ``toolbox_phase_start``, the
-    ``toolbox_prune`` chain (aod's re-initialization), then training. ``sst_teacher``: the model
+    ``toolbox_model_surgery`` chain (aod's re-initialization), then training. ``sst_teacher``: the model
     is first brought to the state SST leaves (:func:`sst_state`, masks set), so the teacher is the
     SST model; ``compact_teacher`` is the core option of that name."""
     names = plugins or []
@@ -193,7 +198,7 @@ def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last
         if "optimizer" not in state:
             ctx.batches_per_epoch = len(batches)
             pm.hook.toolbox_phase_start(ctx=ctx)
-            ctx.model = chain_prune(pm, ctx, ctx.model)
+            ctx.model = chain_model_surgery(pm, ctx, ctx.model)
             state["optimizer"] = ctx.optimizer = build_optimizer(ctx.model, options)
         Trainer(pm, ctx).train(state["optimizer"], lambda epoch: batches, len(batches))
 

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
+from toolbox import bn_l1
 from toolbox import channels as ch
 from toolbox import compact as cp
-from toolbox import sparsity
 from toolbox import compact_teacher as tt
 from toolbox.context import Context
+from toolbox.cost import cost
 from toolbox.options import RunOptions
 from toolbox_plugins.aod import AOD
 from toolbox_plugins.msl import MSL
@@ -52,9 +53,9 @@ def sst_like(model: nn.Module, ratio: float = 0.5, zero_betas: bool = False) -> 
     """What SST's target mode leaves: the ``ratio`` smallest-|gamma| filters (global ranking) with
     gamma exactly 0 on every coupled BN (betas left as they are, or 0); returns the masks."""
     graph = ch.channel_groups(model, input_size(model))
-    selection = sparsity.select(model, graph, ratio)
+    selection = bn_l1.select(model, graph, ratio)
     chosen = ch.selected_channels(graph, selection)
-    sparsity.zero_chosen_(model, chosen)
+    bn_l1.zero_chosen_(model, chosen)
     if zero_betas:
         with torch.no_grad():
             for name, idx in chosen.items():
@@ -80,7 +81,7 @@ def test_compact_teacher_has_the_masked_teachers_logits(arch: str, kwargs: dict[
     x = torch.randn(4, *input_size(teacher), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(logits(small, x), logits(teacher, x), atol=1e-5, rtol=0)
     assert not small.training and not any(p.requires_grad for p in small.parameters())
-    assert cp.cost(small, input_size(teacher))[0] < 0.8 * cp.cost(teacher, input_size(teacher))[0]
+    assert cost(small, input_size(teacher))[0] < 0.8 * cost(teacher, input_size(teacher))[0]
     derived, _ = tt.compact_teacher(teacher, None, input_size(teacher))  # masks from the exact zeros
     assert derived is not None and torch.allclose(logits(derived, x), logits(teacher, x), atol=1e-5, rtol=0)
 
@@ -175,7 +176,7 @@ def aod_context(compact_teacher: bool, arch: str = "cifar_resnet20") -> tuple[AO
                   phase="learn", epochs=1, input_size=(3, 32, 32), teacher=frozen(model), masks=dict(masks))
     plugin.toolbox_phase_start(ctx=ctx)
     torch.manual_seed(5)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     return plugin, ctx
 
 

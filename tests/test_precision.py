@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from toolbox import precision
-from toolbox.engine import autocast_context
+from toolbox import device
+from toolbox.device import autocast_context
 from toolbox.errors import UsageError
 from toolbox.options import build_options
 
@@ -22,12 +22,12 @@ CPU = torch.device("cpu")
 def cpu_flags(monkeypatch: pytest.MonkeyPatch):
     """Set what /proc/cpuinfo and torch's CPU checks report; the detection cache is cleared around."""
     def set_flags(proc: set[str], from_torch: set[str] = frozenset()) -> None:
-        monkeypatch.setattr(precision, "_proc_cpuinfo_flags", lambda: set(proc))
-        monkeypatch.setattr(precision, "_torch_cpu_flags", lambda: set(from_torch))
-        precision.cpu_bf16_features.cache_clear()
+        monkeypatch.setattr(device, "_proc_cpuinfo_flags", lambda: set(proc))
+        monkeypatch.setattr(device, "_torch_cpu_flags", lambda: set(from_torch))
+        device.cpu_bf16_features.cache_clear()
 
     yield set_flags
-    precision.cpu_bf16_features.cache_clear()
+    device.cpu_bf16_features.cache_clear()
 
 
 @pytest.mark.parametrize("proc,from_torch,expected", [
@@ -41,22 +41,22 @@ def cpu_flags(monkeypatch: pytest.MonkeyPatch):
 def test_auto_resolves_to_bf16_only_with_native_cpu_bf16(cpu_flags: Any, proc: set[str], from_torch: set[str],
                                                          expected: str) -> None:
     cpu_flags(proc, from_torch)
-    assert precision.resolve_precision("auto", CPU) == expected
-    assert precision.native_bf16(CPU) == (expected == "bf16")
+    assert device.resolve_precision("auto", CPU) == expected
+    assert device.native_bf16(CPU) == (expected == "bf16")
 
 
 def test_explicit_precisions_are_kept(cpu_flags: Any) -> None:
     cpu_flags({"avx512_bf16"})
     for value in ("fp32", "bf16", "fp16"):
-        assert precision.resolve_precision(value, CPU) == value
+        assert device.resolve_precision(value, CPU) == value
     cpu_flags(set())
-    assert precision.resolve_precision("bf16", CPU) == "bf16"
+    assert device.resolve_precision("bf16", CPU) == "bf16"
 
 
 def test_cuda_asks_torch_for_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = torch.device("cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert precision.resolve_precision("auto", cuda) == "fp32"
+    assert device.resolve_precision("auto", cuda) == "fp32"
     asked: list[bool] = []
 
     def supported(including_emulation: bool = True) -> bool:
@@ -67,9 +67,9 @@ def test_cuda_asks_torch_for_native_bf16(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        assert precision.resolve_precision("auto", cuda) == expected
+        assert device.resolve_precision("auto", cuda) == expected
     assert asked == [False, False]  # emulated bf16 does not count
-    assert precision.resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert device.resolve_precision("auto", torch.device("mps")) == "fp32"
 
 
 def test_autocast_context_resolves_auto(cpu_flags: Any) -> None:

@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from toolbox import channels as ch
 from toolbox import compact as cp
+from toolbox.cost import cost
 from toolbox.errors import UsageError
 
 log = logging.getLogger("toolbox")
@@ -156,6 +157,6 @@ def _macs(model: nn.Module, input_size: Sequence[int] | None) -> int:
     """MACs of one image (0 where they cannot be counted)."""
     try:
         size = input_size or tuple(ch.example_input(model).shape[1:])
-        return cp.cost(model, size)[0]
+        return cost(model, size)[0]
     except Exception:  # noqa: BLE001 (only for the log line)
         return 0

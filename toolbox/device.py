@@ -1,5 +1,6 @@
-"""``--precision auto``: bf16 autocast where the hardware computes bf16 natively, else fp32.
+"""Where and in which precision a run computes: device selection, autocast, ``--precision auto``.
 
+``--precision auto`` is bf16 autocast where the hardware computes bf16 natively, else fp32.
 Native bf16 means: on the CPU, AVX-512 BF16 or AMX-BF16 instructions (without them oneDNN emulates
 bf16 and autocast gains little or loses); on CUDA, a device that supports bf16 without emulation
 (compute capability 8.0 or newer). Detection runs once per process at run time; a run records the
@@ -9,10 +10,51 @@ compared run uses what was actually used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from pathlib import Path
 
 import torch
+
+from toolbox.errors import UsageError
+
+log = logging.getLogger("toolbox")
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; otherwise the named device, which must work here.
+
+    An unknown or absent device is a :class:`UsageError` with one sentence (checked by allocating
+    a tensor on it, before any data is loaded).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "meta":
+        raise UsageError("--device meta holds no data and cannot train; use auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu or auto.")
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--device {name} cannot be used here ({reason}); use --device cpu or auto.") from None
+    return device
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``bf16`` (CPU or CUDA) and ``fp16`` (CUDA); a no-op for ``fp32``; ``auto`` is
+    resolved for ``device`` (:func:`resolve_precision`)."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
 
 #: CPU feature flags (as /proc/cpuinfo names them) that compute bf16 natively.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -78,3 +120,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
+
+
+def run_precision(precision: str, device: torch.device) -> str:
+    """:func:`resolve_precision` for a run, which records the result; ``auto`` is logged once."""
+    resolved = resolve_precision(precision, device)
+    if precision == "auto":
+        log.info("--precision auto: %s on %s.", resolved, device)
+    return resolved
