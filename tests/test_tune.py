@@ -333,6 +333,7 @@ def test_a_worker_killed_mid_trial_fails_only_its_trial(tmp_path: Path) -> None:
     assert sorted(val_per_step(killed)) == [1, 2]
 
 
+@pytest.mark.filterwarnings("ignore")  # Optuna warns that heartbeats are meant for optimize(); here we drive them
 def test_the_journal_storage_fails_a_trial_whose_heartbeat_stopped(tmp_path: Path) -> None:
     storage = open_storage(f"journal:{tmp_path / 'journal.log'}", heartbeat=1)
     assert isinstance(storage, HeartbeatJournalStorage)
@@ -348,6 +349,15 @@ def test_the_journal_storage_fails_a_trial_whose_heartbeat_stopped(tmp_path: Pat
     assert states == [TrialState.RUNNING, TrialState.FAIL]
 
 
+def test_workers_split_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolbox.tune import worker_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert [worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2", "5", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert worker_env(1)["CUDA_VISIBLE_DEVICES"] == "3"
+
+
 def test_a_study_spec_round_trips_through_the_storage(tmp_path: Path) -> None:
     from toolbox.tune import open_study
 
@@ -358,3 +368,14 @@ def test_a_study_spec_round_trips_through_the_storage(tmp_path: Path) -> None:
     assert yaml.safe_load((tmp_path / "s" / "tune.yaml").read_text())["storage"] == sqlite(tmp_path / "s")
     assert "another --study folder" in str(pytest.raises(UsageError, open_study, tmp_path / "s", spec,
                                                          storage=f"journal:{tmp_path / 'j.log'}").value)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("space_*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_search_spaces_fit_the_cpu_preset(path: Path) -> None:
+    from toolbox.options import load_config_file
+    from toolbox.tune import make_spec
+
+    preset = load_config_file(path.parent / "cpu_preset.yaml")
+    spec = make_spec({**preset, "val_per_class": 10}, path)
+    assert spec.params() and spec.config["val_per_class"] == 10

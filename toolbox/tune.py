@@ -54,7 +54,7 @@ OBJECTIVES = ("mean", "last")
 PRUNERS = ("median", "hyperband", "none", "threshold:VALUE")
 MACHINE_KEYS = {"data_root", "device", "threads", "out", "eval_batch_size"}  # may differ between workers
 MAX_FAILURES = 3  # consecutive failed trials after which a worker stops
-POLL_SECONDS = 5.0
+POLL_SECONDS = 2.0
 log = logging.getLogger("toolbox")
 
 
