@@ -349,6 +349,19 @@ def test_the_journal_storage_fails_a_trial_whose_heartbeat_stopped(tmp_path: Pat
     assert states == [TrialState.RUNNING, TrialState.FAIL]
 
 
+def test_the_median_pruner_waits_for_step_2_and_3_finished_trials() -> None:
+    from toolbox.tune import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", 4))
+    for number in range(4):
+        trial = study.ask()
+        trial.report(10.0 if number == 3 else 90.0, 1)
+        assert not trial.should_prune()  # step 1, or fewer than 3 finished trials
+        trial.report(10.0 if number == 3 else 90.0, 2)
+        assert trial.should_prune() == (number == 3)
+        study.tell(trial, 90.0)
+
+
 def test_workers_split_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from toolbox.tune import worker_env
 

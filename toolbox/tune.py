@@ -185,38 +185,43 @@ def open_study(study_dir: Path, spec: StudySpec | None = None, storage: str | No
     take its spec. A spec that differs from the study's (other config, space or objective) is refused."""
     study_dir = Path(study_dir)
     url, study_name = study_location(study_dir, storage, name)
-    if spec is not None or storage is not None:
-        try:
-            study_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"Cannot create the study folder {study_dir} ({exc.strerror}); pass a writable --study.") from None
-    elif not (study_dir / STUDY_FILE).is_file():
-        raise UsageError(f"{study_dir} holds no study; start one with --config and --space (or join one "
-                         "with --storage and --study-name).")
+    _prepare_folder(study_dir, may_create=spec is not None or storage is not None)
     backend = open_storage(url, heartbeat, _report_stale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if spec is None:
-            try:
-                study = optuna.load_study(study_name=study_name, storage=backend)
-            except KeyError:
-                raise UsageError(f"No study {study_name!r} in {hide_password(url)}; start it with --config and "
-                                 "--space.") from None
-        else:
-            study = optuna.create_study(study_name=study_name, storage=backend, direction="maximize",
-                                        load_if_exists=True)
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if spec is not None and stored is None:
+        try:
+            study = (optuna.load_study(study_name=study_name, storage=backend) if spec is None else
+                     optuna.create_study(study_name=study_name, storage=backend, direction="maximize",
+                                         load_if_exists=True))
+        except KeyError:
+            raise UsageError(f"No study {study_name!r} in {hide_password(url)}; start it with --config and "
+                             "--space.") from None
+    if spec is not None and SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, asdict(spec))
-        stored = asdict(spec)
+    stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
-        raise UsageError(f"Study {study_name!r} in {hide_password(url)} was not made by toolbox tune; pass another "
-                         "--study-name.")
+        raise UsageError(f"Study {study_name!r} in {hide_password(url)} was not made by toolbox tune; pass "
+                         "another --study-name.")
     if spec is not None:
         _check_same(spec, StudySpec(**stored), study_name)
     if not (study_dir / STUDY_FILE).is_file():
         ckpt.atomic_write_text(study_dir / STUDY_FILE, yaml.safe_dump({"storage": url, "study_name": study_name}))
     return study, spec or StudySpec(**stored)
+
+
+def _prepare_folder(study_dir: Path, may_create: bool) -> None:
+    """Create the study folder (a new study, or a worker joining one with --storage); else it must
+    hold a study already."""
+    if not may_create:
+        if not (study_dir / STUDY_FILE).is_file():
+            raise UsageError(f"{study_dir} holds no study; start one with --config and --space (or join one "
+                             "with --storage and --study-name).")
+        return
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"Cannot create the study folder {study_dir} ({exc.strerror}); pass a writable "
+                         "--study.") from None
 
 
 def _check_same(given: StudySpec, stored: StudySpec, name: str) -> None:
@@ -244,7 +249,7 @@ def make_pruner(name: str, steps: int) -> optuna.pruners.BasePruner:
     """``median`` (from the second step, after 3 finished trials), ``hyperband`` (resource: steps),
     ``none``, or ``threshold:VALUE`` (stop a trial whose validation top-1 falls below VALUE %)."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)  # steps count from 1
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(steps, 1), reduction_factor=3)
     if name == "none":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ def trials_table(study: optuna.Study, spec: StudySpec, study_dir: Path) -> Table
         table.add_row(str(trial.number), trial.state.name,
                       "-" if trial.value is None else f"{trial.value:.2f}", steps or "-",
                       *[_show(trial.params.get(name, "-")) for name in names],
-                      "-" if seconds is None else f"{seconds:.1f}", _relative(trial.user_attrs.get("run_dir"), study_dir))
+                      "-" if seconds is None else f"{seconds:.1f}",
+                      _relative(trial.user_attrs.get("run_dir"), study_dir))
     return table
 
 
@@ -45,10 +45,8 @@ def _relative(path: str | None, study_dir: Path) -> str:
     """``path`` relative to the study folder when inside it (another machine's folder stays absolute)."""
     if not path:
         return "-"
-    try:
-        return os.path.relpath(path, Path(study_dir).resolve()) if Path(path).is_relative_to(Path(study_dir).resolve()) else path
-    except ValueError:
-        return path
+    run, home = Path(path), Path(study_dir).resolve()
+    return str(run.relative_to(home)) if run.is_relative_to(home) else path
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
