@@ -157,6 +157,7 @@ def test_params_replace_nested_plugin_values_and_objectives() -> None:
     (CONFIG, SPACE, ["--objective", "best"], "--objective must be one of mean, last"),
     (CONFIG, SPACE, ["--pruner", "sometimes"], "--pruner must be one of"),
     (CONFIG, SPACE, ["--workers", "0"], "--workers must be at least 1"),
+    (CONFIG, SPACE, ["--trials", "0"], "--trials must be at least 1"),
     ({**CONFIG, "seeds": [0, 1]}, SPACE, [], "remove seeds"),
 ])
 def test_bad_studies_are_refused_before_any_trial(tmp_path: Path, config: dict[str, Any], space: dict[str, Any],
@@ -193,6 +194,8 @@ def test_a_small_study_end_to_end(tmp_path: Path) -> None:
 
     again = tune(*command)  # a rerun continues the study: here it is finished already
     assert again.exit_code == 0, again.output
+    joined = tune("--study", str(study))  # a worker joining without --trials takes the study's cap
+    assert joined.exit_code == 0, joined.output
     assert len(load(sqlite(study), "study").trials) == 3
     changed = tune(*write_files(tmp_path, space={"lr": [0.1]}), "--study", str(study))
     assert "searches another space" in one_error(changed)

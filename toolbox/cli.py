@@ -395,7 +395,7 @@ def tune_command(
     config: Optional[Path] = typer.Option(None, help="The run's YAML/TOML config; it needs val_per_class (validation images per class)."),
     space: Optional[Path] = typer.Option(None, help="YAML search space: 'option: {low: A, high: B[, log: true, step: S, type: int]}' or 'option: [choices]'."),
     study: Optional[Path] = typer.Option(None, help="Study folder: tune.yaml, study.db and one run directory per trial in trials/NNNN."),
-    trials: int = typer.Option(20, help="Finished (complete or pruned) trials to reach, over all workers."),
+    trials: Optional[int] = typer.Option(None, help="Finished (complete or pruned) trials to reach, over all workers (default: the study's, else 20)."),
     objective: Optional[str] = typer.Option(None, help="Validation top-1 averaged over the steps (mean, default) or of the last step (last)."),
     pruner: str = typer.Option("median", help="median, hyperband, none, or threshold:VALUE (stop a trial below VALUE % validation top-1)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage the workers share: sqlite:///FILE, postgresql://USER@HOST/DB, journal:PATH (default: sqlite in the study folder)."),
@@ -418,8 +418,8 @@ def tune_command(
         return
     if study is None:
         raise UsageError("Pass --study DIR (the study folder), or --show DIR to look at one.")
-    for name, value in (("trials", trials), ("workers", workers), ("heartbeat", heartbeat), ("threads", threads or 1)):
-        if value < 1:
+    for name, value in (("trials", trials), ("workers", workers), ("heartbeat", heartbeat), ("threads", threads)):
+        if value is not None and value < 1:
             raise UsageError(f"--{name} must be at least 1, got {value}.")
     tune.make_pruner(pruner, 1)
     if space is None and (config is not None or ctx.args or objective is not None):
@@ -428,7 +428,7 @@ def tune_command(
     if space is not None:
         spec = tune.make_spec(merged_values(config, {}, ctx.args), space, objective or "mean")
     found, spec = tune.open_study(study, spec, storage, study_name, heartbeat)
-    options = tune.WorkerOptions(trials=trials, pruner=pruner, heartbeat=heartbeat, threads=threads)
+    options = tune.WorkerOptions(trials=tune.trial_cap(found, trials), pruner=pruner, heartbeat=heartbeat, threads=threads)
     if workers > 1:
         tune.launch_workers(study, workers, options, spec)
     else:

@@ -49,6 +49,8 @@ from toolbox.study_storage import default_storage_url, hide_password, open_stora
 
 STUDY_FILE = "tune.yaml"
 SPEC_ATTR = "toolbox_tune"
+TRIALS_ATTR = "toolbox_trials"
+DEFAULT_TRIALS = 20
 TRIALS_DIR = "trials"
 OBJECTIVES = ("mean", "last")
 PRUNERS = ("median", "hyperband", "none", "threshold:VALUE")
@@ -75,7 +77,7 @@ class StudySpec:
 class WorkerOptions:
     """How one worker process runs trials (may differ between workers of one study)."""
 
-    trials: int = 20
+    trials: int = DEFAULT_TRIALS
     pruner: str = "median"
     heartbeat: int = 60
     threads: int | None = None
@@ -207,6 +209,16 @@ def open_study(study_dir: Path, spec: StudySpec | None = None, storage: str | No
     if not (study_dir / STUDY_FILE).is_file():
         ckpt.atomic_write_text(study_dir / STUDY_FILE, yaml.safe_dump({"storage": url, "study_name": study_name}))
     return study, spec or StudySpec(**stored)
+
+
+def trial_cap(study: optuna.Study, given: int | None) -> int:
+    """The number of finished trials to reach: ``given`` (recorded in the study for workers that
+    join without --trials), else the recorded one, else :data:`DEFAULT_TRIALS`."""
+    if given is None:
+        return int(study.user_attrs.get(TRIALS_ATTR, DEFAULT_TRIALS))
+    if study.user_attrs.get(TRIALS_ATTR) != given:
+        study.set_user_attr(TRIALS_ATTR, given)
+    return given
 
 
 def _prepare_folder(study_dir: Path, may_create: bool) -> None:
