@@ -158,6 +158,7 @@ def test_params_replace_nested_plugin_values_and_objectives() -> None:
     (CONFIG, SPACE, ["--pruner", "sometimes"], "--pruner must be one of"),
     (CONFIG, SPACE, ["--workers", "0"], "--workers must be at least 1"),
     (CONFIG, SPACE, ["--trials", "0"], "--trials must be at least 1"),
+    (CONFIG, SPACE, ["--storage", "nosuchdb://host/db"], "Cannot open the study storage nosuchdb://host/db"),
     ({**CONFIG, "seeds": [0, 1]}, SPACE, [], "remove seeds"),
 ])
 def test_bad_studies_are_refused_before_any_trial(tmp_path: Path, config: dict[str, Any], space: dict[str, Any],
@@ -363,6 +364,15 @@ def test_the_median_pruner_waits_for_step_2_and_3_finished_trials() -> None:
         trial.report(10.0 if number == 3 else 90.0, 2)
         assert trial.should_prune() == (number == 3)
         study.tell(trial, 90.0)
+
+
+def test_storage_urls_in_messages_hide_passwords() -> None:
+    from toolbox.study_storage import hide_password, with_installed_driver
+
+    assert "secret" not in hide_password("postgresql://me:secret@db.example/tune")
+    assert hide_password("journal:/shared/study.log") == "journal:/shared/study.log"
+    assert with_installed_driver("sqlite:///x.db") == "sqlite:///x.db"
+    assert with_installed_driver("postgresql://me@h/db").endswith("://me@h/db")
 
 
 def test_workers_split_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
