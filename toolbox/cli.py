@@ -393,7 +393,7 @@ def report_command(
 def tune_command(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, help="The run's YAML/TOML config; it needs val_per_class (validation images per class)."),
-    space: Optional[Path] = typer.Option(None, help="YAML search space: 'option: {low: A, high: B[, log: true, step: S, type: int]}' or 'option: [choices]'."),
+    space: Optional[Path] = typer.Option(None, help="YAML search space: per option a range {low: A, high: B} (optional log: true, step: S, type: int) or a list of choices."),
     study: Optional[Path] = typer.Option(None, help="Study folder: tune.yaml, study.db and one run directory per trial in trials/NNNN."),
     trials: Optional[int] = typer.Option(None, help="Finished (complete or pruned) trials to reach, over all workers (default: the study's, else 20)."),
     objective: Optional[str] = typer.Option(None, help="Validation top-1 averaged over the steps (mean, default) or of the last step (last)."),
