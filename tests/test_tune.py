@@ -367,11 +367,12 @@ def test_the_median_pruner_waits_for_step_2_and_3_finished_trials() -> None:
 
 
 def test_storage_urls_in_messages_hide_passwords() -> None:
-    from toolbox.study_storage import hide_password, with_installed_driver
+    from toolbox.study_storage import absolute_url, hide_password, with_installed_driver
 
     assert "secret" not in hide_password("postgresql://me:secret@db.example/tune")
     assert hide_password("journal:/shared/study.log") == "journal:/shared/study.log"
     assert with_installed_driver("sqlite:///x.db") == "sqlite:///x.db"
+    assert absolute_url("journal:x.log") == f"journal:{Path.cwd() / 'x.log'}"
     assert with_installed_driver("postgresql://me@h/db").endswith("://me@h/db")
 
 

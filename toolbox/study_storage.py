@@ -39,6 +39,14 @@ def default_storage_url(study_dir: Path) -> str:
     return f"sqlite:///{Path(study_dir).resolve() / 'study.db'}"
 
 
+def absolute_url(url: str) -> str:
+    """``journal:PATH`` with an absolute path (the URL is recorded in the study folder and used
+    by workers and ``--show`` from any working directory); other URLs as given."""
+    if not url.startswith(JOURNAL_PREFIX):
+        return url
+    return JOURNAL_PREFIX + str(Path(url[len(JOURNAL_PREFIX):]).expanduser().absolute())
+
+
 def open_storage(url: str, heartbeat: int | None = None, on_stale: StaleCallback | None = None) -> BaseStorage:
     """The storage behind ``url``; with ``heartbeat`` (seconds), trials silent for twice that are
     failed (``on_stale`` is then called with each)."""

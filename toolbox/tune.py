@@ -45,7 +45,7 @@ from toolbox.options import build_options, normalize_key, option_types, parse_va
 from toolbox.plugins import declared_options, dormant_options, load_plugins
 from toolbox.run import Run, plan_phases, start_run
 from toolbox.search_space import Param, load_space, parse_space
-from toolbox.study_storage import default_storage_url, hide_password, open_storage
+from toolbox.study_storage import absolute_url, default_storage_url, hide_password, open_storage
 
 STUDY_FILE = "tune.yaml"
 SPEC_ATTR = "toolbox_tune"
@@ -159,7 +159,7 @@ def study_location(study_dir: Path, storage: str | None = None, name: str | None
     """The storage URL and study name: given, else recorded in ``STUDY/tune.yaml``, else the
     defaults (SQLite in the folder, the folder's name)."""
     recorded = _read_location(study_dir)
-    url = storage or recorded.get("storage") or default_storage_url(study_dir)
+    url = absolute_url(storage) if storage else (recorded.get("storage") or default_storage_url(study_dir))
     study_name = name or recorded.get("study_name") or Path(study_dir).resolve().name
     if recorded and (recorded.get("storage"), recorded.get("study_name")) != (url, study_name):
         raise UsageError(f"{study_dir} belongs to study {recorded.get('study_name')!r} in "
