@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from toolbox import checkpoint as ckpt
+from toolbox.io import KILL_ENV
 from toolbox.cli import app
 from toolbox.errors import UsageError
 from toolbox.options import PluginOption, option_types
@@ -62,9 +63,9 @@ def tune(*args: str) -> Any:
 
 def tune_process(*args: str, kill_at: str | None = None) -> subprocess.Popen[str]:
     """``toolbox tune ARGS`` as a separate worker process (SIGKILLed at ``kill_at``)."""
-    env = {k: v for k, v in os.environ.items() if k != ckpt.KILL_ENV}
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     if kill_at:
-        env[ckpt.KILL_ENV] = kill_at
+        env[KILL_ENV] = kill_at
     return subprocess.Popen([sys.executable, "-m", "toolbox.cli", "tune", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

@@ -38,12 +38,12 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from toolbox import checkpoint as ckpt
+from toolbox import io
 from toolbox.engine import NumericError
 from toolbox.errors import UsageError
-from toolbox.options import build_options, normalize_key, option_types, parse_value
-from toolbox.plugins import declared_options, dormant_options, load_plugins
-from toolbox.run import Run, plan_phases, start_run
+from toolbox.options import build_options, normalize_key, option_types, plugin_names
+from toolbox.plugin_manager import declared_options, dormant_options, load_plugins
+from toolbox.run import Run, start_run
 from toolbox.search_space import Param, load_space, parse_space
 from toolbox.study_storage import absolute_url, default_storage_url, hide_password, open_storage
 
@@ -95,7 +95,7 @@ def make_spec(values: dict[str, Any], space_path: Path, objective: str = "mean")
     if "out" in config:
         log.warning("Ignoring out=%s: every trial's run directory is STUDY/trials/NNNN.", config.pop("out"))
     declared = _declared(config)
-    options = build_options(copy.deepcopy(config), declared, dormant_options(_plugin_names(config)))
+    options = build_options(copy.deepcopy(config), declared, dormant_options(plugin_names(config)))
     if not options.val_per_class:
         raise UsageError("tune scores trials on validation data, so the run needs --val-per-class K "
                          "(K training images per class held out, e.g. 10).")
@@ -110,18 +110,14 @@ def make_spec(values: dict[str, Any], space_path: Path, objective: str = "mean")
     return StudySpec(config=config, space=raw, objective=objective)
 
 
-def _plugin_names(config: dict[str, Any]) -> list[str]:
-    return [str(name) for name in parse_value(config.get("plugins") or [], list)]
-
-
 def _declared(config: dict[str, Any]) -> dict[str, Any]:
     """The options the config's plugins declare."""
-    return declared_options(load_plugins(_plugin_names(config)))
+    return declared_options(load_plugins(plugin_names(config)))
 
 
 def _check_extremes(config: dict[str, Any], params: list[Param], declared: dict[str, Any]) -> None:
     """Refuse a space whose bounds or choices a run would refuse (before any trial trains)."""
-    dormant = dormant_options(_plugin_names(config))
+    dormant = dormant_options(plugin_names(config))
     with _quiet():
         for param in params:
             for value in param.extremes():
@@ -207,7 +203,7 @@ def open_study(study_dir: Path, spec: StudySpec | None = None, storage: str | No
     if spec is not None:
         _check_same(spec, StudySpec(**stored), study_name)
     if not (study_dir / STUDY_FILE).is_file():
-        ckpt.atomic_write_text(study_dir / STUDY_FILE, yaml.safe_dump({"storage": url, "study_name": study_name}))
+        io.atomic_write_text(study_dir / STUDY_FILE, yaml.safe_dump({"storage": url, "study_name": study_name}))
     return study, spec or StudySpec(**stored)
 
 
@@ -303,7 +299,7 @@ class StepReporter:
         if event != "phase_end" or self.run is None:
             return
         step, record = int(info["step"]), info["record"]
-        if info["phase"] != plan_phases(self.run.pm, step, self.run.options.steps)[-1]:
+        if info["phase"] != self.run.plan(step)[-1]:
             return
         value = float(record["val_top1"])
         self.per_step[step] = value

@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
-from toolbox import checkpoint as ckpt
+from toolbox import io
 from toolbox.tune import StudySpec, with_params
 
 BEST_FILE = "best.yaml"
@@ -64,7 +64,7 @@ def write_best_config(study: optuna.Study, spec: StudySpec, study_dir: Path) -> 
     header = (f"# toolbox tune: trial {best.number} of study {study.study_name}, {spec.objective} validation "
               f"top-1 {best.value:.2f}%.\n# Run it with: toolbox run --config {BEST_FILE}\n")
     path = Path(study_dir) / BEST_FILE
-    ckpt.atomic_write_text(path, header + yaml.safe_dump(with_params(spec.config, best.params), sort_keys=False))
+    io.atomic_write_text(path, header + yaml.safe_dump(with_params(spec.config, best.params), sort_keys=False))
     return path
 
 
@@ -89,7 +89,7 @@ def write_importance_plot(study: optuna.Study, study_dir: Path) -> Path | None:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             axes = optuna.visualization.matplotlib.plot_param_importances(
             study, evaluator=_importance_evaluator(), params=varying)
-        axes.figure.savefig(path, dpi=120, bbox_inches="tight")
+        io.atomic_savefig(axes.figure, path, dpi=120, bbox_inches="tight")
         plt.close(axes.figure)
     except Exception as exc:  # noqa: BLE001 - importance estimates fail on degenerate studies
         log.info("No importance plot: Optuna could not compute importances (%s).", exc)
