@@ -1,4 +1,4 @@
-"""The ``toolbox`` command line (typer): run, step, train, eval, prune, check, report, plugins, models.
+"""The ``toolbox`` command line (typer): run, step, train, eval, prune, check, report, tune, plugins, models.
 
 Core flags and plugin flags share one path: every ``--name VALUE`` goes through
 :func:`toolbox.options.build_options` together with the config file, so a value is parsed and
@@ -324,6 +324,55 @@ def report_command(
     rows = write_comparison(dirs, target)
     console.print(rows_markdown(rows), markup=False, highlight=False)
     console.print(f"written: {target}/report.md, report.csv, report.json, top1_vs_step.png", markup=False, highlight=False)
+
+
+@app.command("tune", context_settings=EXTRA)
+@user_errors
+def tune_command(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, help="The run's YAML/TOML config; it needs val_per_class (validation images per class)."),
+    space: Optional[Path] = typer.Option(None, help="YAML search space: per option a range {low: A, high: B} (optional log: true, step: S, type: int) or a list of choices."),
+    study: Optional[Path] = typer.Option(None, help="Study folder: tune.yaml, study.db and one run directory per trial in trials/NNNN."),
+    trials: Optional[int] = typer.Option(None, help="Finished (complete or pruned) trials to reach, over all workers (default: the study's, else 20)."),
+    objective: Optional[str] = typer.Option(None, help="Validation top-1 averaged over the steps (mean, default) or of the last step (last)."),
+    pruner: str = typer.Option("median", help="median, hyperband, none, or threshold:VALUE (stop a trial below VALUE % validation top-1)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage the workers share: sqlite:///FILE, postgresql://USER@HOST/DB, journal:PATH (default: sqlite in the study folder)."),
+    study_name: Optional[str] = typer.Option(None, help="The study's name in the storage (default: the study folder's name)."),
+    workers: int = typer.Option(1, help="Worker processes to start here; the cores (and GPUs) are split between them."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads per worker (default: the config's, else cores // workers)."),
+    heartbeat: int = typer.Option(60, help="Seconds between a worker's heartbeats; a trial silent for twice this is marked FAIL."),
+    show: Optional[Path] = typer.Option(None, help="Print this study's trials table; write best.yaml and importance.png into it."),
+) -> None:
+    """Search hyper-parameters on the validation split with Optuna: every trial is a run in STUDY/trials/NNNN.
+
+    Any run option given as --name VALUE overrides the config. Rerun the same command to continue a
+    killed study; start more workers (here or on other machines) with the same command and --storage.
+    """
+    from toolbox import tune, tune_report
+
+    setup_logging()
+    if show is not None:
+        tune_report.show_study(show, console)
+        return
+    if study is None:
+        raise UsageError("Pass --study DIR (the study folder), or --show DIR to look at one.")
+    for name, value in (("trials", trials), ("workers", workers), ("heartbeat", heartbeat), ("threads", threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}.")
+    tune.make_pruner(pruner, 1)
+    if space is None and (config is not None or ctx.args or objective is not None):
+        raise UsageError("Pass --space FILE with --config (a new study), or only --study to continue one.")
+    spec = None
+    if space is not None:
+        spec = tune.make_spec(merged_values(config, {}, ctx.args), space, objective or "mean")
+    found, spec = tune.open_study(study, spec, storage, study_name, heartbeat)
+    options = tune.WorkerOptions(trials=tune.trial_cap(found, trials), pruner=pruner, heartbeat=heartbeat, threads=threads)
+    if workers > 1:
+        tune.launch_workers(study, workers, options, spec)
+    else:
+        tune.work(found, spec, study, options)
+    console.print(tune_report.trials_table(found, spec, study))
+    say(f"toolbox tune --show {study}: the table, best.yaml and importance.png")
 
 
 @plugins_app.command("list")

@@ -239,6 +239,14 @@ def _field_type(name: str) -> type:
     return str
 
 
+def option_types(plugin_options: dict[str, PluginOption]) -> dict[str, type]:
+    """Every option a run accepts (core fields and the plugins' declared options) with the type its
+    values parse to."""
+    types = {name: _field_type(name) for name in CORE_FIELDS if name != "plugin"}
+    types.update({name: opt.type for name, opt in plugin_options.items()})
+    return types
+
+
 def normalize_key(key: str) -> str:
     """``--batch-size`` / ``batch-size`` / ``batch_size`` -> ``batch_size``."""
     return key.lstrip("-").replace("-", "_")
