@@ -378,7 +378,7 @@ def test_storage_urls_in_messages_hide_passwords() -> None:
 
 
 def test_workers_split_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from toolbox.tune import worker_env
+    from toolbox.tune_workers import worker_env
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     assert [worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2", "5", "2"]

@@ -349,6 +349,7 @@ def tune_command(
     killed study; start more workers (here or on other machines) with the same command and --storage.
     """
     from toolbox import tune, tune_report
+    from toolbox.tune_workers import launch_workers
 
     setup_logging()
     if show is not None:
@@ -368,7 +369,7 @@ def tune_command(
     found, spec = tune.open_study(study, spec, storage, study_name, heartbeat)
     options = tune.WorkerOptions(trials=tune.trial_cap(found, trials), pruner=pruner, heartbeat=heartbeat, threads=threads)
     if workers > 1:
-        tune.launch_workers(study, workers, options, spec)
+        launch_workers(study, workers, options, spec)
     else:
         tune.work(found, spec, study, options)
     console.print(tune_report.trials_table(found, spec, study))
