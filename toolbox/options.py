@@ -185,6 +185,8 @@ class RunOptions:
             raise UsageError(f"--threads must be at least 1, got {self.threads}.")
         if self.serve not in SERVES:
             raise UsageError(f"--serve {self.serve!r} is unknown; use one of {', '.join(SERVES)}.")
+        if self.classes and not self.shards:
+            raise UsageError("--classes is recorded by --shards runs (the first folder's classes); drop it.")
         if self.shards:
             self.steps, self.open_ended, self.dataset = len(self.shards), True, "imagefolder"
         self._validate_images()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import pluggy
+
 from toolbox import capabilities as cap
 from toolbox.errors import UsageError
 
@@ -34,3 +36,28 @@ def installed_phases() -> dict[str, int]:
 
     names = [ep.name for ep in metadata.entry_points(group=cap.ENTRY_POINT_GROUP)]
     return declared_phases(cap.installed(names).values())
+
+
+def phase_seed(seed: int, step: int, place: int) -> int:
+    """The seed of every random draw in the phase at ``place`` of ``step`` (independent of earlier phases)."""
+    return seed * 100_003 + step * 101 + place + 1
+
+
+def run_phases(pm: pluggy.PluginManager) -> dict[str, int]:
+    """The phases a run may plan, name -> place: ``learn``, those the enabled plugins declare, and
+    (for a plugin that asks for a phase without declaring it) those installed plugins declare."""
+    declared = declared_phases(plugin for _, plugin in pm.list_name_plugin())
+    return dict(sorted({**installed_phases(), **declared}.items(), key=lambda item: item[1]))
+
+
+def plan_phases(pm: pluggy.PluginManager, step: int, num_steps: int) -> list[str]:
+    """``learn`` plus the phases plugins ask for, in their declared order."""
+    known = run_phases(pm)
+    wanted = {LEARN}
+    for extra in pm.hook.toolbox_phases(step=step, num_steps=num_steps):
+        for name in extra or []:
+            if name not in known:
+                raise UsageError(f"A plugin asked for phase {name!r}, which no plugin declares; phases "
+                                 f"are {', '.join(known)} (declare it in the plugin's `phases`).")
+            wanted.add(name)
+    return [p for p in known if p in wanted]

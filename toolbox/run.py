@@ -38,7 +38,7 @@ from toolbox.errors import UsageError
 from toolbox.io import KILL_ENV, kill_point
 from toolbox.models import build_model
 from toolbox.options import RunOptions, build_options, plugin_names
-from toolbox.phases import LEARN, declared_phases, installed_phases
+from toolbox.phases import LEARN, phase_seed, plan_phases, run_phases
 from toolbox.plugin_manager import chain_model_surgery, declared_options, dormant_options, load_plugins, plugin_states
 from toolbox.preflight import check_run
 from toolbox.run_data import RunData
@@ -46,31 +46,6 @@ from toolbox.serve import serve_checkpoint, serve_path
 from toolbox.state import RunState
 
 log = logging.getLogger("toolbox")
-
-
-def phase_seed(seed: int, step: int, place: int) -> int:
-    """The seed of every random draw in the phase at ``place`` of ``step`` (independent of earlier phases)."""
-    return seed * 100_003 + step * 101 + place + 1
-
-
-def run_phases(pm: pluggy.PluginManager) -> dict[str, int]:
-    """The phases a run may plan, name -> place: ``learn``, those the enabled plugins declare, and
-    (for a plugin that asks for a phase without declaring it) those installed plugins declare."""
-    declared = declared_phases(plugin for _, plugin in pm.list_name_plugin())
-    return dict(sorted({**installed_phases(), **declared}.items(), key=lambda item: item[1]))
-
-
-def plan_phases(pm: pluggy.PluginManager, step: int, num_steps: int) -> list[str]:
-    """``learn`` plus the phases plugins ask for, in their declared order."""
-    known = run_phases(pm)
-    wanted = {LEARN}
-    for extra in pm.hook.toolbox_phases(step=step, num_steps=num_steps):
-        for name in extra or []:
-            if name not in known:
-                raise UsageError(f"A plugin asked for phase {name!r}, which no plugin declares; phases "
-                                 f"are {', '.join(known)} (declare it in the plugin's `phases`).")
-            wanted.add(name)
-    return [p for p in known if p in wanted]
 
 
 def default_run_dir(options: RunOptions) -> Path:
