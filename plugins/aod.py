@@ -37,7 +37,7 @@ from torch import nn
 
 from toolbox import channels as ch
 from toolbox import distributed
-from toolbox.distill import alpha_option, kd_loss, temperature_option
+from toolbox.distill import alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.errors import UsageError
 from toolbox.engine import autocast_context
 from toolbox.hookspecs import hookimpl
@@ -62,6 +62,7 @@ class AODSettings:
     adapt: str = "confidence"
     teacher: str = "frozen"
     ema_decay: float = 0.999
+    teacher_bn: str = "running"
 
 
 def aod_options() -> list[PluginOption]:
@@ -82,6 +83,7 @@ def aod_options() -> list[PluginOption]:
                      "student, or a co-trained peer (mutual learning)", choices=TEACHERS),
         PluginOption("ema_decay", float, 0.999, "decay of the EMA teacher",
                      check=lambda v: None if 0 <= v < 1 else "the decay must lie in [0, 1)."),
+        teacher_bn_option(),
     ]
 
 
@@ -327,9 +329,9 @@ class AOD:
                         targets: torch.Tensor) -> torch.Tensor:
         cfg = self._settings(ctx)
         if cfg.teacher == "frozen":
-            return ctx.teacher_logits(inputs)
+            return ctx.teacher_logits(inputs, bn=cfg.teacher_bn)
         if cfg.teacher == "ema":
-            return ctx.infer(self.net, inputs)
+            return ctx.infer(self.net, inputs, bn=cfg.teacher_bn)
         if self.peer_optimizer is None:
             self.peer_optimizer = self._peer_optimizer(ctx)
         if ctx.optimizer is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from toolbox.distill import alpha_option, kd_loss, temperature_option
+from toolbox.distill import alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
@@ -21,18 +21,19 @@ class LwF:
 
     def __init__(self) -> None:
         """Start with the default ``T`` and ``alpha``; :meth:`toolbox_configure` reads the options."""
-        self.T, self.alpha = 4.0, 1.0
+        self.T, self.alpha, self.teacher_bn = 4.0, 1.0, "running"
 
     @hookimpl
     def toolbox_options(self) -> list[PluginOption]:
-        """Declare ``--T`` and ``--alpha`` (shared with aod)."""
-        return [temperature_option(), alpha_option()]
+        """Declare ``--T``, ``--alpha`` and ``--teacher-bn`` (shared with aod)."""
+        return [temperature_option(), alpha_option(), teacher_bn_option()]
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
         """Validate T and alpha; refuse ``aod`` alongside."""
         self.T = float(options.plugin.get("T", 4.0))
         self.alpha = float(options.plugin.get("alpha", 1.0))
+        self.teacher_bn = str(options.plugin.get("teacher_bn", "running"))
         if self.T <= 0 or self.alpha < 0:
             raise UsageError(f"--T must be > 0 and --alpha >= 0, got {self.T} and {self.alpha}.")
         if "aod" in options.plugins:
@@ -44,4 +45,4 @@ class LwF:
         """``lwf_kd`` in learn phases of steps > 1."""
         if ctx.phase != "learn" or ctx.step < 2 or ctx.teacher is None or self.alpha == 0:
             return None
-        return {"lwf_kd": self.alpha * kd_loss(logits, ctx.teacher_logits(batch[0]), self.T)}
+        return {"lwf_kd": self.alpha * kd_loss(logits, ctx.teacher_logits(batch[0], bn=self.teacher_bn), self.T)}

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from toolbox.distill import kd_loss, temperature_option
+from toolbox.distill import kd_loss, teacher_bn_option, temperature_option
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
@@ -34,6 +34,7 @@ class MSLSettings:
     weight: float = 1.0
     teachers: str = "previous"
     first_step: bool = False
+    teacher_bn: str = "running"
 
 
 def msl_options() -> list[PluginOption]:
@@ -45,6 +46,7 @@ def msl_options() -> list[PluginOption]:
         PluginOption("msl_teachers", str, "previous", "distill from the current step's AOD model only, "
                      "or also from every earlier step's SST model", choices=("previous", "all")),
         PluginOption("msl_first_step", bool, False, "also distill from the pre-SST model during step 1's SST"),
+        teacher_bn_option(),
     ]
 
 
@@ -52,7 +54,8 @@ def msl_settings(plugin: dict[str, Any]) -> MSLSettings:
     """Read and validate the MSL options (missing keys take their defaults)."""
     cfg = MSLSettings(T=float(plugin.get("T", 4.0)), weight=float(plugin.get("msl_weight", 1.0)),
                       teachers=str(plugin.get("msl_teachers", "previous")),
-                      first_step=bool(plugin.get("msl_first_step", False)))
+                      first_step=bool(plugin.get("msl_first_step", False)),
+                      teacher_bn=str(plugin.get("teacher_bn", "running")))
     if cfg.T <= 0 or cfg.weight < 0:
         raise UsageError(f"--T must be > 0 and --msl-weight >= 0, got {cfg.T} and {cfg.weight}.")
     if cfg.teachers not in ("previous", "all"):
@@ -128,8 +131,8 @@ class MSL:
             return None
         cfg = self._settings(ctx)
         inputs = batch[0]
-        teachers = [ctx.teacher_logits(inputs)]
-        teachers += [ctx.infer(m, inputs) for m in self.extra]
+        teachers = [ctx.teacher_logits(inputs, bn=cfg.teacher_bn)]
+        teachers += [ctx.infer(m, inputs, bn=cfg.teacher_bn) for m in self.extra]
         return {"msl_kd": multi_teacher_kd(logits, teachers, cfg.T, cfg.weight)}
 
     @hookimpl

@@ -36,3 +36,14 @@ def alpha_option() -> PluginOption:
     """The shared ``--alpha`` option (base weight of the distillation term, default 1.0, >= 0)."""
     return PluginOption("alpha", float, 1.0, "base weight of the distillation term added to cross-entropy",
                         check=lambda v: None if v >= 0 else "the weight must be >= 0.")
+
+
+TEACHER_BN = ("running", "batch")
+
+
+def teacher_bn_option() -> PluginOption:
+    """The shared ``--teacher-bn`` option: the teacher's BatchNorm normalizes with its running
+    statistics (eval mode, the default) or with each batch's statistics (as Avalanche's LwF)."""
+    return PluginOption("teacher_bn", str, "running", "the teacher's BatchNorm normalization: its running "
+                        "statistics (eval mode) or the batch's statistics (stored statistics untouched)",
+                        choices=TEACHER_BN)

@@ -242,7 +242,7 @@ class Run:
             phases = [only_phase] if only_phase else plan_phases(self.pm, step, options.steps)
             for phase in phases:
                 if (step, phase) not in self.state.done:
-                    self._run_phase(step, phase, has_previous=not first_phase)
+                    self._run_phase(step, phase, has_previous=not first_phase, step_phases=phases)
                     first_phase = False
                 if (step, phase) == until:
                     break
@@ -259,7 +259,7 @@ class Run:
                 "steps": self.state.results}
 
     # ------------------------------------------------------------- one phase
-    def _run_phase(self, step: int, phase: str, has_previous: bool) -> None:
+    def _run_phase(self, step: int, phase: str, has_previous: bool, step_phases: list[str] | None = None) -> None:
         """Train ``phase`` of ``step`` from its start, or from ``partial.pt`` after a kill."""
         partial = self._take_partial(step, phase)
         seed = phase_seed(self.options.seed, step, phase)
@@ -269,6 +269,8 @@ class Run:
         ctx = self._phase_context(step, phase, self._frozen_copy() if has_previous else None)
         loader = self._loader(indices, train=True, seed=seed)
         ctx.batches_per_epoch = len(loader)
+        ctx.step_phases = tuple(step_phases or (phase,))
+        ctx.batch_source = lambda: self._plain_loader(indices)
         ctx.start_epoch = 0 if partial is None else int(partial["epochs_done"])
         self.pm.hook.toolbox_phase_start(ctx=ctx)
         if partial is None:
@@ -292,7 +294,18 @@ class Run:
                        step=step, num_steps=options.steps, phase=phase,
                        epochs=options.epochs_for(phase), num_classes=self.data.num_classes,
                        input_size=self._input_size(), teacher=teacher, masks=self.state.masks,
-                       records=self.state.records, logger=log)
+                       records=self.state.records, logger=log, model_factory=self._fresh_model)
+
+    def _fresh_model(self) -> nn.Module:
+        """A freshly initialized model of the run's architecture on its device (``ctx.create_model``)."""
+        return self._to_device(ckpt.build_model(self.options.arch, self.data.num_classes, self.data.in_chans,
+                                                self.options.model_kwargs))
+
+    def _plain_loader(self, indices: torch.Tensor) -> BatchLoader:
+        """Every image of ``indices`` once, unaugmented, in stored order, on every process (``ctx.train_batches``)."""
+        data = self.data
+        return BatchLoader(data.train_x, data.train_y, indices, self.options.batch_size, data.mean, data.std,
+                           train=False, device=self.device, channels_last=self.options.channels_last)
 
     def _begin_phase(self, ctx: Context) -> torch.optim.Optimizer:
         """A phase from its start: the plugins' ``toolbox_prune`` chain, then the optimizer."""
