@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from toolbox import channels as ch
+from toolbox import distributed
 from toolbox.errors import UsageError
 from toolbox.ewc import TARGETS, diagonal_fisher, ewc_penalty, online_update
 from toolbox.hookspecs import hookimpl
@@ -82,6 +83,7 @@ class EWC:
         if not last_phase or ctx.step >= ctx.num_steps:
             return
         model = ch.unwrap(ctx.model)
+        distributed.broadcast_module(model)  # multi-process: rank 0's BN statistics, so every Fisher is equal
         new = {n: t.cpu() for n, t in diagonal_fisher(model, ctx.train_batches(), self.targets).items()}
         earlier = ctx.records.get("ewc")
         fisher = online_update(earlier["fisher"] if earlier else None, new, self.gamma)
