@@ -19,7 +19,7 @@ import torch
 from toolbox import batchnorm
 from toolbox import checkpoint as ckpt
 from toolbox.engine import evaluate
-from toolbox.run import phase_seed, resume_run
+from toolbox.run import phase_seed, resume_run, run_phases
 from toolbox.warmstart import shrink_perturb_
 
 
@@ -31,17 +31,18 @@ def main() -> None:
     parser.add_argument("--perturb", type=float, default=0.1)
     args = parser.parse_args()
     run = resume_run(args.run_dir)
-    model = run._to_device(ckpt.load_phase_model(args.run_dir, 1, "learn"))
-    torch.manual_seed(phase_seed(run.options.seed, 2, "learn"))
-    shrink_perturb_(model, run._fresh_model(), args.shrink, args.perturb)
+    model = run.to_device(ckpt.load_phase_model(args.run_dir, 1, "learn"))
+    torch.manual_seed(phase_seed(run.options.seed, 2, run_phases(run.pm)["learn"]))
+    shrink_perturb_(model, run.fresh_model(), args.shrink, args.perturb)
     variants = {"stale": copy.deepcopy(model), "reestimated": copy.deepcopy(model), "reset": copy.deepcopy(model)}
-    batchnorm.reestimate(variants["reestimated"], run._plain_loader(run.shards[1]))
+    x, y, indices = run.inputs.training_set(2, None)
+    batchnorm.reestimate(variants["reestimated"], run.inputs.plain_loader(x, y, indices))
     batchnorm.reset(variants["reset"])
-    before = evaluate(run._to_device(ckpt.load_phase_model(args.run_dir, 1, "learn")),
-                      run._loader(None, train=False, seed=0), run.device)["top1"]
+    before = evaluate(run.to_device(ckpt.load_phase_model(args.run_dir, 1, "learn")), run.inputs.test_loader(),
+                      run.device)["top1"]
     print(f"step-1 model: {before:.2f} %")
     for name, variant in variants.items():
-        top1 = evaluate(variant, run._loader(None, train=False, seed=0), run.device)["top1"]
+        top1 = evaluate(variant, run.inputs.test_loader(), run.device)["top1"]
         print(f"after shrink {args.shrink} / perturb {args.perturb}, BN statistics {name}: {top1:.2f} %")
 
 

@@ -1,7 +1,7 @@
 """``scratch``: every step trains a freshly initialized model on its shard.
 
 The reference that tells whether warm-starting from the previous step helps at all. At the start
-of every learn phase after step 1 (``toolbox_prune``) the model is replaced by
+of every learn phase after step 1 (``toolbox_model_surgery``) the model is replaced by
 ``ctx.create_model()`` (a fresh draw of the run's architecture; the run then builds a fresh
 optimizer). With ``joint`` it retrains from scratch on all data seen so far.
 """
@@ -31,7 +31,7 @@ class Scratch:
                              "enable scratch alone (or with joint).")
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: nn.Module) -> nn.Module | None:
+    def toolbox_model_surgery(self, ctx: Any, model: nn.Module) -> nn.Module | None:
         """Learn phases after step 1: a freshly initialized model replaces the trained one."""
         if ctx.phase != "learn" or ctx.step < 2:
             return None

@@ -1,6 +1,6 @@
 """``shrink_perturb``: the shrink-and-perturb warm start (Ash & Adams, NeurIPS 2020).
 
-At the start of every learn phase after step 1 (``toolbox_prune``) every parameter becomes
+At the start of every learn phase after step 1 (``toolbox_model_surgery``) every parameter becomes
 ``--sp-shrink * theta + --sp-perturb * theta_fresh``, with ``theta_fresh`` a fresh initialization
 of the run's architecture (``ctx.create_model()``); then the model trains as fine-tuning.
 The BatchNorm running statistics no longer fit the changed weights (evaluated with them the
@@ -52,7 +52,7 @@ class ShrinkPerturb:
                                  "enable one of them.")
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_model_surgery(self, ctx: Any, model: nn.Module) -> None:
         """Learn phases after step 1: shrink and perturb in place, then re-estimate or reset BN statistics."""
         if ctx.phase != "learn" or ctx.step < 2:
             return None

@@ -64,7 +64,7 @@ def test_scratch_replaces_the_model_at_learn_phases_after_step_one() -> None:
     for step, phase, expected in ((1, "learn", None), (2, "sparsify", None), (2, "learn", fresh)):
         ctx = Context(options=RunOptions(plugins=["scratch"]), model=model, device=torch.device("cpu"), step=step,
                       phase=phase, model_factory=lambda: fresh, masks={"bn": torch.ones(2, dtype=torch.bool)})
-        assert plugin.toolbox_prune(ctx=ctx, model=model) is expected
+        assert plugin.toolbox_model_surgery(ctx=ctx, model=model) is expected
         assert bool(ctx.masks) == (expected is None)
 
 

@@ -96,11 +96,11 @@ def test_the_plugin_acts_at_learn_phases_after_step_one(trained: nn.Module, bn: 
     fresh = net()
     for step, phase in ((1, "learn"), (2, "sparsify")):
         ctx = Context(options=options, model=model, device=torch.device("cpu"), step=step, phase=phase)
-        assert plugin.toolbox_prune(ctx=ctx, model=model) is None
+        assert plugin.toolbox_model_surgery(ctx=ctx, model=model) is None
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
     ctx = Context(options=options, model=model, device=torch.device("cpu"), step=2, phase="learn",
                   model_factory=lambda: copy.deepcopy(fresh), batch_source=lambda: [(x[:64], y[:64]), (x[64:], y[64:])])
-    assert plugin.toolbox_prune(ctx=ctx, model=model) is None
+    assert plugin.toolbox_model_surgery(ctx=ctx, model=model) is None
     conv = model[0].weight
     assert torch.allclose(conv, 0.5 * trained[0].weight + 0.2 * fresh[0].weight)
     record = ctx.records["shrink_perturb"]["step2"]

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from toolbox.device import autocast_context
 from toolbox.options import RunOptions
 
 
@@ -22,7 +23,7 @@ class Context:
     own state on themselves. ``teacher`` is a frozen copy (eval mode, no grad) of the model as
     the previous phase left it; ``None`` in the first phase of a run. ``start_epoch`` is the
     first epoch this process trains: 0, or the epochs already done when the phase continues from
-    ``partial.pt`` after a kill (then ``toolbox_prune`` is skipped and
+    ``partial.pt`` after a kill (then ``toolbox_model_surgery`` is skipped and
     ``toolbox_load_state_dict`` restores the plugins' state). ``step_phases`` are the phases
     this step runs, in order (``ctx.phase == ctx.step_phases[-1]`` in the step's last phase).
     :meth:`create_model` and :meth:`train_batches` work inside a run (the run sets their sources).
@@ -53,11 +54,6 @@ class Context:
     model_factory: Callable[[], nn.Module] | None = field(default=None, repr=False)
     batch_source: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = field(default=None, repr=False)
     _batch_cache: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def plugin_options(self) -> dict[str, Any]:
-        """The plugin options of the run (``--s``, ``--ratio``, ...), by name."""
-        return self.options.plugin
 
     def create_model(self) -> nn.Module:
         """A freshly initialized model of the run's architecture (``--arch``, classes, input
@@ -96,7 +92,6 @@ class Context:
         the stored ones (:func:`toolbox.batchnorm.batch_statistics`).
         """
         from toolbox.batchnorm import batch_statistics
-        from toolbox.engine import autocast_context  # the engine imports this module
 
         if bn not in ("running", "batch"):
             raise ValueError(f"bn must be 'running' or 'batch', got {bn!r}")
