@@ -22,7 +22,7 @@ from torch import nn
 from toolbox import capabilities as cap
 from toolbox import channels as ch
 from toolbox import distributed
-from toolbox.distill import adaptive_weight, alpha_option, kd_loss, temperature_option
+from toolbox.distill import adaptive_weight, alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
 from toolbox.reinit import DEFAULT_GAMMA, DEFAULT_NEXT, DEFAULT_STRATEGY, NEXT, STRATEGIES, reinitialize
@@ -48,6 +48,7 @@ class AODSettings:
     adapt: str = "confidence"
     teacher: str = "frozen"
     ema_decay: float = 0.999
+    teacher_bn: str = "running"
 
 
 def aod_options() -> list[PluginOption]:
@@ -68,6 +69,7 @@ def aod_options() -> list[PluginOption]:
                      "student, or a co-trained peer (mutual learning)", choices=TEACHERS),
         PluginOption("ema_decay", float, 0.999, "decay of the EMA teacher",
                      check=lambda v: None if 0 <= v < 1 else "the decay must lie in [0, 1)."),
+        teacher_bn_option(),
     ]
 
 
@@ -153,11 +155,12 @@ class AOD(PluginSettings):
 
     def _teacher_logits(self, ctx: "Context", inputs: torch.Tensor, student: torch.Tensor,
                         targets: torch.Tensor) -> torch.Tensor:
+        cfg = self.settings(ctx)
         if isinstance(self.teacher, MutualPeer):
             return self.teacher.step(ctx, inputs, targets, student)
         if isinstance(self.teacher, EMATeacher):
-            return ctx.infer(self.teacher.net, inputs)
-        return ctx.teacher_logits(inputs)
+            return ctx.infer(self.teacher.net, inputs, bn=cfg.teacher_bn)
+        return ctx.teacher_logits(inputs, bn=cfg.teacher_bn)
 
     @hookimpl
     def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:

@@ -18,7 +18,7 @@ from toolbox.hookspecs import hookimpl
 class FineTune:
     """Fine-tuning on the new shard only (the lower baseline)."""
 
-    provides = frozenset({cap.DATA_SCHEDULE})
+    provides = frozenset({cap.DATA_SCHEDULE, cap.WARM_START})
     conflicts = frozenset({cap.DATA_SCHEDULE})
 
     @hookimpl

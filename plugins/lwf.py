@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from toolbox import capabilities as cap
-from toolbox.distill import alpha_option, kd_loss, temperature_option
+from toolbox.distill import alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, option_values
 
@@ -27,18 +27,18 @@ class LwF:
 
     def __init__(self) -> None:
         """Start with the default ``T`` and ``alpha``; :meth:`toolbox_configure` reads the options."""
-        self.T, self.alpha = 4.0, 1.0
+        self.T, self.alpha, self.teacher_bn = 4.0, 1.0, "running"
 
     @hookimpl
     def toolbox_options(self) -> list[PluginOption]:
-        """Declare ``--T`` and ``--alpha`` (shared with aod)."""
-        return [temperature_option(), alpha_option()]
+        """Declare ``--T``, ``--alpha`` and ``--teacher-bn`` (shared with aod)."""
+        return [temperature_option(), alpha_option(), teacher_bn_option()]
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Validate T and alpha; refuse another plugin that distills from the previous model (aod)."""
+        """Validate T, alpha and teacher_bn; refuse another plugin that distills from the previous model (aod)."""
         values = option_values(self.toolbox_options(), options.plugin)
-        self.T, self.alpha = values["T"], values["alpha"]
+        self.T, self.alpha, self.teacher_bn = values["T"], values["alpha"], values["teacher_bn"]
         cap.check_names(options.plugins, {"lwf": self})
 
     @hookimpl
@@ -46,4 +46,4 @@ class LwF:
         """``lwf_kd`` in learn phases of steps > 1."""
         if ctx.phase != "learn" or ctx.step < 2 or ctx.teacher is None or self.alpha == 0:
             return None
-        return {"lwf_kd": self.alpha * kd_loss(logits, ctx.teacher_logits(batch[0]), self.T)}
+        return {"lwf_kd": self.alpha * kd_loss(logits, ctx.teacher_logits(batch[0], bn=self.teacher_bn), self.T)}

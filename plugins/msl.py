@@ -22,7 +22,7 @@ from torch import nn
 
 from toolbox import capabilities as cap
 from toolbox.compact_teacher import distillation_teacher
-from toolbox.distill import kd_loss, temperature_option
+from toolbox.distill import kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
 
@@ -38,6 +38,7 @@ class MSLSettings:
     weight: float = 1.0
     teachers: str = "previous"
     first_step: bool = False
+    teacher_bn: str = "running"
 
 
 def msl_options() -> list[PluginOption]:
@@ -49,6 +50,7 @@ def msl_options() -> list[PluginOption]:
         PluginOption("msl_teachers", str, "previous", "distill from the current step's AOD model only, "
                      "or also from every earlier step's SST model", choices=("previous", "all")),
         PluginOption("msl_first_step", bool, False, "also distill from the pre-SST model during step 1's SST"),
+        teacher_bn_option(),
     ]
 
 
@@ -69,6 +71,7 @@ def default_loader() -> Callable[[Any, int, str], nn.Module] | None:
 class MSL(PluginSettings):
     """Multi-step loss: KD towards the current and (optionally) earlier steps' models during SST."""
 
+    provides = frozenset({cap.DISTILL_EARLIER})
     requires = frozenset({cap.SPARSIFY})
 
     def __init__(self, loader: Callable[[Any, int, str], nn.Module] | None = None) -> None:
@@ -86,7 +89,8 @@ class MSL(PluginSettings):
     def read_settings(self, values: dict[str, Any]) -> MSLSettings:
         """MSL's settings from the run's option values."""
         v = option_values(msl_options(), values)
-        return MSLSettings(T=v["T"], weight=v["msl_weight"], teachers=v["msl_teachers"], first_step=v["msl_first_step"])
+        return MSLSettings(T=v["T"], weight=v["msl_weight"], teachers=v["msl_teachers"], first_step=v["msl_first_step"],
+                           teacher_bn=v["teacher_bn"])
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
@@ -111,8 +115,9 @@ class MSL(PluginSettings):
             model = loader(ctx.run_dir, step, "sparsify").to(ctx.device).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
-            self.extra.append(distillation_teacher(model, None, ctx.input_size, ctx.options.compact_teacher,
-                                                   ctx.logger, name=f"msl: step {step}'s model"))
+            compact = ctx.options.compact_teacher and cfg.teacher_bn == "running"  # exact with running statistics
+            self.extra.append(distillation_teacher(model, None, ctx.input_size, compact, ctx.logger,
+                                                   name=f"msl: step {step}'s model"))
 
     @hookimpl
     def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -121,8 +126,8 @@ class MSL(PluginSettings):
             return None
         cfg = self.settings(ctx)
         inputs = batch[0]
-        teachers = [ctx.teacher_logits(inputs)]
-        teachers += [ctx.infer(m, inputs) for m in self.extra]
+        teachers = [ctx.teacher_logits(inputs, bn=cfg.teacher_bn)]
+        teachers += [ctx.infer(m, inputs, bn=cfg.teacher_bn) for m in self.extra]
         return {"msl_kd": multi_teacher_kd(logits, teachers, cfg.T, cfg.weight)}
 
     @hookimpl

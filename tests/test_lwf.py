@@ -31,7 +31,7 @@ def test_term_only_in_learn_phases_after_step_one() -> None:
 
 def test_options_shared_with_aod_and_validated() -> None:
     options = {o.name: (o.type, o.default) for o in LwF().toolbox_options()}
-    assert options == {"T": (float, 4.0), "alpha": (float, 1.0)}
+    assert options == {"T": (float, 4.0), "alpha": (float, 1.0), "teacher_bn": (str, "running")}
     with pytest.raises(UsageError, match="double-counts"):
         LwF().toolbox_configure(options=RunOptions(plugins=["lwf", "aod"]))
     with pytest.raises(UsageError):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -26,7 +27,10 @@ class Context:
     ``partial.pt`` after a kill (then ``toolbox_model_surgery`` is skipped and
     ``toolbox_load_state_dict`` restores the plugins' state). :meth:`teacher_logits` computes
     the teacher's logits with its compact copy where the teacher's masked filters are exactly 0
-    (``--compact-teacher``, :mod:`toolbox.compact_teacher`).
+    (``--compact-teacher``, :mod:`toolbox.compact_teacher`; running statistics only).
+    ``step_phases`` are the phases this step runs, in order (``ctx.phase == ctx.step_phases[-1]``
+    in the step's last phase). :meth:`create_model` and :meth:`train_batches` work inside a run
+    (the run sets their sources).
     """
 
     options: RunOptions
@@ -50,17 +54,38 @@ class Context:
     records: dict[str, Any] = field(default_factory=dict)
     phase_metrics: dict[str, float] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("toolbox"))
+    step_phases: tuple[str, ...] = ()
+    model_factory: Callable[[], nn.Module] | None = field(default=None, repr=False)
+    batch_source: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = field(default=None, repr=False)
     _batch_cache: dict[str, Any] = field(default_factory=dict, repr=False)
     _distilled: tuple[nn.Module, nn.Module] | None = field(default=None, repr=False)
 
-    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """Logits of the frozen teacher on this batch, computed once per batch for all plugins."""
+    def create_model(self) -> nn.Module:
+        """A freshly initialized model of the run's architecture (``--arch``, classes, input
+        channels, ``model_kwargs``) on the run's device and memory format, drawn from the torch
+        RNG (seeded per phase by the run, so reproducible). Never the pruned structure."""
+        if self.model_factory is None:
+            raise RuntimeError("ctx.create_model() needs a run (or set ctx.model_factory in a test).")
+        return self.model_factory()
+
+    def train_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The phase's training images as ``(inputs, targets)`` batches on the device: every image
+        of the phase once (all of them on every process), in stored order, unaugmented and
+        normalized as for evaluation, ``--batch-size`` per batch. Draws no random numbers."""
+        if self.batch_source is None:
+            raise RuntimeError("ctx.train_batches() needs a run (or set ctx.batch_source in a test).")
+        return self.batch_source()
+
+    def teacher_logits(self, inputs: torch.Tensor, bn: str = "running") -> torch.Tensor | None:
+        """Logits of the frozen teacher on this batch, computed once per batch (and ``bn`` mode,
+        see :meth:`infer`) for all plugins."""
         if self.teacher is None:
             return None
-        key = "teacher_logits"
+        key = f"teacher_logits_{bn}"
         cached = self._batch_cache.get(key)
         if cached is None or cached[0] is not inputs:
-            cached = (inputs, self.infer(self.distillation_teacher(), inputs))
+            module = self.distillation_teacher() if bn == "running" else self.teacher
+            cached = (inputs, self.infer(module, inputs, bn=bn))
             self._batch_cache[key] = cached
         return cached[1]
 
@@ -76,10 +101,20 @@ class Context:
             self._distilled = (self.teacher, module)
         return self._distilled[1]
 
-    def infer(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    def infer(self, module: nn.Module, inputs: torch.Tensor, bn: str = "running") -> torch.Tensor:
         """``module(inputs)`` as an inference pass: no autograd graph, the student's autocast
-        precision (``--precision``), float32 logits out. For teachers and other frozen models."""
-        with torch.no_grad(), autocast_context(self.device, self.options.precision):
+        precision (``--precision``), float32 logits out. For teachers and other frozen models.
+
+        ``bn="running"`` leaves the module's BatchNorm layers as they are (eval mode: running
+        statistics); ``bn="batch"`` normalizes with this batch's statistics without changing
+        the stored ones (:func:`toolbox.batchnorm.batch_statistics`).
+        """
+        from toolbox.batchnorm import batch_statistics
+
+        if bn not in ("running", "batch"):
+            raise ValueError(f"bn must be 'running' or 'batch', got {bn!r}")
+        normalization = batch_statistics(module) if bn == "batch" else contextlib.nullcontext()
+        with torch.no_grad(), autocast_context(self.device, self.options.precision), normalization:
             return module(inputs).float()
 
     def new_batch(self) -> None:

@@ -49,3 +49,13 @@ def adaptive_weight(teacher_logits: torch.Tensor, targets: torch.Tensor, rule: s
         return acc.expand(targets.shape[0])
     return torch.ones(targets.shape[0], device=teacher_logits.device)
 
+
+TEACHER_BN = ("running", "batch")
+
+
+def teacher_bn_option() -> PluginOption:
+    """The shared ``--teacher-bn`` option: the teacher's BatchNorm normalizes with its running
+    statistics (eval mode, the default) or with each batch's statistics (as Avalanche's LwF)."""
+    return PluginOption("teacher_bn", str, "running", "the teacher's BatchNorm normalization: its running "
+                        "statistics (eval mode) or the batch's statistics (stored statistics untouched)",
+                        choices=TEACHER_BN)

@@ -104,7 +104,9 @@ def toolbox_model_surgery(ctx: "Context", model: Any) -> Any | None:
     Called after :func:`toolbox_phase_start` and before the optimizer is built, so a plugin
     may re-initialize filters in place (AOD) or return a structurally smaller model
     (compaction). Calls are chained in ``--plugins`` order: each implementation receives the
-    model returned by the previous one.
+    model returned by the previous one. ``ctx.create_model()`` gives a fresh model of the run's
+    architecture; a plugin that rescales or redraws weights must re-estimate or reset the
+    BatchNorm running statistics (``toolbox.batchnorm``), else evaluation can sit at chance.
     """
 
 

@@ -180,7 +180,7 @@ class Run:
             phases = [only_phase] if only_phase else self.plan(step)
             for phase in phases:
                 if (step, phase) not in self.state.done:
-                    self._run_phase(step, phase, has_previous=not first_phase)
+                    self._run_phase(step, phase, has_previous=not first_phase, step_phases=phases)
                     first_phase = False
                 if (step, phase) == until:
                     break
@@ -197,7 +197,7 @@ class Run:
                 "steps": self.state.results}
 
     # ------------------------------------------------------------- one phase
-    def _run_phase(self, step: int, phase: str, has_previous: bool) -> None:
+    def _run_phase(self, step: int, phase: str, has_previous: bool, step_phases: list[str] | None = None) -> None:
         """Train ``phase`` of ``step`` from its start, or from ``partial.pt`` after a kill."""
         partial = self._take_partial(step, phase)
         seed = phase_seed(self.options.seed, step, run_phases(self.pm)[phase])
@@ -207,6 +207,8 @@ class Run:
         ctx = self._phase_context(step, phase, self._frozen_copy() if has_previous else None)
         loader = self.inputs.train_loader(x, y, indices, seed)
         ctx.batches_per_epoch = len(loader)
+        ctx.step_phases = tuple(step_phases or (phase,))
+        ctx.batch_source = lambda: self.inputs.plain_loader(x, y, indices)
         ctx.start_epoch = 0 if partial is None else int(partial["epochs_done"])
         self.pm.hook.toolbox_phase_start(ctx=ctx)
         if partial is None:
@@ -237,7 +239,7 @@ class Run:
                        step=step, num_steps=options.steps, phase=phase,
                        epochs=options.epochs_for(phase), num_classes=self.data.num_classes,
                        input_size=self.inputs.input_size, teacher=teacher, masks=self.state.masks,
-                       records=self.state.records, logger=log)
+                       records=self.state.records, logger=log, model_factory=self.fresh_model)
 
     def _begin_phase(self, ctx: Context) -> torch.optim.Optimizer:
         """A phase from its start: the plugins' model surgery chain, then the optimizer."""

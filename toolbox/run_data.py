@@ -118,6 +118,13 @@ class RunData:
                            seed=seed, device=self.device, channels_last=options.channels_last,
                            rank=distributed.rank(), world_size=distributed.world_size())
 
+    def plain_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None) -> BatchLoader:
+        """Every image of ``x[indices]`` once, unaugmented, in stored order, ``--batch-size`` per batch,
+        on every process (``ctx.train_batches()``)."""
+        data, options = self.data, self.options
+        return BatchLoader(x, y, indices, options.batch_size, data.mean, data.std, train=False,
+                           device=self.device, channels_last=options.channels_last)
+
     def test_loader(self) -> BatchLoader:
         """The test set, unaugmented (each process gets its part of it)."""
         data = self.data

@@ -1,0 +1,72 @@
+"""``shrink_perturb``: the shrink-and-perturb warm start (Ash & Adams, NeurIPS 2020).
+
+At the start of every learn phase after step 1 (``toolbox_model_surgery``) every parameter becomes
+``--sp-shrink * theta + --sp-perturb * theta_fresh``, with ``theta_fresh`` a fresh initialization
+of the run's architecture (``ctx.create_model()``); then the model trains as fine-tuning.
+The BatchNorm running statistics no longer fit the changed weights (evaluated with them the
+model sat at chance, FINDINGS 12), so they are re-estimated on the new phase's training images
+(``--sp-bn reestimate``, the default) or reset to mean 0 and variance 1 (``--sp-bn reset``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from toolbox import batchnorm
+from toolbox import channels as ch
+from toolbox import capabilities as cap
+from toolbox.hookspecs import hookimpl
+from toolbox.options import PluginOption
+from toolbox.warmstart import shrink_perturb_
+
+BN_CHOICES = ("reestimate", "reset")
+
+
+class ShrinkPerturb:
+    """Shrink the previous model's weights, add a little fresh initialization, fix BN statistics."""
+
+    provides = frozenset({cap.EDIT_WEIGHTS, cap.WARM_START})
+    conflicts = frozenset({cap.EDIT_WEIGHTS, cap.REINIT, cap.FRESH_MODEL})
+
+    def __init__(self) -> None:
+        """Start with the authors' defaults; :meth:`toolbox_configure` reads the options."""
+        self.shrink, self.perturb, self.bn = 0.4, 0.1, "reestimate"
+
+    @hookimpl
+    def toolbox_options(self) -> list[PluginOption]:
+        """Declare ``--sp-shrink``, ``--sp-perturb`` and ``--sp-bn``."""
+        non_negative = lambda v: None if v >= 0 else "the factor must be >= 0."  # noqa: E731
+        return [PluginOption("sp_shrink", float, 0.4, "factor on the previous weights", check=non_negative),
+                PluginOption("sp_perturb", float, 0.1, "factor on the fresh initialization added", check=non_negative),
+                PluginOption("sp_bn", str, "reestimate", "BatchNorm running statistics after the change: measured "
+                             "on the new training images, or reset to mean 0 / variance 1", choices=BN_CHOICES)]
+
+    @hookimpl
+    def toolbox_configure(self, options: Any) -> None:
+        """Read the options; refuse ``aod`` and ``scratch``, which change the weights at the same moment."""
+        self.shrink = float(options.plugin.get("sp_shrink", 0.4))
+        self.perturb = float(options.plugin.get("sp_perturb", 0.1))
+        self.bn = str(options.plugin.get("sp_bn", "reestimate"))
+        cap.check_names(options.plugins, {"shrink_perturb": self})
+
+    @hookimpl
+    def toolbox_model_surgery(self, ctx: Any, model: nn.Module) -> None:
+        """Learn phases after step 1: shrink and perturb in place, then re-estimate or reset BN statistics."""
+        if ctx.phase != "learn" or ctx.step < 2:
+            return None
+        net = ch.unwrap(model)
+        count = shrink_perturb_(net, ctx.create_model(), self.shrink, self.perturb)
+        if self.bn == "reestimate":
+            batches = batchnorm.reestimate(net, ctx.train_batches())
+        else:
+            batchnorm.reset(net)
+            batches = 0
+        ctx.records.setdefault("shrink_perturb", {})[f"step{ctx.step}"] = {
+            "shrink": self.shrink, "perturb": self.perturb, "parameters": count, "bn": self.bn,
+            "bn_batches": batches}
+        ctx.logger.info("shrink_perturb: %d parameters <- %g * theta + %g * fresh; BN statistics %s.",
+                        count, self.shrink, self.perturb,
+                        f"re-estimated on {batches} batches" if self.bn == "reestimate" else "reset")
+        return None
