@@ -408,6 +408,7 @@ CORE_CASES = [
     ("device", "meta", "--device"), ("channels_last", "maybe", "--channels-last"),
     ("precision", "fp64", "--precision"), ("threads", "0", "--threads"), ("threads", "x", "--threads"),
     ("skip_nonfinite", "maybe", "--skip-nonfinite"), ("model_kwargs", "x", "model_kwargs"),
+    ("tensorboard", "maybe", "--tensorboard"),
 ]
 if not torch.cuda.is_available():
     CORE_CASES.append(("device", "cuda", "no CUDA device"))

@@ -122,6 +122,7 @@ class RunOptions:
     precision: str = "fp32"
     threads: int | None = None
     skip_nonfinite: bool = False
+    tensorboard: bool = True
     plugin: dict[str, Any] = field(default_factory=dict)
 
     def epochs_for(self, phase: str) -> int:

@@ -1,7 +1,8 @@
 """A run: steps (one per data shard) × phases (learn, sparsify, compact), with checkpoints.
 
 The run directory holds ``config.yaml``, ``shards.json``, ``metrics.jsonl``, a checkpoint after
-every phase (``checkpoints/step{k}_{phase}.pt``), ``results.json``, ``results.md`` and plots.
+every phase (``checkpoints/step{k}_{phase}.pt``), ``results.json``, ``results.md``, plots,
+``run.log`` (:mod:`toolbox.runlog`) and TensorBoard events in ``tb/`` (:mod:`toolbox.tensorboard`).
 ``resume(run_dir)`` continues from the last complete phase. Every random draw of a phase comes
 from generators seeded by (seed, step, phase), so a resumed run trains exactly as an
 uninterrupted one would on the same machine.
@@ -41,6 +42,8 @@ from toolbox.errors import CheckpointError, UsageError
 from toolbox.options import PHASES, RunOptions, build_options
 from toolbox.plugins import chain_prune, declared_options, dormant_options, load_plugins
 from toolbox.preflight import check_run
+from toolbox.runlog import RunLog
+from toolbox.tensorboard import RunBoard
 
 log = logging.getLogger("toolbox")
 
@@ -137,6 +140,8 @@ class Run:
         self.state = RunState()
         self.partial: dict[str, Any] | None = None
         self.initialized = False
+        self.run_log = RunLog(None)  # RUN_DIR/run.log once the directory is open (rank 0)
+        self.board = RunBoard(None, [], {})  # RUN_DIR/tb/ while execute() trains (rank 0)
         self.pm.hook.toolbox_configure(options=options)
         check_run(options.arch, options.model_kwargs, self.data.num_classes, self.data.in_chans,
                   self.data.image_size, options.plugins, float(options.plugin.get("ratio", 0.5)))
@@ -200,6 +205,12 @@ class Run:
         """Create the run directory and write config.yaml, shards.json and an empty metrics.jsonl
         (fresh runs, and resumed ones that had no complete phase); rank 0 writes."""
         distributed.run_on_main(self._write_directory)
+        self._open_run_log()
+
+    def _open_run_log(self) -> None:
+        """Copy the log to RUN_DIR/run.log from now on (rank 0; appended to on resume)."""
+        if distributed.is_main() and not self.run_log.is_open:
+            self.run_log = RunLog(self.run_dir)
 
     def _write_directory(self) -> None:
         try:
@@ -233,8 +244,25 @@ class Run:
         """Train every remaining phase of every step; return the results dict.
 
         ``only_phase`` runs just that phase of step 1 (``toolbox train``); ``until`` stops after
-        that (step, phase) (a later ``execute`` goes on from there).
+        that (step, phase) (a later ``execute`` goes on from there). Meanwhile the log goes to
+        run.log and, unless ``--tensorboard false``, TensorBoard events to tb/ (rank 0).
         """
+        options = self.options
+        self._open_run_log()
+        order = [(s, only_phase) for s in range(1, options.steps + 1)] if only_phase else self._phase_order()
+        self.board = RunBoard.open(self.run_dir if options.tensorboard and distributed.is_main() else None,
+                                   order, {p: options.epochs_for(p) for p in PHASES}, self.state.done, self.partial)
+        try:
+            results = self._execute(only_phase, until)
+            if until is None:
+                self.board.hparams(options.to_dict(), results["steps"])
+            return results
+        finally:
+            self.board.close()
+            self.run_log.close()
+
+    def _execute(self, only_phase: str | None, until: tuple[int, str] | None) -> dict[str, Any]:
+        """The phases of :meth:`execute`, then results.json's report."""
         options = self.options
         self.check_disk_space()
         first_phase = not self.state.done and not self.initialized
@@ -352,6 +380,8 @@ class Run:
         def epoch_done(epoch: int, metrics: dict[str, Any]) -> None:
             nonlocal saving
             self._append_metrics({"step": step, "phase": phase, "epoch": epoch + 1, **metrics})
+            self.board.epoch(step, phase, epoch + 1, metrics)
+            self.run_log.epoch(step, phase, epoch + 1, ctx.epochs, metrics)
             if self.progress is not None:
                 self.progress("epoch", step=step, phase=phase, epoch=epoch + 1, epochs=ctx.epochs, metrics=metrics)
             if epoch + 1 < ctx.epochs:
@@ -398,13 +428,15 @@ class Run:
         if self.validation is not None:
             scores = evaluate(self.model, self._validation_loader(), self.device, options.precision,
                               across_processes=True)
-            validation = {"val_top1": scores["top1"], "val_loss": scores["loss"]}
+            validation = {"val_top1": scores["top1"], "val_top5": scores["top5"], "val_loss": scores["loss"]}
         record = {"phase": phase, "epochs": ctx.epochs, "images": int(indices.numel()),
                   "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"], **validation,
                   "train_seconds": train_seconds, "params": count_params(self.model),
                   "macs": count_macs(self.model, self._input_size()), **ctx.phase_metrics}
         self._append_metrics({"step": step, "phase": phase, "eval": test})
         self._record_phase(step, record)
+        self.board.phase(step, phase, record, self.model)
+        self.run_log.phase(step, phase, record)
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))
         distributed.run_on_main(self._save, step, phase)
@@ -461,6 +493,7 @@ class Run:
     def restore(self) -> str | None:
         """Load the last complete phase's checkpoint and, when it belongs to the next phase,
         ``partial.pt``; return where the run continues (``None``: from the very beginning)."""
+        self._open_run_log()
         distributed.run_on_main(self._remove_temp_files)
         order = self._phase_order()
         last = self._restore_complete(order)
