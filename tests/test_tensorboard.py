@@ -159,12 +159,15 @@ def test_tensorboard_false_writes_no_events(tmp_path: Path) -> None:
 def test_run_log_is_appended_on_resume_and_detached_after(tmp_path: Path) -> None:
     import logging
 
-    values = {**RUN, "plugins": "finetune", "steps": 2, "epochs": 1, "out": str(tmp_path / "run")}
-    start_run(values).execute(until=(1, "learn"))
+    values = {**RUN, "plugins": "finetune", "steps": 2, "epochs": 1}
+    never_executed = start_run({**values, "out": str(tmp_path / "other")})
+    start_run({**values, "out": str(tmp_path / "run")}).execute(until=(1, "learn"))
     resume_run(tmp_path / "run").execute()
     text = (tmp_path / "run" / "run.log").read_text()
     assert text.index("step 1 learn done") < text.index("step 2 learn done")
     assert not any(isinstance(h, logging.FileHandler) for h in logging.getLogger("toolbox").handlers)
+    assert not never_executed.run_log.is_open  # the next run's log replaced its handler
+    assert "learn" not in (tmp_path / "other" / "run.log").read_text()
 
 
 # ----------------------------------------------------------------------------- kill and resume

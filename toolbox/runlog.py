@@ -2,7 +2,8 @@
 
 While a run's directory is open, a file handler on the ``toolbox`` logger copies every message
 the console log shows into ``run.log`` (appended to on resume), plus one line per epoch and per
-phase (the lines the CLI prints as progress, written to the file only).
+phase (the lines the CLI prints as progress, written to the file only). One run logs to its
+file at a time: opening a run's log detaches a log another run of the process left open.
 """
 
 from __future__ import annotations
@@ -30,14 +31,27 @@ def phase_line(step: int, phase: str, record: Mapping[str, Any]) -> str:
             f"({record['train_seconds']:.1f} s)")
 
 
+class RunLogHandler(logging.FileHandler):
+    """The file handler of a ``run.log`` (its own class, so a stale one can be found)."""
+
+
+def _detach(handler: logging.Handler) -> None:
+    """Remove ``handler`` from both loggers and close it."""
+    logging.getLogger(LOGGER).removeHandler(handler)
+    logging.getLogger(PROGRESS_LOGGER).removeHandler(handler)
+    handler.close()
+
+
 class RunLog:
     """The open ``run.log`` of a run (nothing at all when ``run_dir`` is ``None``: other ranks)."""
 
     def __init__(self, run_dir: Path | None) -> None:
-        self.handler: logging.FileHandler | None = None
+        self.handler: RunLogHandler | None = None
         if run_dir is None:
             return
-        self.handler = logging.FileHandler(Path(run_dir) / LOG_NAME, mode="a", encoding="utf-8")
+        for stale in [h for h in logging.getLogger(LOGGER).handlers if isinstance(h, RunLogHandler)]:
+            _detach(stale)  # a run that was never executed or finished, in this process
+        self.handler = RunLogHandler(Path(run_dir) / LOG_NAME, mode="a", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter(FORMAT))
         logging.getLogger(LOGGER).addHandler(self.handler)
         progress = logging.getLogger(PROGRESS_LOGGER)
@@ -47,8 +61,8 @@ class RunLog:
 
     @property
     def is_open(self) -> bool:
-        """Whether the file handler is attached."""
-        return self.handler is not None
+        """Whether the file handler is attached (another run's log may have replaced it)."""
+        return self.handler is not None and self.handler in logging.getLogger(LOGGER).handlers
 
     def epoch(self, step: int, phase: str, epoch: int, epochs: int, metrics: Mapping[str, Any]) -> None:
         """Write an epoch line (``epoch`` is 1-based)."""
@@ -62,9 +76,6 @@ class RunLog:
 
     def close(self) -> None:
         """Detach and close the file handler."""
-        if self.handler is None:
-            return
-        logging.getLogger(LOGGER).removeHandler(self.handler)
-        logging.getLogger(PROGRESS_LOGGER).removeHandler(self.handler)
-        self.handler.close()
-        self.handler = None
+        if self.handler is not None:
+            _detach(self.handler)
+            self.handler = None
