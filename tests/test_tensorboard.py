@@ -1,6 +1,6 @@
 """TensorBoard events in RUN_DIR/tb/ and the log file RUN_DIR/run.log, read back after real runs.
 
-* the x axis (global epoch) and the hparams values on tiny inputs;
+* the x axis (global epoch), the purge step of a resumed run and the hparams values on tiny inputs;
 * a tiny sst,aod,msl run through the CLI: every scalar tag at the expected steps, BN |gamma|
   histograms of the sparsify phase, the hparams summary; run.log holds the log and epoch lines;
 * ``--tensorboard false`` writes no tb/;
@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from test_reliability import cli_flags, toolbox_cli
 from toolbox.cli import app
 from toolbox.run import resume_run, start_run
-from toolbox.tensorboard import TB_DIR, hparam_values, phase_offsets
+from toolbox.tensorboard import TB_DIR, RunBoard, hparam_values, phase_offsets
 
 runner = CliRunner()
 RUN = {"plugins": "sst,aod,msl", "dataset": "synthetic", "arch": "cifar_resnet20", "steps": 2, "epochs": 2,
@@ -74,6 +74,22 @@ def test_hparam_values_are_flat_and_typed() -> None:
     assert values == {"arch": "cifar_resnet20", "lr": 0.1, "steps": 4, "reset_optimizer": True,
                       "plugins": "sst,aod", "model_kwargs.shortcut": "B", "threads": "None",
                       "ratio": 0.5, "teacher": "ema"}
+
+
+@pytest.mark.parametrize("done,partial,purge", [
+    (set(), None, 1),                                                          # a fresh run
+    ({(1, "learn")}, None, 3),                                                 # after a complete phase
+    ({(1, "learn")}, {"step": 1, "phase": "sparsify", "epochs_done": 2}, 5),   # from partial.pt
+    ({(1, "learn")}, {"step": 2, "phase": "learn", "epochs_done": 1}, 3),      # a stale partial.pt
+    ({(1, "learn"), (1, "sparsify"), (2, "learn")}, None, 9),                  # done: the hparams point
+])
+def test_purge_step_is_the_first_point_still_to_write(tmp_path: Path, done: set[tuple[int, str]],
+                                                      partial: dict[str, Any] | None, purge: int) -> None:
+    order = [(1, "learn"), (1, "sparsify"), (2, "learn")]
+    RunBoard.open(tmp_path, order, {"learn": 2, "sparsify": 4}, done, partial).close()
+    (events,) = (tmp_path / TB_DIR).glob("events.out.tfevents.*")
+    starts = [e.step for e in EventFileLoader(str(events)).Load() if e.HasField("session_log")]
+    assert starts == [purge]
 
 
 # ----------------------------------------------------------------------------- a run through the CLI
