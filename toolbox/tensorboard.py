@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from toolbox.preflight import affine_bns
+
 TB_DIR = "tb"
 # record keys renamed for TensorBoard: the record's top1/top5 are the test set's
 RENAMED = {"top1": "test_top1", "top5": "test_top5"}
@@ -169,11 +171,10 @@ class RunBoard:
     def bn_gamma_histograms(self, model: nn.Module, x: int) -> None:
         """Histograms of |gamma| of every BatchNorm layer, one per layer and ``bn_gamma/all``."""
         gammas = []
-        for name, module in model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-                gamma = module.weight.detach().abs().float().cpu()
-                gammas.append(gamma)
-                self.writer.add_histogram(f"bn_gamma/{name}", gamma, x)
+        for name, bn in affine_bns(model).items():
+            gamma = bn.weight.detach().abs().float().cpu()
+            gammas.append(gamma)
+            self.writer.add_histogram(f"bn_gamma/{name}", gamma, x)
         if gammas:
             self.writer.add_histogram("bn_gamma/all", torch.cat(gammas), x)
 
