@@ -61,7 +61,7 @@ def raw_scalar_points(run_dir: Path) -> Counter[tuple[str, int]]:
 # ----------------------------------------------------------------------------- tiny inputs
 def test_global_epochs_follow_the_phase_order() -> None:
     order = [(1, "learn"), (1, "sparsify"), (1, "compact"), (2, "learn")]
-    offsets, total = phase_offsets(order, {"learn": 2, "sparsify": 3, "compact": 0})
+    offsets, total = phase_offsets(order, {"learn": 2, "sparsify": 3, "compact": 0}.__getitem__)
     # a phase without epochs still takes one step, so its test accuracy has a point of its own
     assert offsets == {(1, "learn"): 0, (1, "sparsify"): 2, (1, "compact"): 5, (2, "learn"): 6}
     assert total == 8
@@ -86,7 +86,7 @@ def test_hparam_values_are_flat_and_typed() -> None:
 def test_purge_step_is_the_first_point_still_to_write(tmp_path: Path, done: set[tuple[int, str]],
                                                       partial: dict[str, Any] | None, purge: int) -> None:
     order = [(1, "learn"), (1, "sparsify"), (2, "learn")]
-    RunBoard.open(tmp_path, order, {"learn": 2, "sparsify": 4}, done, partial).close()
+    RunBoard.open(tmp_path, order, {"learn": 2, "sparsify": 4}.__getitem__, done, partial).close()
     (events,) = (tmp_path / TB_DIR).glob("events.out.tfevents.*")
     starts = [e.step for e in EventFileLoader(str(events)).Load() if e.HasField("session_log")]
     assert starts == [purge]
@@ -182,7 +182,7 @@ def test_run_log_is_appended_on_resume_and_detached_after(tmp_path: Path) -> Non
     text = (tmp_path / "run" / "run.log").read_text()
     assert text.index("step 1 learn done") < text.index("step 2 learn done")
     assert not any(isinstance(h, logging.FileHandler) for h in logging.getLogger("toolbox").handlers)
-    assert not never_executed.run_log.is_open  # the next run's log replaced its handler
+    assert not never_executed.logs.log.is_open  # the next run's log replaced its handler
     assert "learn" not in (tmp_path / "other" / "run.log").read_text()
 
 

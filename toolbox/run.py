@@ -42,8 +42,7 @@ from toolbox.errors import CheckpointError, UsageError
 from toolbox.options import PHASES, RunOptions, build_options
 from toolbox.plugins import chain_prune, declared_options, dormant_options, load_plugins
 from toolbox.preflight import check_run
-from toolbox.runlog import RunLog
-from toolbox.tensorboard import RunBoard
+from toolbox.run_logs import RunLogs
 
 log = logging.getLogger("toolbox")
 
@@ -140,8 +139,7 @@ class Run:
         self.state = RunState()
         self.partial: dict[str, Any] | None = None
         self.initialized = False
-        self.run_log = RunLog(None)  # RUN_DIR/run.log once the directory is open (rank 0)
-        self.board = RunBoard(None, [], {})  # RUN_DIR/tb/ while execute() trains (rank 0)
+        self.logs = RunLogs(self.run_dir, options.tensorboard)  # run.log and tb/ (rank 0)
         self.pm.hook.toolbox_configure(options=options)
         check_run(options.arch, options.model_kwargs, self.data.num_classes, self.data.in_chans,
                   self.data.image_size, options.plugins, float(options.plugin.get("ratio", 0.5)))
@@ -205,12 +203,7 @@ class Run:
         """Create the run directory and write config.yaml, shards.json and an empty metrics.jsonl
         (fresh runs, and resumed ones that had no complete phase); rank 0 writes."""
         distributed.run_on_main(self._write_directory)
-        self._open_run_log()
-
-    def _open_run_log(self) -> None:
-        """Copy the log to RUN_DIR/run.log from now on (rank 0; appended to on resume)."""
-        if distributed.is_main() and not self.run_log.is_open:
-            self.run_log = RunLog(self.run_dir)
+        self.logs.open_log()
 
     def _write_directory(self) -> None:
         try:
@@ -248,18 +241,15 @@ class Run:
         run.log and, unless ``--tensorboard false``, TensorBoard events to tb/ (rank 0).
         """
         options = self.options
-        self._open_run_log()
         order = [(s, only_phase) for s in range(1, options.steps + 1)] if only_phase else self._phase_order()
-        self.board = RunBoard.open(self.run_dir if options.tensorboard and distributed.is_main() else None,
-                                   order, {p: options.epochs_for(p) for p in PHASES}, self.state.done, self.partial)
+        self.logs.start(order, options.epochs_for, self.state.done, self.partial)
         try:
             results = self._execute(only_phase, until)
             if until is None:
-                self.board.hparams(options.to_dict(), results["steps"])
+                self.logs.finish(options.to_dict(), results["steps"])
             return results
         finally:
-            self.board.close()
-            self.run_log.close()
+            self.logs.close()
 
     def _execute(self, only_phase: str | None, until: tuple[int, str] | None) -> dict[str, Any]:
         """The phases of :meth:`execute`, then results.json's report."""
@@ -380,8 +370,7 @@ class Run:
         def epoch_done(epoch: int, metrics: dict[str, Any]) -> None:
             nonlocal saving
             self._append_metrics({"step": step, "phase": phase, "epoch": epoch + 1, **metrics})
-            self.board.epoch(step, phase, epoch + 1, metrics)
-            self.run_log.epoch(step, phase, epoch + 1, ctx.epochs, metrics)
+            self.logs.epoch(step, phase, epoch + 1, ctx.epochs, metrics)
             if self.progress is not None:
                 self.progress("epoch", step=step, phase=phase, epoch=epoch + 1, epochs=ctx.epochs, metrics=metrics)
             if epoch + 1 < ctx.epochs:
@@ -435,8 +424,7 @@ class Run:
                   "macs": count_macs(self.model, self._input_size()), **ctx.phase_metrics}
         self._append_metrics({"step": step, "phase": phase, "eval": test})
         self._record_phase(step, record)
-        self.board.phase(step, phase, record, self.model)
-        self.run_log.phase(step, phase, record)
+        self.logs.phase(step, phase, record, self.model)
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))
         distributed.run_on_main(self._save, step, phase)
@@ -493,7 +481,7 @@ class Run:
     def restore(self) -> str | None:
         """Load the last complete phase's checkpoint and, when it belongs to the next phase,
         ``partial.pt``; return where the run continues (``None``: from the very beginning)."""
-        self._open_run_log()
+        self.logs.open_log()
         distributed.run_on_main(self._remove_temp_files)
         order = self._phase_order()
         last = self._restore_complete(order)

@@ -22,7 +22,7 @@ discards the points the killed process wrote after its last checkpoint, and no s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -38,17 +38,17 @@ NOT_SCALARS = ("phase", "epochs", "images")
 PhaseKey = tuple[int, str]
 
 
-def phase_offsets(order: Iterable[PhaseKey], epochs: Mapping[str, int]) -> tuple[dict[PhaseKey, int], int]:
+def phase_offsets(order: Iterable[PhaseKey], epochs: Callable[[str], int]) -> tuple[dict[PhaseKey, int], int]:
     """Global epoch before each (step, phase) of ``order``, and the run's total.
 
-    A phase takes ``max(epochs[phase], 1)`` global epochs, so every phase ends at a distinct step
+    A phase takes ``max(epochs(phase), 1)`` global epochs, so every phase ends at a distinct step
     (a phase without epochs still gets its own point for its test accuracy).
     """
     offsets: dict[PhaseKey, int] = {}
     total = 0
     for key in order:
         offsets[key] = total
-        total += max(int(epochs[key[1]]), 1)
+        total += max(int(epochs(key[1])), 1)
     return offsets, total
 
 
@@ -104,15 +104,15 @@ class RunBoard:
         log_dir: The event-file folder (``RUN_DIR/tb``), or ``None`` for no TensorBoard output
             (``--tensorboard false``, or a process other than rank 0).
         order: Every (step, phase) of the run in training order.
-        epochs: Epochs of each phase name.
+        epochs: Epochs of a phase, by name (``RunOptions.epochs_for``).
         purge_step: The first global epoch this process will write; TensorBoard drops the points
             at and after it that an earlier (killed) process wrote.
     """
 
-    def __init__(self, log_dir: Path | None, order: Iterable[PhaseKey], epochs: Mapping[str, int],
+    def __init__(self, log_dir: Path | None, order: Iterable[PhaseKey], epochs: Callable[[str], int],
                  purge_step: int | None = None) -> None:
         self.offsets, self.total = phase_offsets(order, epochs)
-        self.epochs = dict(epochs)
+        self.epochs = epochs
         self.writer: Any = None
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # imported only when used (~0.5 s)
@@ -120,7 +120,7 @@ class RunBoard:
             self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     @classmethod
-    def open(cls, run_dir: Path | None, order: list[PhaseKey], epochs: Mapping[str, int],
+    def open(cls, run_dir: Path | None, order: list[PhaseKey], epochs: Callable[[str], int],
              done: set[PhaseKey], partial: Mapping[str, Any] | None) -> "RunBoard":
         """The board of a run about to train what is not ``done`` (``partial``: the checkpoint of
         the unfinished phase it continues, if any); ``run_dir`` ``None`` writes nothing.
@@ -146,7 +146,7 @@ class RunBoard:
 
     def phase_end(self, step: int, phase: str) -> int:
         """The x value of the end of ``phase`` in ``step``."""
-        return self.global_epoch(step, phase, max(int(self.epochs.get(phase, 1)), 1))
+        return self.global_epoch(step, phase, max(int(self.epochs(phase)), 1))
 
     def epoch(self, step: int, phase: str, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Every number of one epoch's metrics as ``epoch/<name>`` (``epoch`` is 1-based)."""
