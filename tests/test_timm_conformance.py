@@ -242,3 +242,24 @@ def test_model_forward_fx_torchscript(name: str, kwargs: Dict[str, Any]) -> None
         outputs = torch.cat(tuple(scripted(_input(model, 1)).values()))
     assert outputs.shape[0] == 1
     assert not torch.isnan(outputs).any()
+
+
+@pytest.mark.parametrize("name, kwargs", ALL)
+def test_model_forward_torchscript_with_features_fx(name: str, kwargs: Dict[str, Any]) -> None:
+    """timm ``test_model_forward_torchscript_with_features_fx``: FX feature extraction, scripted."""
+    with timm.set_scriptable(True):
+        model = timm.create_model(name, pretrained=False, features_only=True, feature_cfg={"feature_cls": "fx"},
+                                  **kwargs).eval()
+    scripted = torch.jit.script(model)
+    x = _input(model, 1)
+    with torch.inference_mode():
+        outputs = scripted(x)
+    assert isinstance(outputs, list)
+    _check_feature_maps(outputs, model.feature_info, x)
+
+
+def test_caller_feature_cfg_overrides_the_defaults() -> None:
+    model = timm.create_model("cifar_resnet20", features_only=True, feature_cfg={"out_indices": (1, 3)})
+    assert model.feature_info.channels() == [16, 64]
+    model = timm.create_model("cifar_mobilenetv2", features_only=True, out_indices=(0, 3))
+    assert model.feature_info.channels() == [24, 1280]

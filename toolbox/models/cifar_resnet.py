@@ -387,7 +387,7 @@ def _create_cifar_resnet(variant: str, depth: int, pretrained: bool = False, **k
         CifarResNet,
         variant,
         pretrained=False,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+        feature_cfg={"out_indices": (0, 1, 2, 3), **(kwargs.pop("feature_cfg", None) or {})},  # the caller's win
         depth=depth,
         **kwargs,
     )

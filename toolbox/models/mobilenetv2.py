@@ -345,6 +345,7 @@ def _create_mobilenetv2(variant: str, pretrained: bool = False, **kwargs: Any) -
     setting = kwargs["setting"]
     num_feature_levels = sum(1 for i, row in enumerate(setting) if i > 0 and row[3] > 1) + 1
     feature_cfg = dict(out_indices=tuple(range(num_feature_levels)), flatten_sequential=True)
+    feature_cfg.update(kwargs.pop("feature_cfg", None) or {})  # the caller's (e.g. feature_cls="fx") win
     return build_model_with_cfg(MobileNetV2, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
 
 
