@@ -40,9 +40,11 @@ from typing import Any
 import yaml
 
 from toolbox import checkpoint as ckpt
-from toolbox.plugins import declared_options, load_plugins
+from toolbox import io as tbio
+from toolbox.plugin_manager import declared_options, load_plugins
 from toolbox.report import plot_methods, rows_markdown, summarize
-from toolbox.run import read_mapping, resume_run, start_run
+from toolbox.options import read_mapping
+from toolbox.run import resume_run, start_run
 
 METHOD = "sst_aod_msl"
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -142,7 +144,7 @@ def fork_run(source: Path, target: Path, ablation: Ablation) -> dict[str, Any]:
             shutil.copy2(ckpt.phase_checkpoint_path(source, int(step), str(phase)), destination)
         for name in ("shards.json", "metrics.jsonl"):
             shutil.copy2(source / name, target / name)
-        ckpt.atomic_write_text(target / "config.yaml", yaml.safe_dump(values, sort_keys=False))
+        tbio.atomic_write_text(target / "config.yaml", yaml.safe_dump(values, sort_keys=False))
     return resume_run(target).execute(until=ablation.until)
 
 
@@ -224,12 +226,12 @@ def write_tables(groups: dict[str, list[dict[str, Any]]], folder: Path, title: s
     folder.mkdir(parents=True, exist_ok=True)
     text = (f"# {title}\n\n{rows_markdown(summary)}\n## Paired differences (same seed)\n\n{paired_markdown(groups)}\n\n"
             f"## SST's own cost at step 1\n\n{sst_cost_markdown(groups)}\n")
-    ckpt.atomic_write_text(folder / "report.md", text)
-    ckpt.atomic_write_json(folder / "report.json", {"rows": summary})
+    tbio.atomic_write_text(folder / "report.md", text)
+    tbio.atomic_write_json(folder / "report.json", {"rows": summary})
     header = ["method", "step", "seeds", "top1_mean", "top1_std", "top5_mean", "params", "macs", "sparsity",
               "train_seconds"]
     csv = [",".join(header)] + [",".join("" if r.get(k) is None else str(r[k]) for k in header) for r in summary]
-    ckpt.atomic_write_text(folder / "report.csv", "\n".join(csv) + "\n")
+    tbio.atomic_write_text(folder / "report.csv", "\n".join(csv) + "\n")
     plot_methods(summary, folder / "top1_vs_step.png")
     return summary
 
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                          ablation)
                 print(f"ablation {name} seed {seed} done", flush=True)
         text = "\n\n".join(ablation_markdown(out, seed, chosen) for seed in seeds)
-        ckpt.atomic_write_text(out / "ablations" / "report.md", f"# Ablations\n\n{text}\n")
+        tbio.atomic_write_text(out / "ablations" / "report.md", f"# Ablations\n\n{text}\n")
         print(text)
         return []
 

@@ -36,7 +36,8 @@ from torch import nn
 
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
 from toolbox import channels as ch
-from toolbox.compact import compact, cost
+from toolbox.compact import compact
+from toolbox.cost import cost
 from toolbox.data import load_dataset
 
 INPUT = (3, 32, 32)

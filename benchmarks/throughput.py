@@ -46,10 +46,12 @@ import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from pipeline import PilDataset  # noqa: E402
 from toolbox.context import Context  # noqa: E402
 from toolbox.data import BatchLoader, ImageData, load_dataset  # noqa: E402
-from toolbox.engine import Trainer, autocast_context, build_optimizer, count_macs  # noqa: E402
+from toolbox.cost import count_macs  # noqa: E402
+from toolbox.device import autocast_context  # noqa: E402
+from toolbox.engine import Trainer, build_optimizer  # noqa: E402
 from toolbox.hookspecs import hookimpl  # noqa: E402
 from toolbox.options import build_options  # noqa: E402
-from toolbox.plugins import chain_prune, declared_options, load_plugins, make_manager  # noqa: E402
+from toolbox.plugin_manager import chain_model_surgery, declared_options, load_plugins, make_manager  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainFn = Callable[[Iterable[Batch]], None]  # trains one pass over the given batches
@@ -81,7 +83,11 @@ class NoOpPlugin:
         return None
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: Any) -> None:
+    def toolbox_model_surgery(self, ctx: Any, model: Any) -> None:
+        return None
+
+    @hookimpl
+    def toolbox_prune(self, ctx: Any, model: Any) -> None:  # the deprecated alias is a hook too
         return None
 
     @hookimpl
@@ -140,7 +146,7 @@ def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last
                 plugins: list[str] | None = None, extra: list[Any] | None = None, phase: str = "learn") -> TrainFn:
     """The toolbox Trainer over the batches (one epoch per pass). With ``plugins`` the phase is
     set up as a run does at step 2: configure, a frozen teacher, ``toolbox_phase_start``, the
-    ``toolbox_prune`` chain (aod's re-initialization), then training."""
+    ``toolbox_model_surgery`` chain (aod's re-initialization), then training."""
     names = plugins or []
     pm = load_plugins(names) if names else make_manager()
     for plugin in extra or []:
@@ -159,7 +165,7 @@ def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last
         if "optimizer" not in state:
             ctx.batches_per_epoch = len(batches)
             pm.hook.toolbox_phase_start(ctx=ctx)
-            ctx.model = chain_prune(pm, ctx, ctx.model)
+            ctx.model = chain_model_surgery(pm, ctx, ctx.model)
             state["optimizer"] = ctx.optimizer = build_optimizer(ctx.model, options)
         Trainer(pm, ctx).train(state["optimizer"], lambda epoch: batches, len(batches))
 

@@ -11,18 +11,20 @@ from typing import Any
 
 import torch
 
-from toolbox.errors import UsageError
+from toolbox import capabilities as cap
 from toolbox.hookspecs import hookimpl
 
 
 class FineTune:
     """Fine-tuning on the new shard only (the lower baseline)."""
 
+    provides = frozenset({cap.DATA_SCHEDULE})
+    conflicts = frozenset({cap.DATA_SCHEDULE})
+
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Refuse being combined with ``joint``, which trains on the old shards too."""
-        if "joint" in options.plugins:
-            raise UsageError("finetune and joint are alternative baselines; enable one of them.")
+        """Refuse another plugin that chooses a step's data (``joint`` trains on the old shards too)."""
+        cap.check_names(options.plugins, {"finetune": self})
 
     @hookimpl
     def toolbox_data_schedule(self, step: int, shards: list[torch.Tensor]) -> torch.Tensor:

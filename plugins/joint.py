@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import torch
 
+from toolbox import capabilities as cap
 from toolbox.hookspecs import hookimpl
 
 
 class Joint:
     """Joint training on every shard seen so far (the upper bound)."""
+
+    provides = frozenset({cap.DATA_SCHEDULE})
+    conflicts = frozenset({cap.DATA_SCHEDULE})
 
     @hookimpl
     def toolbox_data_schedule(self, step: int, shards: list[torch.Tensor]) -> torch.Tensor:

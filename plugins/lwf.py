@@ -6,18 +6,24 @@ the frozen previous model (``ctx.teacher``). No sparsity, no re-initialization.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from toolbox import capabilities as cap
 from toolbox.distill import alpha_option, kd_loss, temperature_option
-from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption
+from toolbox.options import PluginOption, option_values
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 
 class LwF:
     """Distill from the previous step's model while learning the new shard."""
+
+    provides = frozenset({cap.DISTILL_PREVIOUS})
+    conflicts = frozenset({cap.DISTILL_PREVIOUS})
 
     def __init__(self) -> None:
         """Start with the default ``T`` and ``alpha``; :meth:`toolbox_configure` reads the options."""
@@ -30,17 +36,13 @@ class LwF:
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Validate T and alpha; refuse ``aod`` alongside."""
-        self.T = float(options.plugin.get("T", 4.0))
-        self.alpha = float(options.plugin.get("alpha", 1.0))
-        if self.T <= 0 or self.alpha < 0:
-            raise UsageError(f"--T must be > 0 and --alpha >= 0, got {self.T} and {self.alpha}.")
-        if "aod" in options.plugins:
-            raise UsageError("lwf and aod both distill from the previous model, which double-counts "
-                             "distillation; enable one of them.")
+        """Validate T and alpha; refuse another plugin that distills from the previous model (aod)."""
+        values = option_values(self.toolbox_options(), options.plugin)
+        self.T, self.alpha = values["T"], values["alpha"]
+        cap.check_names(options.plugins, {"lwf": self})
 
     @hookimpl
-    def toolbox_loss(self, ctx: Any, batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """``lwf_kd`` in learn phases of steps > 1."""
         if ctx.phase != "learn" or ctx.step < 2 or ctx.teacher is None or self.alpha == 0:
             return None

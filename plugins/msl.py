@@ -14,21 +14,23 @@ phase from the run directory), all teachers weighted equally so the weights sum 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
+from toolbox import capabilities as cap
 from toolbox.distill import kd_loss, temperature_option
-from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption
-from toolbox.sparsity import sparsity_plugins
+from toolbox.options import PluginOption, PluginSettings, option_values
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 
 @dataclass(frozen=True)
 class MSLSettings:
-    """Validated MSL options."""
+    """MSL's options (validated by their :class:`PluginOption` declarations)."""
 
     T: float = 4.0
     weight: float = 1.0
@@ -48,18 +50,6 @@ def msl_options() -> list[PluginOption]:
     ]
 
 
-def msl_settings(plugin: dict[str, Any]) -> MSLSettings:
-    """Read and validate the MSL options (missing keys take their defaults)."""
-    cfg = MSLSettings(T=float(plugin.get("T", 4.0)), weight=float(plugin.get("msl_weight", 1.0)),
-                      teachers=str(plugin.get("msl_teachers", "previous")),
-                      first_step=bool(plugin.get("msl_first_step", False)))
-    if cfg.T <= 0 or cfg.weight < 0:
-        raise UsageError(f"--T must be > 0 and --msl-weight >= 0, got {cfg.T} and {cfg.weight}.")
-    if cfg.teachers not in ("previous", "all"):
-        raise UsageError(f"--msl-teachers must be previous or all, got {cfg.teachers!r}.")
-    return cfg
-
-
 def multi_teacher_kd(student: torch.Tensor, teachers: list[torch.Tensor], T: float, weight: float) -> torch.Tensor:
     """``weight`` times the mean over teachers of ``kd_loss(student, teacher, T)``."""
     return weight * torch.stack([kd_loss(student, t, T) for t in teachers]).mean()
@@ -74,8 +64,10 @@ def default_loader() -> Callable[[Any, int, str], nn.Module] | None:
     return load_phase_model
 
 
-class MSL:
+class MSL(PluginSettings):
     """Multi-step loss: KD towards the current and (optionally) earlier steps' models during SST."""
+
+    requires = frozenset({cap.SPARSIFY})
 
     def __init__(self, loader: Callable[[Any, int, str], nn.Module] | None = None) -> None:
         """``loader(run_dir, step, phase)`` loads earlier models (default: the checkpoint loader)."""
@@ -89,23 +81,21 @@ class MSL:
         """Declare ``--T --msl-weight --msl-teachers --msl-first-step``."""
         return msl_options()
 
+    def read_settings(self, values: dict[str, Any]) -> MSLSettings:
+        """MSL's settings from the run's option values."""
+        v = option_values(msl_options(), values)
+        return MSLSettings(T=v["T"], weight=v["msl_weight"], teachers=v["msl_teachers"], first_step=v["msl_first_step"])
+
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
         """Validate; refuse running without a sparsity plugin (msl acts in its sparsify phases)."""
-        self.cfg = msl_settings(options.plugin)
-        if not sparsity_plugins(options.plugins):
-            raise UsageError("msl adds its loss during sparsify phases, which only a sparsity plugin creates; "
-                             "add sst (or slimming, polarization, group_lasso) to --plugins.")
-
-    def _settings(self, ctx: Any) -> MSLSettings:
-        if self.cfg is None:
-            self.cfg = msl_settings(ctx.options.plugin)
-        return self.cfg
+        self.configure_settings(options.plugin)
+        cap.check_names(options.plugins, {"msl": self})
 
     @hookimpl
-    def toolbox_phase_start(self, ctx: Any) -> None:
+    def toolbox_phase_start(self, ctx: "Context") -> None:
         """Sparsify phases after step 1 (or at step 1 when asked): load the earlier teachers."""
-        cfg = self._settings(ctx)
+        cfg = self.settings(ctx)
         self.extra = []
         self.active = (ctx.phase == "sparsify" and ctx.teacher is not None
                        and (ctx.step > 1 or cfg.first_step) and cfg.weight > 0)
@@ -122,17 +112,17 @@ class MSL:
             self.extra.append(model)
 
     @hookimpl
-    def toolbox_loss(self, ctx: Any, batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """``msl_kd``: equal-weight KD towards every teacher, weights summing to ``--msl-weight``."""
         if not self.active:
             return None
-        cfg = self._settings(ctx)
+        cfg = self.settings(ctx)
         inputs = batch[0]
         teachers = [ctx.teacher_logits(inputs)]
         teachers += [ctx.infer(m, inputs) for m in self.extra]
         return {"msl_kd": multi_teacher_kd(logits, teachers, cfg.T, cfg.weight)}
 
     @hookimpl
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """Release the earlier teachers."""
         self.active, self.extra = False, []

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from toolbox import channels as ch
-from toolbox.errors import UsageError
 from toolbox.options import PluginOption
 from toolbox.sparsity import SparsityTraining, Units
 
@@ -73,11 +72,9 @@ class Polarization(SparsityTraining):
         ]
 
     def configure_penalty(self, plugin: dict[str, Any]) -> None:
-        """Read ``--polar-t`` and ``--polar-clamp``."""
-        self.t = float(plugin.get("polar_t", 1.2))
-        self.clamp = bool(plugin.get("polar_clamp", False))
-        if self.t <= 0:
-            raise UsageError(f"--polar-t must be > 0, got {self.t}.")
+        """Read ``--polar-t`` and ``--polar-clamp`` (validated by their declarations)."""
+        self.t = float(plugin["polar_t"])
+        self.clamp = bool(plugin["polar_clamp"])
 
     def _weights(self, model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
         names = self.graph.bn_names()

@@ -1,6 +1,6 @@
 """``prune``: compact the final model with torch-pruning (a ``compact`` phase at the last step).
 
-At the start of the ``compact`` phase (``toolbox_prune``) the unimportant filters are removed
+At the start of the ``compact`` phase (``toolbox_model_surgery``) the unimportant filters are removed
 from the model with :func:`toolbox.compact.compact`: the filters of ``ctx.masks`` (the masks
 ``sst`` wrote), or, with ``--prune-ratio R`` (> 0), the fraction R of filters with the smallest
 BN |gamma| (torch-pruning's BN-scale importance, ranked globally); an explicit ratio wins over
@@ -23,12 +23,19 @@ for filters whose scales are 0). That is the pipeline's intended behaviour, not 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from toolbox import capabilities as cap
+from toolbox import channels as ch
 from toolbox import compact as cp
-from toolbox.errors import UsageError
+from toolbox.cost import compaction_report
+from toolbox.prune_file import checkpoint_input_size
+from toolbox.structure import merge_structures
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption
+from toolbox.options import PluginOption, option_values
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 log = logging.getLogger("toolbox")
 PHASE = "compact"
@@ -40,7 +47,7 @@ def prune_options() -> list[PluginOption]:
     return [
         PluginOption("prune_ratio", float, 0.0, "remove this fraction of filters by BN |gamma| (torch-pruning "
                      "BN-scale importance) instead of the sst masks; 0 = use the masks; must lie in [0, 1)",
-                     check=cp.check_prune_ratio),
+                     check=lambda v: ch.check_ratio(v)),
         PluginOption("compact_epochs", int, 0, "fine-tuning epochs after compaction (the compact phase)",
                      check=lambda v: None if v >= 0 else "must be >= 0."),
         PluginOption("compact_round_to", int, 1, "keep (the most important) selected filters until every "
@@ -51,7 +58,7 @@ def prune_options() -> list[PluginOption]:
     ]
 
 
-def run_input_size(ctx: Any, model: Any) -> tuple[int, int, int]:
+def run_input_size(ctx: "Context", model: Any) -> tuple[int, int, int]:
     """The (C, H, W) of the run's images: ``ctx.input_size`` when the core provides it, else
     the dataset's known size, else the model's timm cfg."""
     size = getattr(ctx, "input_size", None)
@@ -60,11 +67,14 @@ def run_input_size(ctx: Any, model: Any) -> tuple[int, int, int]:
     first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
     in_chans = int(getattr(first, "in_channels", 3))
     fake = {"in_chans": in_chans, "options": {"dataset": ctx.options.dataset}}
-    return cp.checkpoint_input_size(fake, model)
+    return checkpoint_input_size(fake, model)
 
 
 class Prune:
     """Compaction at the last step; the plugin's state lives on this object."""
+
+    provides = frozenset({cap.COMPACT})
+    phases = {PHASE: 2}
 
     def __init__(self) -> None:
         """Start unconfigured; :meth:`toolbox_configure` reads the options."""
@@ -81,14 +91,11 @@ class Prune:
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
         """Validate the ratio and set the compact phase's epochs (``phase_epochs`` wins if set)."""
-        plugin = options.plugin
-        self.ratio = float(plugin.get("prune_ratio", 0.0))
-        self.repeats = int(plugin.get("compact_latency_repeats", 5))
-        self.round_to = int(plugin.get("compact_round_to", 1))
-        problem = cp.check_prune_ratio(self.ratio)
-        if problem:
-            raise UsageError(f"--prune-ratio={self.ratio!r}: {problem}")
-        options.phase_epochs.setdefault(PHASE, int(plugin.get("compact_epochs", 0)))
+        plugin = option_values(prune_options(), options.plugin)
+        self.ratio = plugin["prune_ratio"]
+        self.repeats = plugin["compact_latency_repeats"]
+        self.round_to = plugin["compact_round_to"]
+        options.phase_epochs.setdefault(PHASE, plugin["compact_epochs"])
 
     @hookimpl
     def toolbox_phases(self, step: int, num_steps: int) -> list[str] | None:
@@ -96,7 +103,7 @@ class Prune:
         return [PHASE] if step == num_steps else None
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: Any) -> Any | None:
+    def toolbox_model_surgery(self, ctx: "Context", model: Any) -> Any | None:
         """In ``compact``: remove the filters, record the structure, empty the masks."""
         if ctx.phase != PHASE:
             return None
@@ -113,10 +120,10 @@ class Prune:
         small, structure = cp.compact(model, masks=None if use_ratio else masks,
                                       ratio=self.ratio if use_ratio else None, example_inputs=example,
                                       round_to=self.round_to)
-        ctx.records["structure"] = cp.merge_structures(ctx.records.get("structure"), structure)
+        ctx.records["structure"] = merge_structures(ctx.records.get("structure"), structure)
         ctx.masks = {}
         stats = structure["compactions"][-1]
-        self.report = cp.compaction_report(model, small, size, repeats=self.repeats, batch_sizes=BATCH_SIZES)
+        self.report = compaction_report(model, small, size, repeats=self.repeats, batch_sizes=BATCH_SIZES)
         self.report.update(filters=float(stats["filters"]), filters_removed=float(stats["removed"]),
                            filters_kept_constant=float(stats["carriers"]), filters_spared=float(stats["spared"]))
         ctx.logger.info("prune: removed %d of %d filters; MACs x%.3f, params x%.3f.", stats["removed"],
@@ -124,18 +131,18 @@ class Prune:
         return small
 
     @hookimpl
-    def toolbox_state_dict(self, ctx: Any) -> dict[str, Any] | None:
-        """In ``compact``: the compaction report (measured in ``toolbox_prune``, which a resumed
+    def toolbox_state_dict(self, ctx: "Context") -> dict[str, Any] | None:
+        """In ``compact``: the compaction report (measured in ``toolbox_model_surgery``, which a resumed
         phase does not call again)."""
         return {"report": dict(self.report)} if ctx.phase == PHASE and self.report else None
 
     @hookimpl
-    def toolbox_load_state_dict(self, ctx: Any, state: dict[str, Any]) -> None:
+    def toolbox_load_state_dict(self, ctx: "Context", state: dict[str, Any]) -> None:
         """Restore the compaction report of a ``compact`` phase continued after a kill."""
         self.report = {k: float(v) for k, v in state.get("report", {}).items()}
 
     @hookimpl
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """Put the compaction report (flat floats) into the phase's metrics."""
         if ctx.phase == PHASE and self.report:
             ctx.phase_metrics.update(self.report)

@@ -5,13 +5,13 @@ Only the *selected* BN scales are regularized: the fraction ``--ratio`` r of pru
 (or per layer) and re-ranked at every epoch start. Modes (``--sst-mode``):
 
 * ``target`` (default): a proximal L1 step after every optimizer step,
-  ``gamma <- sign(gamma) * max(|gamma| - tau, 0)`` on the selected gammas, whose threshold
-  ``tau = lr * s`` is set per batch by a controller: ``tau = m / R`` with ``m`` the largest
-  selected |gamma| left and ``R`` the iterations left in the phase (this one included). The
-  largest selected gamma thus falls linearly to 0 whatever the phase length, smaller ones reach 0
-  sooner, and at the last batch (``R = 1``) ``tau = m`` zeroes every selected gamma: the ratio r
-  is reached by construction. If the iteration count was mis-estimated, the phase end zeroes what
-  is left and warns when that removed gammas still above ``--sparsity-threshold``.
+  ``gamma <- sign(gamma) * max(|gamma| - tau, 0)`` on the selected gammas, with ``tau = m / R``:
+  ``m`` the largest selected |gamma| left and ``R`` the optimizer steps left until
+  ``--sparsity-target-at`` of the phase (default 0.5). The largest selected gamma thus falls
+  linearly to 0 by then whatever the phase length; the selection is then frozen and held at 0
+  while the rest of the network recovers for the remaining steps, so the ratio r is reached by
+  construction. The phase end zeroes anything left and warns when that removed gammas still above
+  ``--sparsity-threshold`` (:mod:`toolbox.target_schedule`).
 * ``subgradient``: Network Slimming's ``grad += s * sign(gamma)`` with fixed ``--s``.
 * ``proximal``: the same soft-threshold with a fixed ``tau = lr * s``.
 
@@ -21,15 +21,9 @@ The machinery is :class:`toolbox.sparsity.SparsityTraining`; SST is its selectiv
 
 from __future__ import annotations
 
-from typing import Any
-
-from toolbox.options import PluginOption
-from toolbox.sparsity import (SparsitySettings, SparsityTraining, achieved, add_subgradient,  # noqa: F401
-                              max_chosen_gamma, plot_gamma_histogram, select, soft_threshold_,
-                              target_threshold, zero_chosen_)
+from toolbox.sparsity import SparsityTraining
 
 MODES = ("target", "subgradient", "proximal")
-SSTSettings = SparsitySettings  #: validated SST options (kept under its historical name)
 
 
 class SST(SparsityTraining):
@@ -45,12 +39,3 @@ class SST(SparsityTraining):
     selective = True
     modes = MODES
 
-
-def sst_options() -> list[PluginOption]:
-    """The options ``sst`` declares: ``--ratio --s --sst-mode --sst-select --sst-rerank --sparsity-threshold``."""
-    return SST.declare_options()
-
-
-def sst_settings(plugin: dict[str, Any]) -> SSTSettings:
-    """Read and validate the SST options (missing keys take their defaults)."""
-    return SST.read_settings(plugin)

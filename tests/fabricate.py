@@ -1,9 +1,11 @@
-"""Dataset folders in the exact official layouts, fabricated for tests (never real data)."""
+"""Dataset folders in the exact official layouts and image folders, fabricated for tests (never real data)."""
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,3 +33,36 @@ def write_cifar100(root: Path, train_per_class: int = 3, test_per_class: int = 1
     with open(folder / "meta", "wb") as f:
         pickle.dump(meta, f, protocol=2)
     return arrays
+
+
+def write_image(path: Path, pixels: np.ndarray, **save: Any) -> Path:
+    """Save ``pixels`` (H x W uint8 grayscale, H x W x 3 RGB, or uint16 H x W) with Pillow; the
+    format follows the suffix."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **save)
+    return path
+
+
+def write_image_folder(root: Path, classes: Sequence[str] = ("ant", "bee"), per_class: int = 3,
+                       size: tuple[int, int] = (28, 28), rgb: bool = False, suffix: str = ".png",
+                       seed: int = 0) -> list[Path]:
+    """``root/<class>/img<i><suffix>``: random images of ``size`` (H, W), RGB or grayscale.
+    JPEGs are saved at quality 95; returns the paths in sorted (label, name) order."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name in classes:
+        for i in range(per_class):
+            shape = (*size, 3) if rgb else size
+            pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            extra = {"quality": 95} if suffix.lower() in (".jpg", ".jpeg") else {}
+            paths.append(write_image(root / name / f"img{i}{suffix}", pixels, **extra))
+    return paths
+
+
+def truncate_file(path: Path, keep: float = 0.5) -> Path:
+    """Cut ``path`` to ``keep`` of its bytes (a download that stopped half-way)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: max(1, int(len(data) * keep))])
+    return path

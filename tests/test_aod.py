@@ -16,7 +16,10 @@ from toolbox.context import Context
 from toolbox.distill import kd_loss
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox_plugins.aod import AOD, adaptive_weight, draw_filters, ema_update
+from toolbox.distill import adaptive_weight
+from toolbox.reinit import draw_filters
+from toolbox.teachers import ema_update
+from toolbox_plugins.aod import AOD
 
 
 class Net(nn.Module):
@@ -83,7 +86,7 @@ def test_reinit_changes_exactly_the_masked_filters(strategy: str) -> None:
     ctx.masks = {k: v.clone() for k, v in MASKS.items()}
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     plugin.toolbox_phase_start(ctx=ctx)
-    assert plugin.toolbox_prune(ctx=ctx, model=ctx.model) is None
+    assert plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model) is None
     after = ctx.model.state_dict()
     touched = {f"{bn}.{t}" for bn in BN_EXPECTED for t in ("weight", "bias", "running_mean", "running_var")}
     touched |= {name for name, _ in EXPECTED}
@@ -106,7 +109,7 @@ def test_reinit_none_keeps_every_weight() -> None:
     ctx.masks = {k: v.clone() for k, v in MASKS.items()}
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     for key, value in ctx.model.state_dict().items():
         assert torch.equal(before[key], value), key
     assert ctx.records["aod"]["step2"]["reinitialized_filters"] == 0
@@ -117,7 +120,7 @@ def test_reinit_gamma_and_next_layer_options() -> None:
     ctx.masks = {k: v.clone() for k, v in MASKS.items()}
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     after = ctx.model.state_dict()
     assert torch.all(after["b_bn2.weight"][RES] == 1.0) and torch.all(after["b_bn1.weight"][INNER] == 1.0)
     assert torch.all(after["b_conv2.weight"][:, INNER] == 0)  # consumer of the block-internal filters
@@ -149,7 +152,7 @@ def test_orthogonal_reinit_in_a_layer() -> None:
     plugin, ctx = make(reinit="orthogonal")
     ctx.masks = {k: v.clone() for k, v in MASKS.items()}
     plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     w = ctx.model.b_conv1.weight.detach().reshape(8, -1)
     new, kept = w[INNER], w[[i for i in range(8) if i not in INNER]]
     assert (new @ kept.T).abs().max() < 1e-4
@@ -158,7 +161,7 @@ def test_orthogonal_reinit_in_a_layer() -> None:
 def test_without_masks_aod_selects_by_gamma() -> None:
     plugin, ctx = make(ratio=0.25)
     plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     graph = ch.channel_groups(ctx.model)
     selection = ch.masks_to_selection(graph, ctx.masks)
     assert sum(int(s.sum()) for s in selection) == round(0.25 * graph.num_units)
@@ -256,7 +259,7 @@ def test_reinit_gamma_zero_leaves_filters_without_gradient(gamma: float, alive: 
     plugin, ctx = make(reinit_gamma=gamma)
     ctx.masks = {k: v.clone() for k, v in MASKS.items()}
     plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     ctx.model.train()
     F.cross_entropy(ctx.model(torch.randn(8, 3, 8, 8)), torch.arange(8) % 4).backward()
     for bn, chans in BN_EXPECTED.items():
@@ -268,7 +271,7 @@ def test_reinit_gamma_zero_leaves_filters_without_gradient(gamma: float, alive: 
 def test_without_sst_selection_is_redone_each_step() -> None:
     plugin, ctx = make(ratio=0.25)
     plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     first = {k: v.clone() for k, v in ctx.masks.items()}
     with torch.no_grad():  # the re-initialized filters grew, others shrank: a new ranking
         for name, mask in first.items():
@@ -277,5 +280,5 @@ def test_without_sst_selection_is_redone_each_step() -> None:
             w[~mask] *= 0.1
     ctx.step = 3
     plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_prune(ctx=ctx, model=ctx.model)
+    plugin.toolbox_model_surgery(ctx=ctx, model=ctx.model)
     assert all(not (first[k] & ctx.masks[k]).any() for k in first)

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from toolbox import checkpoint as ckpt
+from toolbox import io as tbio
+from toolbox.models import build_model
 from toolbox.errors import CheckpointError
 
 
@@ -21,7 +23,7 @@ def _checkpoint(model: torch.nn.Module, arch: str = "cifar_resnet20") -> dict:
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    model = ckpt.build_model("cifar_resnet20", 10, 3)
+    model = build_model("cifar_resnet20", 10, 3)
     path = tmp_path / "c.pt"
     ckpt.save_checkpoint(path, _checkpoint(model))
     data = ckpt.load_checkpoint(path)
@@ -36,21 +38,21 @@ def test_round_trip(tmp_path: Path) -> None:
 
 def test_atomic_write_keeps_old_file_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "results.json"
-    ckpt.atomic_write_json(path, {"ok": 1})
+    tbio.atomic_write_json(path, {"ok": 1})
 
     def crash(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        ckpt.atomic_write_json(path, {"ok": 2})
+        tbio.atomic_write_json(path, {"ok": 2})
     assert path.read_text().strip().startswith("{") and '"ok": 1' in path.read_text()
     assert list(tmp_path.iterdir()) == [path]
 
 
 def test_truncated_checkpoint_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
-    ckpt.save_checkpoint(path, _checkpoint(ckpt.build_model("cifar_resnet20", 10, 3)))
+    ckpt.save_checkpoint(path, _checkpoint(build_model("cifar_resnet20", 10, 3)))
     path.write_bytes(path.read_bytes()[: 5000])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         ckpt.load_checkpoint(path)
@@ -79,8 +81,8 @@ def test_foreign_and_mismatched_checkpoints(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="not a toolbox checkpoint"):
         ckpt.load_checkpoint(path)
-    data = _checkpoint(ckpt.build_model("cifar_resnet20", 10, 3))
+    data = _checkpoint(build_model("cifar_resnet20", 10, 3))
     with pytest.raises(CheckpointError, match="cifar_resnet20 with 10 classes but this run uses cifar_resnet32 with 10"):
-        ckpt.load_state(ckpt.build_model("cifar_resnet32", 10, 3), data, "cifar_resnet32", 10)
+        ckpt.load_state(build_model("cifar_resnet32", 10, 3), data, "cifar_resnet32", 10)
     with pytest.raises(CheckpointError, match="does not exist"):
         ckpt.load_checkpoint(tmp_path / "nope.pt")

@@ -15,8 +15,10 @@ from torch import nn
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
 from toolbox import channels as ch
 from toolbox import checkpoint as ckpt
-from toolbox.compact import (apply_structure, bn_scale_importance, compact, compaction_report,
-                             merge_structures, prune_checkpoint)
+from toolbox.compact import bn_scale_importance, compact
+from toolbox.cost import compaction_report
+from toolbox.prune_file import prune_checkpoint
+from toolbox.structure import apply_structure, merge_structures
 from toolbox.context import Context
 from toolbox.errors import CheckpointError, UsageError
 from toolbox.options import RunOptions
@@ -207,7 +209,7 @@ def test_prune_plugin_compacts_with_masks_and_empties_them() -> None:
     masks = mask_randomly(model, torch.randn(1, 3, 16, 16))
     ctx = Context(options=options, model=model, device=torch.device("cpu"), phase="compact", masks=dict(masks))
     ctx.input_size = (3, 16, 16)  # type: ignore[attr-defined]
-    small = plugin.toolbox_prune(ctx=ctx, model=model)
+    small = plugin.toolbox_model_surgery(ctx=ctx, model=model)
     assert small is not None and ctx.masks == {} and ctx.records["structure"]["ops"]
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(outputs(small, x), outputs(model, x), atol=1e-5, rtol=0)

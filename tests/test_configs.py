@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from toolbox.options import build_options, load_config_file
-from toolbox.plugins import declared_options, dormant_options, load_plugins
+from toolbox.plugin_manager import declared_options, dormant_options, load_plugins
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
 

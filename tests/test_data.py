@@ -79,8 +79,8 @@ def _assert_one_sentence_naming(message: str, folder: Path) -> None:
 
 
 def test_list_datasets_and_unknown_name() -> None:
-    assert list_datasets() == ["cifar100", "fashion_mnist", "synthetic", "tiny_imagenet"]
-    with pytest.raises(ValueError, match=r"'imagenet21k'.*cifar100, fashion_mnist, synthetic, tiny_imagenet"):
+    assert list_datasets() == ["cifar100", "fashion_mnist", "imagefolder", "synthetic", "tiny_imagenet"]
+    with pytest.raises(ValueError, match=r"'imagenet21k'.*cifar100, fashion_mnist, imagefolder, synthetic, tiny_imagenet"):
         load_dataset("imagenet21k")
 
 

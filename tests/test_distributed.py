@@ -35,6 +35,7 @@ from typer.testing import CliRunner
 from run_compare import comparable, metric_lines
 from nets import Net
 from toolbox import checkpoint as ckpt
+from toolbox import io as tbio
 from toolbox import distributed
 from toolbox.cli import app
 from toolbox.context import Context
@@ -42,7 +43,7 @@ from toolbox.data import BatchLoader
 from toolbox.engine import Trainer, build_optimizer, evaluate
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.plugins import chain_prune, declared_options, load_plugins
+from toolbox.plugin_manager import chain_model_surgery, declared_options, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Largest difference in test top-1 (percentage points, on the synthetic set's 200 test images)
@@ -142,16 +143,16 @@ def test_the_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_kill_point_can_name_a_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     killed: list[int] = []
-    monkeypatch.setattr(ckpt.os, "kill", lambda pid, sig: killed.append(pid))
-    monkeypatch.setenv(ckpt.KILL_ENV, "batch:1:learn:1:2")
-    monkeypatch.setenv(ckpt.KILL_RANK_ENV, "1")
+    monkeypatch.setattr(tbio.os, "kill", lambda pid, sig: killed.append(pid))
+    monkeypatch.setenv(tbio.KILL_ENV, "batch:1:learn:1:2")
+    monkeypatch.setenv(tbio.KILL_RANK_ENV, "1")
     monkeypatch.setenv("RANK", "0")
-    ckpt.kill_point("batch:1:learn:1:2")
+    tbio.kill_point("batch:1:learn:1:2")
     assert killed == []  # rank 0 is spared
     monkeypatch.setenv("RANK", "1")
-    ckpt.kill_point("batch:1:learn:1:1")
+    tbio.kill_point("batch:1:learn:1:1")
     assert killed == []  # another event
-    ckpt.kill_point("batch:1:learn:1:2")
+    tbio.kill_point("batch:1:learn:1:2")
     assert killed == [os.getpid()]
 
 
@@ -248,7 +249,7 @@ def train_phase(plugins: str, phase: str, step: int, overrides: dict[str, Any], 
                   epochs=1, batches_per_epoch=len(batches), teacher=teacher)
     torch.manual_seed(7)
     pm.hook.toolbox_phase_start(ctx=ctx)
-    assert chain_prune(pm, ctx, model) is model  # aod re-initializes in place
+    assert chain_model_surgery(pm, ctx, model) is model  # aod re-initializes in place
     optimizer = build_optimizer(model, options)
     ctx.optimizer = optimizer
     metrics: dict[str, float] = {}
@@ -317,7 +318,7 @@ def flags(values: dict[str, Any]) -> list[str]:
 
 
 def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (ckpt.KILL_ENV, ckpt.KILL_RANK_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in (tbio.KILL_ENV, tbio.KILL_RANK_ENV)}
     env.update(OMP_NUM_THREADS="1", **{distributed.TIMEOUT_ENV: "60"}, **extra)
     return env
 
@@ -394,7 +395,7 @@ def test_a_killed_rank_ends_the_job_and_the_run_resumes(runs: dict[str, Path], t
     out = tmp_path / "run"
     started = time.monotonic()
     done = toolbox("run", *flags(RUN), "--out", str(out), processes=2,
-                   **{ckpt.KILL_ENV: "batch:2:learn:2:2", ckpt.KILL_RANK_ENV: "1"})
+                   **{tbio.KILL_ENV: "batch:2:learn:2:2", tbio.KILL_RANK_ENV: "1"})
     elapsed = time.monotonic() - started
     output = done.stdout + done.stderr
     assert done.returncode != 0 and elapsed < 90, (done.returncode, elapsed)

@@ -13,7 +13,7 @@ import pytest
 
 from toolbox import hookspecs
 from toolbox.context import Context
-from toolbox.plugins import _load_entry_point, available_plugins, hooks_of, instantiate
+from toolbox.plugin_manager import _load_entry_point, available_plugins, hooks_of, instantiate
 from toolbox.run import start_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from toolbox.cli import app
 from toolbox.errors import UsageError
-from toolbox.plugins import available_plugins
+from toolbox.plugin_manager import available_plugins
 from toolbox.run import start_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "plugin_package"

@@ -13,7 +13,7 @@ import torch
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
-from toolbox.plugins import available_plugins, chain_prune, declared_options, load_plugins, make_manager, register
+from toolbox.plugin_manager import available_plugins, chain_model_surgery, declared_options, load_plugins, make_manager, register
 from toolbox.run import start_run
 
 
@@ -179,4 +179,4 @@ def test_prune_calls_are_chained_in_plugin_order() -> None:
     pm = make_manager()
     register(pm, Wrap("first"), "first")
     register(pm, Wrap("second"), "second")
-    assert chain_prune(pm, None, []) == ["first", "second"]
+    assert chain_model_surgery(pm, None, []) == ["first", "second"]

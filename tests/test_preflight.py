@@ -13,11 +13,13 @@ from rich.console import Console
 from timm.models import register_model
 from torch import nn
 
+from toolbox import check_command as chk
+from toolbox import dryrun
 from toolbox import preflight as pf
 from toolbox.errors import UsageError
 
 PIPELINE = ["sst", "aod", "msl", "prune"]
-STAGES = [name for name, _ in pf.DRY_RUN_STAGES]
+STAGES = [name for name, _ in dryrun.DRY_RUN_STAGES]
 NO_BN = "test_efficientnet_gn"  # timm's own tiny test model: GroupNorm, no BatchNorm
 
 
@@ -145,47 +147,47 @@ def test_ratio_zero_still_dry_runs_at_the_fallback_ratio() -> None:
 
 
 def test_dataset_shapes() -> None:
-    assert pf.dataset_shape("cifar100") == (3, 32, 100)
-    assert pf.dataset_shape("tiny_imagenet") == (3, 64, 200)
-    assert pf.dataset_shape("fashion_mnist") == (1, 32, 10)
-    assert pf.dataset_shape(None) == (3, None, 10)
+    assert chk.dataset_shape("cifar100") == (3, 32, 100)
+    assert chk.dataset_shape("tiny_imagenet") == (3, 64, 200)
+    assert chk.dataset_shape("fashion_mnist") == (1, 32, 10)
+    assert chk.dataset_shape(None) == (3, None, 10)
     with pytest.raises(UsageError, match="Unknown dataset"):
-        pf.dataset_shape("no_such_dataset")
+        chk.dataset_shape("no_such_dataset")
 
 
 def test_check_arguments_from_flags_and_config_values() -> None:
-    args = pf.check_arguments({"arch": "cifar_resnet20", "plugins": "sst, aod", "model_kwargs": "{shortcut: A}",
+    args = chk.check_arguments({"arch": "cifar_resnet20", "plugins": "sst, aod", "model_kwargs": "{shortcut: A}",
                                "ratio": "0.3", "dataset": "cifar100"})
     assert args == {"arch": "cifar_resnet20", "plugins": ["sst", "aod"], "dataset": "cifar100", "data_root": None,
                     "model_kwargs": {"shortcut": "A"}, "ratio": 0.3}
-    config = pf.check_arguments({"arch": "x", "plugins": ["sst"], "model_kwargs": {"shortcut": "B"},
+    config = chk.check_arguments({"arch": "x", "plugins": ["sst"], "model_kwargs": {"shortcut": "B"},
                                  "plugin": {"ratio": 0.4}})
     assert config["ratio"] == 0.4 and config["model_kwargs"] == {"shortcut": "B"}
-    assert pf.check_arguments({"arch": "x"})["plugins"] is None
+    assert chk.check_arguments({"arch": "x"})["plugins"] is None
     with pytest.raises(UsageError, match="--arch NAME"):
-        pf.check_arguments({})
+        chk.check_arguments({})
     with pytest.raises(UsageError, match="YAML mapping"):
-        pf.parse_model_kwargs("A")
+        chk.parse_model_kwargs("A")
 
 
 def test_check_command_prints_the_report() -> None:
     buffer = io.StringIO()
     console = Console(file=buffer, width=200, record=False)
-    report = pf.check_command("cifar_resnet20", None, "fashion_mnist", None, {"shortcut": "A"}, 0.5, console=console)
+    report = chk.check_command("cifar_resnet20", None, "fashion_mnist", None, {"shortcut": "A"}, 0.5, console=console)
     text = buffer.getvalue()
-    assert report.input_size == (1, 32, 32) and report.plugins == list(pf.DEFAULT_CHECK_PLUGINS)
+    assert report.input_size == (1, 32, 32) and report.plugins == chk.default_check_plugins()
     for needle in ("preflight: cifar_resnet20", "prunable channels per stage", "layer3", "findings",
                    "dry run on a dummy batch", "reload", "passed", "verdict: WARN", "shortcut option B"):
         assert needle in text, needle
-    assert pf.exit_code(report) == 0
-    refused = pf.check_command(NO_BN, ["sst"], "synthetic", None, {}, 0.5, console=Console(file=io.StringIO()))
-    assert pf.exit_code(refused) == 1
+    assert chk.exit_code(report) == 0
+    refused = chk.check_command(NO_BN, ["sst"], "synthetic", None, {}, 0.5, console=Console(file=io.StringIO()))
+    assert chk.exit_code(refused) == 1
 
 
 def test_failed_rows_render() -> None:
     report = pf.preflight("preflight_test_grouped", image_size=16, plugins=["prune"])
     buffer = io.StringIO()
-    Console(file=buffer, width=200).print(pf.render(report))
+    Console(file=buffer, width=200).print(chk.render(report))
     assert "FAILED" in buffer.getvalue() and "skipped" in buffer.getvalue()
 
 

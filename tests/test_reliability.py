@@ -31,10 +31,12 @@ from typer.testing import CliRunner
 
 from run_compare import comparable, metric_lines
 from toolbox import checkpoint as ckpt
+from toolbox import io as tbio
+from toolbox.models import build_model
 from toolbox.cli import app
 from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
-from toolbox.plugins import _load_entry_point, available_plugins, instantiate
+from toolbox.plugin_manager import _load_entry_point, available_plugins, instantiate
 from toolbox.run import resume_run, start_run
 
 runner = CliRunner()
@@ -46,14 +48,14 @@ KILL_RUN = {"plugins": "sst,aod,msl", "dataset": "synthetic", "arch": "cifar_res
 
 def leftovers(run_dir: Path) -> list[Path]:
     """Temp files and partial checkpoints left in a run directory."""
-    return sorted(run_dir.rglob(f".*{ckpt.TEMP_SUFFIX}")) + sorted(run_dir.rglob(ckpt.PARTIAL_NAME))
+    return sorted(run_dir.rglob(f".*{tbio.TEMP_SUFFIX}")) + sorted(run_dir.rglob(ckpt.PARTIAL_NAME))
 
 
 def toolbox_cli(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m toolbox.cli ARGS`` in a subprocess, killed with SIGKILL at ``kill_at``."""
-    env = {k: v for k, v in os.environ.items() if k != ckpt.KILL_ENV}
+    env = {k: v for k, v in os.environ.items() if k != tbio.KILL_ENV}
     if kill_at:
-        env[ckpt.KILL_ENV] = kill_at
+        env[tbio.KILL_ENV] = kill_at
     return subprocess.run([sys.executable, "-m", "toolbox.cli", *args], env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -115,7 +117,7 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(reference: Pat
         done = toolbox_cli(*args, kill_at=event)
         assert done.returncode == -signal.SIGKILL, (event, done.stderr[-2000:])
         if event.startswith("before-rename:"):  # the temp file is left; the next resume removes it
-            assert list(out.rglob(f".{event.split(':')[1]}.*{ckpt.TEMP_SUFFIX}")), event
+            assert list(out.rglob(f".{event.split(':')[1]}.*{tbio.TEMP_SUFFIX}")), event
     done = toolbox_cli("run", "--resume", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -255,11 +257,11 @@ def fail_writes_to(name: str, monkeypatch: pytest.MonkeyPatch, spare: int = 0) -
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name a file descriptor's file")
 def test_atomic_write_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "results.json"
-    ckpt.atomic_write_json(path, {"ok": 1})
+    tbio.atomic_write_json(path, {"ok": 1})
     fail_writes_to("results.json", monkeypatch)
-    with pytest.raises(ckpt.WriteError, match=r"Could not write .*results.json \(No space left on device\); "
+    with pytest.raises(tbio.WriteError, match=r"Could not write .*results.json \(No space left on device\); "
                                               "what was written before is intact"):
-        ckpt.atomic_write_json(path, {"ok": 2})
+        tbio.atomic_write_json(path, {"ok": 2})
     assert json.loads(path.read_text()) == {"ok": 1}
     assert list(tmp_path.iterdir()) == [path]
 
@@ -278,7 +280,7 @@ def test_full_disk_during_a_checkpoint_write(tmp_path: Path, monkeypatch: pytest
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and victim in errors[0] and "No space left on device" in errors[0]
-    assert not list(out.rglob(f".*{ckpt.TEMP_SUFFIX}"))
+    assert not list(out.rglob(f".*{tbio.TEMP_SUFFIX}"))
     assert ckpt.load_checkpoint(ckpt.phase_checkpoint_path(out, 1, "learn"))["step"] == 1  # intact
     resumed = runner.invoke(app, ["run", "--resume", str(out)])
     assert resumed.exit_code == 0, resumed.output
@@ -323,14 +325,14 @@ def test_a_killed_run_is_not_overwritten_by_a_new_one(tmp_path: Path) -> None:
 
 
 def test_written_files_follow_the_umask(tmp_path: Path) -> None:
-    ckpt.atomic_write_text(tmp_path / "a.txt", "x")
-    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == ckpt.FILE_MODE
+    tbio.atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == tbio.FILE_MODE
 
 
 # ----------------------------------------------------------------------------- safe loading
 def fake_checkpoint(path: Path, arch: str = "cifar_resnet20", num_classes: int = 10) -> Path:
     """An untrained checkpoint of ``arch`` with ``num_classes`` classes (synthetic dataset)."""
-    model = ckpt.build_model(arch, num_classes, 3)
+    model = build_model(arch, num_classes, 3)
     data = ckpt.make_checkpoint(model, arch=arch, num_classes=num_classes, in_chans=3, model_kwargs={},
                                 step=1, phase="learn", masks={}, records={},
                                 options={"dataset": "synthetic"}, results=[])
@@ -408,6 +410,11 @@ CORE_CASES = [
     ("device", "meta", "--device"), ("channels_last", "maybe", "--channels-last"),
     ("precision", "fp64", "--precision"), ("threads", "0", "--threads"), ("threads", "x", "--threads"),
     ("skip_nonfinite", "maybe", "--skip-nonfinite"), ("model_kwargs", "x", "model_kwargs"),
+    ("train", "{tmp}", "--train applies to --dataset imagefolder only"), ("test", "{tmp}", "--test applies to"),
+    ("image_size", "0", "--image-size must be at least 1"), ("image_size", "x", "--image-size"),
+    ("channels", "2", "--channels must be 1"), ("mean", "x", "--mean"), ("mean", "nan", "--mean"),
+    ("mean", "0.1,0.2", "--mean gives 2 values"), ("std", "0", "--std values must be positive"),
+    ("skip_bad_images", "maybe", "--skip-bad-images"),
     ("tensorboard", "maybe", "--tensorboard"),
 ]
 if not torch.cuda.is_available():

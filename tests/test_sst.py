@@ -16,7 +16,8 @@ from toolbox import channels as ch
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox_plugins.sst import SST, achieved, sst_options
+from toolbox.sparsity import achieved
+from toolbox_plugins.sst import SST
 from nets import Net
 
 
@@ -67,7 +68,7 @@ def test_phases_and_ratio_validation() -> None:
     plugin, _ = make()
     assert plugin.toolbox_phases(step=1, num_steps=3) == ["sparsify"]
     assert not plugin.toolbox_phases(step=3, num_steps=3)
-    (ratio,) = [o for o in sst_options() if o.name == "ratio"]
+    (ratio,) = [o for o in SST.declare_options() if o.name == "ratio"]
     for bad in (1.0, -0.1, 1.5):
         with pytest.raises(UsageError):
             ratio.parse(str(bad))

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING
+
+__version__ = "0.2.0"
 
 from toolbox import models  # noqa: E402,F401  (registers the CIFAR backbones in timm)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def load_model(path: str) -> "nn.Module":
+    """The model of a serve file (``RUN_DIR/serve/step{k}.pt``) or any toolbox checkpoint, rebuilt
+    (compact structure included) with its weights, in eval mode."""
+    from toolbox.serve import load_model as load
+
+    return load(path)

@@ -216,8 +216,7 @@ def select_smallest(importance: list[torch.Tensor], ratio: float, layerwise: boo
     unselected (a group is never emptied), the count being filled from the other groups. Ties
     break by position, so the choice is deterministic. Returns one bool tensor per group.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--ratio must lie in [0, 1), got {ratio}.")
+    require_ratio(ratio)
     selected = [torch.zeros(len(imp), dtype=torch.bool, device=imp.device) for imp in importance]
     if layerwise:
         for sel, imp in zip(selected, importance):
@@ -290,3 +289,19 @@ def ratio_option() -> PluginOption:
 def check_ratio(value: float) -> str | None:
     """Error sentence for a ratio outside [0, 1), else None."""
     return None if 0.0 <= value < 1.0 else "the ratio must lie in [0, 1), e.g. 0.5."
+
+
+def require_ratio(value: float, flag: str = "--ratio") -> None:
+    """Raise :class:`UsageError` (one sentence naming ``flag``) unless ``value`` lies in [0, 1)."""
+    if check_ratio(value):
+        raise UsageError(f"{flag} must lie in [0, 1), got {value}.")
+
+
+def ratio_value(declared: dict[str, PluginOption], values: dict[str, Any], default: float = 0.5) -> float:
+    """The filter ratio the enabled plugins use: the value of the declared option built by
+    :func:`ratio_option` (recognized by its check), else ``default``."""
+    for name, opt in declared.items():
+        if opt.check is check_ratio:
+            return float(values.get(name, opt.default))
+    return default
+

@@ -1,4 +1,4 @@
-"""The ``toolbox`` command line (typer): run, train, eval, plugins, models.
+"""The ``toolbox`` command line (typer): run, step, train, eval, prune, check, report, plugins, models.
 
 Core flags and plugin flags share one path: every ``--name VALUE`` goes through
 :func:`toolbox.options.build_options` together with the config file, so a value is parsed and
@@ -8,17 +8,15 @@ validated in one place whatever its source. User errors exit with code 2 and one
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from toolbox.console import Progress, console, error_console, print_results, say, setup_logging
 from toolbox.errors import UsageError
-from toolbox.runlog import epoch_line, phase_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train CNNs on accumulated new data, step by step, with plugins.")
@@ -27,8 +25,6 @@ models_app = typer.Typer(no_args_is_help=True, help="Inspect registered backbone
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(models_app, name="models")
 
-console = Console(soft_wrap=True)
-error_console = Console(stderr=True, soft_wrap=True)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -37,15 +33,15 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     Exit codes: 2 for a :class:`UsageError` (bad value, bad or mismatched checkpoint), 1 for a
     non-finite loss (:class:`toolbox.engine.NumericError`), for a file the run could not write
-    (:class:`toolbox.checkpoint.WriteError`: full disk, permissions; earlier checkpoints intact)
+    (:class:`toolbox.io.WriteError`: full disk, permissions; earlier checkpoints intact)
     and, under torchrun, for a collective that failed because another process died or hung. In
     a multi-process run the other ranks' messages start with ``rank N:``.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from toolbox import distributed
-        from toolbox.checkpoint import WriteError
+        from toolbox import distributed, runlock
+        from toolbox.io import WriteError
         from toolbox.engine import NumericError
 
         who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
@@ -66,6 +62,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                                 "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
             raise typer.Exit(1) from None
         finally:
+            runlock.release_all()
             distributed.destroy()
 
     return wrapper
@@ -104,100 +101,13 @@ def merged_values(config: Optional[Path], flags: dict[str, Any], extra: list[str
     return values
 
 
-class Progress:
-    """Rich progress bars on a terminal, one plain log line per epoch otherwise (CI)."""
-
-    def __init__(self) -> None:
-        self.live = console.is_terminal
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, event: str, **info: Any) -> None:
-        """Receive a progress event from the run."""
-        if event == "phase" and self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self.close()
-            self.bar = RichProgress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
-                                    TimeRemainingColumn(), console=console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(f"step {info['step']} {info['phase']}", total=info["batches"])
-        elif event == "batch" and self.bar is not None:
-            self.bar.advance(self.task)
-        elif event == "epoch":
-            line = epoch_line(info["step"], info["phase"], info["epoch"], info["epochs"], info["metrics"])
-            (self.bar.console.log if self.bar is not None else console.print)(line, markup=False, highlight=False)
-        elif event == "phase_end":
-            self.close()
-            console.print(phase_line(info["step"], info["phase"], info["record"]), markup=False, highlight=False)
-
-    def close(self) -> None:
-        """Stop a live progress bar."""
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-
-def print_results(results: dict[str, Any]) -> None:
-    """The results table at the end of a run (rank 0 only under torchrun)."""
-    from toolbox import distributed
-
-    if not distributed.is_main():
-        return
-    table = Table(title=f"results ({results.get('dataset_source', '')})")
-    for column in ("step", "phases", "top-1 %", "top-5 %", "train s", "params", "sparsity"):
-        table.add_column(column, justify="right")
-    for step in results["steps"]:
-        sparsity = step.get("sparsity")
-        table.add_row(str(step["step"]), ",".join(p["phase"] for p in step["phases"]),
-                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", f"{step['train_seconds']:.1f}",
-                      f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
-    console.print(table)
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """A log handler writing to whatever ``sys.stderr`` is at the time of each message (a test
-    runner that swaps stderr per command never meets a closed stream)."""
-
-    @property
-    def stream(self) -> Any:  # type: ignore[override]
-        """The current ``sys.stderr``."""
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        """Ignored: the stream is always the current stderr."""
-
-
-def _setup_logging() -> None:
-    """INFO and above of every logger to stderr as ``LEVEL message`` (installed once); under
-    torchrun only rank 0 logs below ERROR, so the log reads like a single-process run's."""
-    from toolbox import distributed
-
-    root = logging.getLogger()
-    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if distributed.is_main() else logging.ERROR)
-
-
-def _say(text: str) -> None:
-    """Print a line of the command's output (rank 0 only under torchrun)."""
-    from toolbox import distributed
-
-    if distributed.is_main():
-        console.print(text, markup=False, highlight=False)
-
-
 @app.command(context_settings=EXTRA)
 @user_errors
 def run(
     ctx: typer.Context,
     plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins, e.g. sst,aod,msl."),
     arch: Optional[str] = typer.Option(None, help="Backbone name in timm's registry (default cifar_resnet20)."),
-    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, or auto (Fashion-MNIST where present, else synthetic)."),
+    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, imagefolder (your own class folders: --data-root DIR with train/ and test/, or --train DIR --test DIR; --image-size, --channels, --mean/--std, --skip-bad-images), or auto (Fashion-MNIST where present, else synthetic)."),
     data_root: Optional[str] = typer.Option(None, help="Dataset folder (else $TOOLBOX_DATA, else ~/.cache/toolbox/data)."),
     steps: Optional[str] = typer.Option(None, help="Number of data shards / steps (default 4)."),
     epochs: Optional[str] = typer.Option(None, help="Epochs per phase (default 1)."),
@@ -216,15 +126,16 @@ def run(
     plugin declares (see `toolbox plugins list`) is accepted as --name VALUE.
     """
     from toolbox import distributed
-    from toolbox.run import EXPERIMENT_FILE, resume_run, resume_seeds, run_seeds, start_run
+    from toolbox.experiment import EXPERIMENT_FILE, resume_seeds, run_seeds
+    from toolbox.run import resume_run, start_run
 
-    _setup_logging()
+    setup_logging()
     distributed.init()
     progress = Progress()
 
     def announce(runner: Any) -> None:
         processes = f"  processes: {distributed.world_size()}" if distributed.active() else ""
-        _say(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}{processes}")
+        say(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}{processes}")
 
     experiment: Optional[Path] = None
     try:
@@ -244,15 +155,36 @@ def run(
             else:
                 runner = start_run(values, progress)
         if experiment is not None:
-            _say(f"per-seed runs and report.md in {experiment}")
-            _say(distributed.run_on_main((experiment / "report.md").read_text))
+            say(f"per-seed runs and report.md in {experiment}")
+            say(distributed.run_on_main((experiment / "report.md").read_text))
             return
         announce(runner)
         results = runner.execute()
     finally:
         progress.close()
     print_results(results)
-    _say(f"results: {runner.run_dir / 'results.md'}")
+    say(f"results: {runner.run_dir / 'results.md'}")
+
+
+@app.command()
+@user_errors
+def step(
+    run_dir: Path = typer.Argument(..., help="The run directory (a finished run started with --shards)."),
+    data: Path = typer.Option(..., help="The newly arrived folder of class folders (the run's classes)."),
+) -> None:
+    """Add one step to a finished run with a newly arrived folder of images; earlier folders are
+    not needed."""
+    from toolbox.step import add_step
+
+    setup_logging()
+    progress = Progress()
+    try:
+        runner = add_step(run_dir, data, progress)
+        results = runner.execute()
+    finally:
+        progress.close()
+    print_results(results)
+    say(f"results: {runner.run_dir / 'results.md'}  model to serve: {runner.run_dir / 'serve'}")
 
 
 @app.command(context_settings=EXTRA)
@@ -275,7 +207,7 @@ def train(
     """Train one phase on the whole training set (or --per-class images per class)."""
     from toolbox.run import start_run
 
-    _setup_logging()
+    setup_logging()
     flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, epochs=epochs,
                  batch_size=batch_size, lr=lr, seed=seed, out=out, steps="1")
     values = merged_values(config, flags, ctx.args)
@@ -300,7 +232,8 @@ def eval_checkpoint(
     """Evaluate a checkpoint on the full test set (top-1 / top-5)."""
     from toolbox.checkpoint import load_checkpoint, model_from_checkpoint
     from toolbox.data import BatchLoader, load_dataset
-    from toolbox.engine import evaluate, select_device
+    from toolbox.device import select_device
+    from toolbox.engine import evaluate
 
     data_checkpoint = load_checkpoint(checkpoint)
     options = data_checkpoint.get("options") or {}
@@ -308,7 +241,15 @@ def eval_checkpoint(
     if not name:
         raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
     try:
-        data = load_dataset(name, data_root or options.get("data_root"))
+        if name == "imagefolder":  # the recorded folders, image size, channels and normalization
+            from toolbox.options import CORE_FIELDS, RunOptions
+            from toolbox.run_data import load_run_data
+
+            recorded = RunOptions(**{k: v for k, v in options.items() if k in CORE_FIELDS and k != "plugin"})
+            recorded.dataset, recorded.data_root = name, data_root or recorded.data_root
+            data = load_run_data(recorded)
+        else:
+            data = load_dataset(name, data_root or options.get("data_root"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:
@@ -334,10 +275,11 @@ def prune(
     round_to: int = typer.Option(1, help="Keep layer widths multiples of this (faster kernels, fewer MACs removed)."),
 ) -> None:
     """Remove the unimportant channels with torch-pruning: a smaller, faster model."""
-    from toolbox.compact import prune_checkpoint
+    from toolbox.channels import require_ratio
+    from toolbox.prune_file import prune_checkpoint
 
-    if ratio is not None and not 0 <= ratio < 1:
-        raise UsageError(f"--ratio must lie in [0, 1), got {ratio}.")
+    if ratio is not None:
+        require_ratio(ratio)
     if round_to < 1:
         raise UsageError(f"--round-to must be at least 1, got {round_to}.")
     report = prune_checkpoint(checkpoint, out, ratio=ratio, round_to=round_to)
@@ -361,7 +303,7 @@ def check(
     config: Optional[Path] = typer.Option(None, help="A run's YAML/TOML config: check the run it describes."),
 ) -> None:
     """Check before a long run that a backbone can be sparsified, re-initialized and pruned (exit 1 if not)."""
-    from toolbox.preflight import check_arguments, check_command, exit_code
+    from toolbox.check_command import check_arguments, check_command, exit_code
 
     flags = dict(arch=arch, plugins=plugins, dataset=dataset, data_root=data_root, model_kwargs=model_kwargs,
                  ratio=ratio)
@@ -388,7 +330,7 @@ def report_command(
 @user_errors
 def plugins_list() -> None:
     """Installed plugins: name, source (built-in or package version), hooks implemented."""
-    from toolbox.plugins import _load_entry_point, available_plugins, hooks_of, instantiate
+    from toolbox.plugin_manager import _load_entry_point, available_plugins, hooks_of, instantiate
 
     table = Table(title="toolbox plugins")
     for column in ("name", "source", "hooks"):

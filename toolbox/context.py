@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from toolbox.device import autocast_context
 from toolbox.options import RunOptions
 
 
@@ -21,7 +22,7 @@ class Context:
     own state on themselves. ``teacher`` is a frozen copy (eval mode, no grad) of the model as
     the previous phase left it; ``None`` in the first phase of a run. ``start_epoch`` is the
     first epoch this process trains: 0, or the epochs already done when the phase continues from
-    ``partial.pt`` after a kill (then ``toolbox_prune`` is skipped and
+    ``partial.pt`` after a kill (then ``toolbox_model_surgery`` is skipped and
     ``toolbox_load_state_dict`` restores the plugins' state).
     """
 
@@ -48,11 +49,6 @@ class Context:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("toolbox"))
     _batch_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    @property
-    def plugin_options(self) -> dict[str, Any]:
-        """The plugin options of the run (``--s``, ``--ratio``, ...), by name."""
-        return self.options.plugin
-
     def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor | None:
         """Logits of the frozen teacher on this batch, computed once per batch for all plugins."""
         if self.teacher is None:
@@ -67,8 +63,6 @@ class Context:
     def infer(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """``module(inputs)`` as an inference pass: no autograd graph, the student's autocast
         precision (``--precision``), float32 logits out. For teachers and other frozen models."""
-        from toolbox.engine import autocast_context  # the engine imports this module
-
         with torch.no_grad(), autocast_context(self.device, self.options.precision):
             return module(inputs).float()
 

@@ -36,3 +36,16 @@ def alpha_option() -> PluginOption:
     """The shared ``--alpha`` option (base weight of the distillation term, default 1.0, >= 0)."""
     return PluginOption("alpha", float, 1.0, "base weight of the distillation term added to cross-entropy",
                         check=lambda v: None if v >= 0 else "the weight must be >= 0.")
+
+
+def adaptive_weight(teacher_logits: torch.Tensor, targets: torch.Tensor, rule: str) -> torch.Tensor:
+    """Distillation weight per sample: teacher's p(true label) (``confidence``), its batch
+    accuracy (``accuracy``), or 1 (``constant``)."""
+    teacher_logits = teacher_logits.detach().float()
+    if rule == "confidence":
+        return F.softmax(teacher_logits, dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
+    if rule == "accuracy":
+        acc = (teacher_logits.argmax(dim=1) == targets).float().mean()
+        return acc.expand(targets.shape[0])
+    return torch.ones(targets.shape[0], device=teacher_logits.device)
+

@@ -6,7 +6,6 @@ plugin implements are skipped, so a run without plugins is a plain, fast supervi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,45 +18,13 @@ from torch import nn
 
 from toolbox import distributed
 from toolbox.context import Context
-from toolbox.errors import UsageError
+from toolbox.device import autocast_context
 from toolbox.options import RunOptions
-from toolbox.plugins import has_impl
+from toolbox.plugin_manager import has_impl
 
 
 class NumericError(RuntimeError):
     """A non-finite loss during training; the message names step, phase, epoch and batch."""
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; otherwise the named device, which must work here.
-
-    An unknown or absent device is a :class:`UsageError` with one sentence (checked by allocating
-    a tensor on it, before any data is loaded).
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "meta":
-        raise UsageError("--device meta holds no data and cannot train; use auto, cpu, cuda or cuda:N.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu or auto.")
-    try:
-        torch.zeros(1, device=device)
-    except (RuntimeError, AssertionError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--device {name} cannot be used here ({reason}); use --device cpu or auto.") from None
-    return device
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16`` (CPU or CUDA) and ``fp16`` (CUDA); a no-op for ``fp32``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def build_optimizer(model: nn.Module, options: RunOptions) -> torch.optim.SGD:
@@ -304,21 +271,4 @@ def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
         return torch.zeros(())
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one forward pass on one image, measured by torch-pruning."""
-    import torch_pruning as tp
-
-    device = next(model.parameters()).device
-    example = torch.zeros(1, *input_size, device=device)
-    was_training = model.training
-    model.eval()
-    macs, _ = tp.utils.count_ops_and_params(model, example)
-    model.train(was_training)
-    return int(macs)
 

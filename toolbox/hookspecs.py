@@ -13,7 +13,7 @@ Order of calls in a run (see ``toolbox.run``)::
         for phase in phases:
             toolbox_data_schedule(step, phase, shards)
             toolbox_phase_start(ctx)       (ctx.teacher = model as the previous phase left it)
-            toolbox_prune(ctx, model)      chained: each plugin gets the previous one's model
+            toolbox_model_surgery(ctx, model)  chained: each plugin gets the previous one's model
             for epoch:
                 toolbox_epoch_start(ctx)
                 for batch:
@@ -27,16 +27,19 @@ Order of calls in a run (see ``toolbox.run``)::
             toolbox_phase_end(ctx)         before the phase's checkpoint is written
 
 A phase continued from ``partial.pt`` after a kill (``toolbox run --resume``) calls
-``toolbox_phase_start(ctx)`` (same teacher, ``ctx.start_epoch`` > 0), skips ``toolbox_prune`` (the
+``toolbox_phase_start(ctx)`` (same teacher, ``ctx.start_epoch`` > 0), skips ``toolbox_model_surgery`` (the
 saved model is already pruned), restores model, masks, records, optimizer and the torch RNG, calls
 ``toolbox_load_state_dict(ctx, state)``, then trains epochs ``ctx.start_epoch ..`` as above.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 PROJECT = "toolbox"
 
@@ -85,7 +88,7 @@ def toolbox_data_schedule(step: int, phase: str, shards: list[Any]) -> Any | Non
 
 
 @hookspec
-def toolbox_phase_start(ctx: Any) -> None:
+def toolbox_phase_start(ctx: "Context") -> None:
     """A phase is about to train.
 
     ``ctx`` (:class:`toolbox.context.Context`) holds step, phase, the model, ``ctx.teacher``
@@ -95,23 +98,29 @@ def toolbox_phase_start(ctx: Any) -> None:
 
 
 @hookspec
-def toolbox_prune(ctx: Any, model: Any) -> Any | None:
+def toolbox_model_surgery(ctx: "Context", model: Any) -> Any | None:
     """Change the model between phases; return the new model or ``None`` to keep it.
 
     Called after :func:`toolbox_phase_start` and before the optimizer is built, so a plugin
     may re-initialize filters in place (AOD) or return a structurally smaller model
-    (compaction). Calls are chained: each implementation receives the model returned by the
-    previous one.
+    (compaction). Calls are chained in ``--plugins`` order: each implementation receives the
+    model returned by the previous one.
     """
 
 
+@hookspec(warn_on_impl=DeprecationWarning("toolbox_prune is deprecated: rename the hook implementation to "
+                                          "toolbox_model_surgery (same arguments); the alias goes in the next release."))
+def toolbox_prune(ctx: "Context", model: Any) -> Any | None:
+    """Deprecated alias of :func:`toolbox_model_surgery` (chained with it, in ``--plugins`` order)."""
+
+
 @hookspec
-def toolbox_epoch_start(ctx: Any) -> None:
+def toolbox_epoch_start(ctx: "Context") -> None:
     """An epoch is about to start (``ctx.epoch`` is 0-based)."""
 
 
 @hookspec
-def toolbox_loss(ctx: Any, batch: Any, logits: Any) -> dict[str, Any] | None:
+def toolbox_loss(ctx: "Context", batch: Any, logits: Any) -> dict[str, Any] | None:
     """Return extra loss terms for this batch as ``{name: scalar tensor}``, or ``None``.
 
     ``batch`` is ``(inputs, targets)`` on the device; ``logits`` the student's output. The
@@ -121,7 +130,7 @@ def toolbox_loss(ctx: Any, batch: Any, logits: Any) -> dict[str, Any] | None:
 
 
 @hookspec
-def toolbox_regularize(ctx: Any, model: Any) -> None:
+def toolbox_regularize(ctx: "Context", model: Any) -> None:
     """Modify gradients after backward and before the optimizer step.
 
     Gradients are true gradients here (after ``GradScaler.unscale_`` when one is used), so a
@@ -132,17 +141,17 @@ def toolbox_regularize(ctx: Any, model: Any) -> None:
 
 
 @hookspec
-def toolbox_batch_end(ctx: Any, model: Any) -> None:
+def toolbox_batch_end(ctx: "Context", model: Any) -> None:
     """Called after each optimizer step (proximal updates, EMA teachers, ...)."""
 
 
 @hookspec
-def toolbox_epoch_end(ctx: Any, metrics: dict[str, float]) -> None:
+def toolbox_epoch_end(ctx: "Context", metrics: dict[str, float]) -> None:
     """An epoch ended; ``metrics`` (train loss terms, lr, ...) may be extended in place."""
 
 
 @hookspec
-def toolbox_state_dict(ctx: Any) -> dict[str, Any] | None:
+def toolbox_state_dict(ctx: "Context") -> dict[str, Any] | None:
     """Return what the plugin needs to continue the current phase mid-way, or ``None``.
 
     Called after every epoch of a phase except its last (after :func:`toolbox_epoch_end`); the
@@ -155,11 +164,11 @@ def toolbox_state_dict(ctx: Any) -> dict[str, Any] | None:
 
 
 @hookspec
-def toolbox_load_state_dict(ctx: Any, state: dict[str, Any]) -> None:
+def toolbox_load_state_dict(ctx: "Context", state: dict[str, Any]) -> None:
     """Restore what :func:`toolbox_state_dict` returned when a phase continues after a kill.
 
     Called once, after :func:`toolbox_phase_start` (``ctx.start_epoch`` > 0 there) and instead of
-    :func:`toolbox_prune`, which is not called again: the model, ``ctx.masks``, ``ctx.records``,
+    :func:`toolbox_model_surgery`, which is not called again: the model, ``ctx.masks``, ``ctx.records``,
     ``ctx.phase_metrics`` and ``ctx.optimizer`` already hold their values at the end of epoch
     ``ctx.start_epoch``. A plugin whose prune hook keeps state on itself restores it here. Tensors
     arrive on the CPU; move them to ``ctx.device``. Only called for plugins that saved a state.
@@ -167,7 +176,7 @@ def toolbox_load_state_dict(ctx: Any, state: dict[str, Any]) -> None:
 
 
 @hookspec
-def toolbox_phase_end(ctx: Any) -> None:
+def toolbox_phase_end(ctx: "Context") -> None:
     """The phase finished training, before evaluation and the checkpoint.
 
     Store anything that must survive a resume in ``ctx.masks`` (bool tensors per BN layer) or

@@ -13,15 +13,17 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from toolbox.errors import UsageError
+from toolbox.phases import installed_phases
 
-PHASES = ("learn", "sparsify", "compact")
 SCHEDULES = ("cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: Which model ``RUN_DIR/serve/step{k}.pt`` holds: the learn phase's, or the compacted sparse one.
+SERVES = ("learn", "compact")
 
 
 @dataclass
@@ -98,6 +100,17 @@ class RunOptions:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "synthetic"
     data_root: str | None = None
+    train: str | None = None
+    test: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    skip_bad_images: bool = False
+    shards: list[str] = field(default_factory=list)
+    classes: list[str] | None = None
+    open_ended: bool = False
+    serve: str = "learn"
     steps: int = 4
     per_class: int | None = None
     val_per_class: int = 0
@@ -129,8 +142,11 @@ class RunOptions:
         """Epochs of ``phase`` (``phase_epochs`` overrides ``epochs``)."""
         return int(self.phase_epochs.get(phase, self.epochs))
 
-    def validate(self) -> "RunOptions":
-        """Raise :class:`UsageError` naming the first bad core value; return self."""
+    def validate(self, phases: Iterable[str] | None = None) -> "RunOptions":
+        """Raise :class:`UsageError` naming the first bad core value; return self.
+
+        ``phases`` are the names ``phase_epochs`` may use (default: those of the installed plugins).
+        """
         positive = {"steps": self.steps, "epochs": self.epochs, "batch-size": self.batch_size,
                     "eval-batch-size": self.eval_batch_size}
         for name, value in positive.items():
@@ -140,7 +156,9 @@ class RunOptions:
             raise UsageError(f"--per-class must be at least 1, got {self.per_class}.")
         if self.val_per_class < 0:
             raise UsageError(f"--val-per-class must be >= 0, got {self.val_per_class}.")
-        self.phase_epochs = {phase: _phase_epochs(phase, value) for phase, value in self.phase_epochs.items()}
+        if self.phase_epochs:
+            known = list(installed_phases() if phases is None else phases)
+            self.phase_epochs = {phase: _phase_epochs(phase, value, known) for phase, value in self.phase_epochs.items()}
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}.")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -165,7 +183,27 @@ class RunOptions:
             raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}.")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}.")
+        if self.serve not in SERVES:
+            raise UsageError(f"--serve {self.serve!r} is unknown; use one of {', '.join(SERVES)}.")
+        if self.shards:
+            self.steps, self.open_ended, self.dataset = len(self.shards), True, "imagefolder"
+        self._validate_images()
         return self
+
+    def _validate_images(self) -> None:
+        """The image-folder options (``--dataset imagefolder`` only) and ``--mean/--std``."""
+        if self.image_size is not None and self.image_size < 1:
+            raise UsageError(f"--image-size must be at least 1, got {self.image_size}.")
+        if self.channels not in (None, 1, 3):
+            raise UsageError(f"--channels must be 1 (grayscale) or 3 (RGB), got {self.channels}.")
+        if self.std and any(not v > 0 for v in self.std):
+            raise UsageError(f"--std values must be positive, got {self.std}.")
+        folder_only = {"train": self.train, "test": self.test, "image-size": self.image_size,
+                       "channels": self.channels, "skip-bad-images": self.skip_bad_images or None}
+        used = [flag for flag, value in folder_only.items() if value is not None]
+        if used and self.dataset != "imagefolder":
+            raise UsageError(f"--{used[0]} applies to --dataset imagefolder only (this run uses {self.dataset}); "
+                             "add --dataset imagefolder or drop it.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as written to ``config.yaml`` and checkpoints."""
@@ -175,10 +213,10 @@ class RunOptions:
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
 
 
-def _phase_epochs(phase: Any, value: Any) -> int:
+def _phase_epochs(phase: Any, value: Any, known: list[str]) -> int:
     """One ``phase_epochs`` entry: a known phase and a whole number >= 0."""
-    if phase not in PHASES:
-        raise UsageError(f"phase_epochs names unknown phase {phase!r}; use one of {', '.join(PHASES)}.")
+    if phase not in known:
+        raise UsageError(f"phase_epochs names unknown phase {phase!r}; use one of {', '.join(known)}.")
     try:
         epochs = parse_value(value, int)
     except (TypeError, ValueError):
@@ -281,6 +319,13 @@ def _parse_core(key: str, raw: Any) -> Any:
             raise UsageError(f"--milestones must be fractions like 0.5,0.75, got {raw!r}.") from None
         if not all(math.isfinite(v) for v in value):
             raise UsageError(f"--milestones must be finite fractions like 0.5,0.75, got {raw!r}.")
+    if key in ("mean", "std"):
+        try:
+            value = [float(v) for v in value]
+        except ValueError:
+            raise UsageError(f"{flag} must be one number per channel like 0.5 or 0.49,0.48,0.45, got {raw!r}.") from None
+        if not value or not all(math.isfinite(v) for v in value):
+            raise UsageError(f"{flag} must be finite numbers, one per channel, got {raw!r}.")
     if key == "plugins":
         value = [str(v) for v in value]
     if key == "seeds":
@@ -291,3 +336,58 @@ def _parse_core(key: str, raw: Any) -> Any:
         if len(set(value)) != len(value):
             raise UsageError(f"--seeds lists a seed twice ({raw!r}); list each seed once.")
     return value
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML mapping the toolbox wrote (config.yaml, experiment.yaml); damage is one sentence."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise UsageError(f"{path} is not readable YAML; the run directory is damaged (restore the file "
+                         "or start a new run).") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} does not hold a mapping of options; the run directory is damaged "
+                         "(restore the file or start a new run).")
+    return values
+
+
+def plugin_names(values: dict[str, Any]) -> list[str]:
+    """The ``plugins`` value as a list of names (a comma-separated string, a list, or one value)."""
+    names = values.get("plugins") or []
+    if isinstance(names, str):
+        return [p.strip() for p in names.split(",") if p.strip()]
+    if isinstance(names, (list, tuple)):
+        return [str(name) for name in names]
+    return [str(names)]
+
+
+def option_values(declared: Iterable[PluginOption], values: dict[str, Any]) -> dict[str, Any]:
+    """Every declared option's value in ``values``, parsed and checked by its :class:`PluginOption`
+    (the one place options are validated); a missing one takes its default."""
+    return {opt.name: opt.parse(values[opt.name]) if opt.name in values else opt.default for opt in declared}
+
+
+class PluginSettings:
+    """Mixin for plugins whose options are read once into ``self.cfg``.
+
+    ``toolbox_configure`` calls :meth:`configure_settings`; a hook that runs without it (a plugin
+    driven directly, as in tests) reads them on first use through :meth:`settings`. Subclasses
+    implement :meth:`read_settings`.
+    """
+
+    cfg: Any = None
+
+    def read_settings(self, values: dict[str, Any]) -> Any:
+        """The plugin's settings from the run's plugin option values (override)."""
+        raise NotImplementedError
+
+    def configure_settings(self, values: dict[str, Any]) -> Any:
+        """Read (and so validate) the settings now; return them."""
+        self.cfg = self.read_settings(values)
+        return self.cfg
+
+    def settings(self, ctx: Any) -> Any:
+        """The settings, read from ``ctx.options`` when :meth:`configure_settings` has not run."""
+        if self.cfg is None:
+            self.cfg = self.read_settings(ctx.options.plugin)
+        return self.cfg

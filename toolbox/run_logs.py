@@ -8,21 +8,25 @@ point, and so TensorBoard's purge step, is known); both close when ``Run.execute
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from torch import nn
 
 from toolbox import distributed
+from toolbox.options import RunOptions
 from toolbox.runlog import RunLog
 from toolbox.tensorboard import PhaseKey, RunBoard
 
+if TYPE_CHECKING:
+    from toolbox.run import Run
+
 
 class RunLogs:
-    """run.log and tb/ of the run in ``run_dir``; nothing on other ranks, no tb/ without ``tensorboard``."""
+    """run.log and tb/ of the run in ``run_dir``; nothing on other ranks, no tb/ with ``--tensorboard false``."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path, options: RunOptions) -> None:
         self.run_dir = Path(run_dir)
-        self.tensorboard = tensorboard
+        self.options = options
         self.log = RunLog(None)
         self.board = RunBoard(None, [], lambda phase: 1)
 
@@ -31,12 +35,26 @@ class RunLogs:
         if distributed.is_main() and not self.log.is_open:
             self.log = RunLog(self.run_dir)
 
-    def start(self, order: list[PhaseKey], epochs: Callable[[str], int], done: set[PhaseKey],
-              partial: Mapping[str, Any] | None) -> None:
+    def start(self, order: list[PhaseKey], done: set[PhaseKey], partial: Mapping[str, Any] | None) -> None:
         """Before training ``order`` minus ``done`` (from ``partial``, if any): open both."""
         self.open_log()
-        writes = distributed.is_main() and self.tensorboard
-        self.board = RunBoard.open(self.run_dir if writes else None, order, epochs, done, partial)
+        writes = distributed.is_main() and self.options.tensorboard
+        self.board = RunBoard.open(self.run_dir if writes else None, order, self.options.epochs_for, done, partial)
+
+    def around(self, run: "Run", only_phase: str | None, final: bool,
+               execute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Open both, call ``execute`` (``run``'s training, of ``only_phase`` if given; it returns the
+        results), write the hparams summary when the run is ``final`` (not stopped early), close
+        both even on an error."""
+        steps = range(1, run.options.steps + 1)
+        self.start([(s, only_phase) for s in steps] if only_phase else run.phase_order(), run.state.done, run.partial)
+        try:
+            results = execute()
+            if final:
+                self.board.hparams(self.options.to_dict(), results["steps"])
+            return results
+        finally:
+            self.close()
 
     def epoch(self, step: int, phase: str, epoch: int, epochs: int, metrics: Mapping[str, Any]) -> None:
         """After epoch ``epoch`` (1-based) of ``epochs``."""
@@ -47,10 +65,6 @@ class RunLogs:
         """After a phase's evaluation (``record``: its entry in results.json)."""
         self.board.phase(step, phase, record, model)
         self.log.phase(step, phase, record)
-
-    def finish(self, options: Mapping[str, Any], steps: list[dict[str, Any]]) -> None:
-        """At the end of the run: the hparams summary."""
-        self.board.hparams(options, steps)
 
     def close(self) -> None:
         """Close the event files and detach run.log."""

@@ -15,11 +15,13 @@ penalty acts: the selection (``selective = True``, sst) or every unit (``selecti
 Modes (option ``--<prefix>-mode``):
 
 * ``target`` (default): after every optimizer step the selected units take a proximal step of the
-  penalty (:meth:`~SparsityTraining.prox_`) with a threshold ``tau = m / R``: ``m`` the largest
-  magnitude left among them (:meth:`~SparsityTraining.peak`) and ``R`` the iterations left in
-  the phase, so by the last batch every selected unit is at 0 whatever the phase length. Units in
-  the scope but not selected get the fixed-strength penalty gradient. The phase end zeroes what is
-  left and warns when that removed filters still above ``--sparsity-threshold``.
+  penalty (:meth:`~SparsityTraining.prox_`) whose threshold :class:`~toolbox.target_schedule.TargetSchedule`
+  sets so that they reach exactly 0 at ``--sparsity-target-at`` of the phase (default half way:
+  ``tau = m / R``, ``m`` the largest magnitude left among them, :meth:`~SparsityTraining.peak`, and
+  ``R`` the optimizer steps left until then). From there on the selection is frozen (no re-ranking)
+  and held at 0 while the rest of the network recovers. Units in the scope but not selected get the
+  fixed-strength penalty gradient. The phase end zeroes what is left and warns when that removed
+  filters still above ``--sparsity-threshold``.
 * ``subgradient``: ``grad += s * dR/dw`` on the scope (:meth:`~SparsityTraining.penalty_grad_`).
 * ``proximal``: the proximal step with a fixed ``tau = lr * s`` on the scope.
 
@@ -29,139 +31,30 @@ The default penalty is L1 on the BN scales (gamma): subgradient ``s * sign(gamma
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import torch
 from torch import nn
 
 from toolbox import channels as ch
 from toolbox import distributed
-from toolbox.checkpoint import atomic_savefig
-from toolbox.errors import UsageError
+from toolbox import capabilities as cap
+from toolbox.bn_l1 import achieved, add_subgradient, max_chosen_gamma, soft_threshold_, zero_chosen_
+from toolbox.report import plot_controller, plot_gamma_histogram
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption
-from toolbox.plugins import ENTRY_POINT_GROUP
+from toolbox.options import PluginOption, PluginSettings, option_values
+from toolbox.target_schedule import TargetSchedule
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 SELECTS = ("global", "layerwise")
 RERANKS = ("epoch", "once")
 
 
 # ----------------------------------------------------------------------------- L1 maths on gammas
-def select(model: nn.Module, graph: ch.ChannelGraph, ratio: float, layerwise: bool = False) -> list[torch.Tensor]:
-    """The ``ratio`` of filters with the smallest mean |gamma| (one bool tensor per group)."""
-    return ch.select_smallest(ch.unit_importance(model, graph), ratio, layerwise=layerwise)
-
-
-def add_subgradient(model: nn.Module, chosen: dict[str, torch.Tensor], s: float) -> None:
-    """Network Slimming's L1 subgradient ``grad += s * sign(gamma)`` on the chosen channels only."""
-    for name, idx in chosen.items():
-        weight = ch.module(model, name).weight
-        if weight.grad is None or idx.numel() == 0:
-            continue
-        weight.grad[idx] += s * torch.sign(weight.detach()[idx])
-
-
-@torch.no_grad()
-def soft_threshold_(model: nn.Module, chosen: dict[str, torch.Tensor], tau: dict[str, Any] | Any) -> None:
-    """Proximal L1 step ``gamma <- sign(gamma) * max(|gamma| - tau, 0)`` on the chosen channels.
-
-    ``tau`` is a number/0-d tensor, or a dict of them per BN name. BN biases are left as they are.
-    """
-    for name, idx in chosen.items():
-        if idx.numel() == 0:
-            continue
-        weight = ch.module(model, name).weight
-        t = tau[name] if isinstance(tau, dict) else tau
-        g = weight[idx]
-        weight[idx] = torch.sign(g) * torch.clamp(g.abs() - t, min=0)
-
-
-def max_chosen_gamma(model: nn.Module, chosen: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Largest |gamma| over the chosen channels (0-d tensor on the model's device, no sync)."""
-    peaks = [ch.module(model, n).weight.detach()[i].abs().max() for n, i in chosen.items() if i.numel()]
-    if not peaks:
-        return torch.zeros(())
-    return torch.stack(peaks).max()
-
-
-def target_threshold(peak: torch.Tensor, remaining: int) -> torch.Tensor:
-    """The target-mode threshold: the largest selected magnitude over the iterations left (>= 1)."""
-    return peak / max(int(remaining), 1)
-
-
-@torch.no_grad()
-def zero_chosen_(model: nn.Module, chosen: dict[str, torch.Tensor]) -> None:
-    """Set the chosen gammas to exactly 0 (the target mode's end-of-phase guarantee)."""
-    for name, idx in chosen.items():
-        if idx.numel():
-            ch.module(model, name).weight[idx] = 0.0
-
-
-def achieved(model: nn.Module, graph: ch.ChannelGraph, selection: list[torch.Tensor],
-             threshold: float) -> tuple[float, float]:
-    """``(ratio, fraction)``: selected filters whose coupled |gamma| are all below ``threshold``,
-    as a fraction of all prunable filters (comparable to r) and of the selected ones (1 = target)."""
-    hits = sum(int(((peak < threshold) & sel.to(peak.device)).sum())
-               for peak, sel in zip(ch.unit_max_gamma(model, graph), selection))
-    chosen = sum(int(sel.sum()) for sel in selection)
-    return hits / max(graph.num_units, 1), (hits / chosen if chosen else 1.0)
-
-
-def plot_gamma_histogram(model: nn.Module, graph: ch.ChannelGraph, selection: list[torch.Tensor],
-                         threshold: float, path: Path, title: str) -> None:
-    """Histogram of |gamma| (log scale) of selected and kept filters, written to ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    peaks = torch.cat(ch.unit_max_gamma(model, graph)).cpu() if graph.groups else torch.zeros(0)
-    sel = torch.cat([s.cpu() for s in selection]) if selection else torch.zeros(0, dtype=torch.bool)
-    floor = threshold / 100
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    top = max(float(peaks.max()) if peaks.numel() else 1.0, threshold) * 1.1
-    bins = torch.logspace(math.log10(floor), math.log10(top), 50).numpy()
-    ax.hist(peaks[~sel].clamp(min=floor).numpy(), bins=bins, alpha=0.7, label="kept")
-    ax.hist(peaks[sel].clamp(min=floor).numpy(), bins=bins, alpha=0.7, label="selected (unimportant)")
-    ax.axvline(threshold, color="k", linestyle="--", label="threshold")
-    ax.set_xscale("log")
-    ax.set_xlabel("max |gamma| per filter (values below the x range are piled at its left edge)")
-    ax.set_ylabel("filters")
-    ax.set_title(title)
-    ax.legend()
-    atomic_savefig(fig, path, dpi=100, bbox_inches="tight")
-
-
-def plot_controller(s_history: list[float], ratio_history: list[float], target: float, path: Path,
-                    title: str) -> None:
-    """Achieved ratio (top panel, target as a dashed line) and effective strength s (bottom panel,
-    log scale when any is positive; epochs with s = 0 are left out there) per epoch of a sparsity
-    phase, written to ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = list(range(1, len(ratio_history) + 1))
-    fig = Figure(figsize=(6, 5))
-    FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    top.plot(epochs, [100 * r for r in ratio_history], marker="o", label="achieved")
-    top.axhline(100 * target, color="k", linestyle="--", label=f"target {100 * target:.1f}%")
-    top.set_ylabel("filters below threshold (%)")
-    top.set_ylim(0, max([100 * target, *(100 * r for r in ratio_history)]) * 1.15 + 1)
-    top.set_title(title)
-    top.legend()
-    bottom.plot(epochs[:len(s_history)], s_history, marker="o", color="tab:orange")
-    if any(v > 0 for v in s_history):
-        bottom.set_yscale("log", nonpositive="mask")  # s = 0 (selection held at 0) is not drawn
-    bottom.set_ylabel("effective strength s")
-    bottom.set_xlabel("epoch")
-    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-    atomic_savefig(fig, path, dpi=100, bbox_inches="tight")
 
 
 # ----------------------------------------------------------------------------- unit sets
@@ -206,7 +99,7 @@ class Units:
 # ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class SparsitySettings:
-    """Validated options of a sparsity plugin (``s`` is its strength option, whatever its name)."""
+    """The options of a sparsity plugin (``s`` is its strength option, whatever its name)."""
 
     ratio: float = 0.5
     s: float = 1e-4
@@ -218,33 +111,27 @@ class SparsitySettings:
 
 
 def sparsity_plugins(names: Iterable[str]) -> list[str]:
-    """The names among ``names`` whose installed plugin declares ``provides_sparsify = True``."""
-    entry_points = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    found = []
-    for name in names:
-        ep = entry_points.get(name)
-        if ep is None:
-            continue
-        try:
-            obj = ep.load()
-        except Exception:  # a broken plugin is reported when it is loaded, not here
-            continue
-        if getattr(obj, "provides_sparsify", False):
-            found.append(name)
-    return found
+    """The names among ``names`` whose installed plugin provides ``sparsify`` (:mod:`toolbox.capabilities`)."""
+    return cap.providers(names, cap.SPARSIFY)
 
 
 # ----------------------------------------------------------------------------- the plugin base
-class SparsityTraining:
+class SparsityTraining(PluginSettings):
     """Base class of sparsity plugins: phase, selection, target mode, masks, metrics, records.
 
     Subclass it, set the class attributes and override the penalty methods
     (:meth:`penalty_grad_`, and where the default L1-on-gamma does not fit :meth:`prox_`,
     :meth:`peak`, :meth:`zero_`, :meth:`importance`, :meth:`after_step_`); register the subclass
     under the ``toolbox.plugins`` entry point. The plugin's state lives on the instance.
+
+    It is longer than a plugin class should be because it is the whole shared machinery of the
+    sparsify phase (selection, the three modes, masks, records, resume state); the maths it drives
+    are plain functions (:mod:`toolbox.bn_l1`, :mod:`toolbox.target_schedule`).
     """
 
-    provides_sparsify: ClassVar[bool] = True
+    provides: ClassVar[frozenset[str]] = frozenset({cap.SPARSIFY})
+    phases: ClassVar[dict[str, int]] = {"sparsify": 1}
+    conflicts: ClassVar[frozenset[str]] = frozenset({cap.SPARSIFY})
     name: ClassVar[str] = "sparsity"  #: key of ``ctx.records`` and of log messages
     label: ClassVar[str] = "sparsity training"  #: how plot titles (and, upper-cased, warnings) name it
     prefix: ClassVar[str] = "sparsity"  #: options ``--<prefix>-mode/-select/-rerank``, metrics ``<prefix>_s/_ratio``
@@ -298,31 +185,17 @@ class SparsityTraining:
         """Options of the penalty itself (override; default none)."""
         return []
 
-    @classmethod
-    def read_settings(cls, plugin: dict[str, Any]) -> SparsitySettings:
-        """Read and validate the shared options (missing keys take their defaults)."""
-        p, d = cls.prefix, SparsitySettings()
-        cfg = SparsitySettings(ratio=float(plugin.get("ratio", d.ratio)),
-                               s=float(plugin.get(cls.strength, cls.default_strength)),
-                               mode=str(plugin.get(f"{p}_mode", cls.modes[0])),
-                               select=str(plugin.get(f"{p}_select", d.select)),
-                               rerank=str(plugin.get(f"{p}_rerank", d.rerank)),
-                               threshold=float(plugin.get("sparsity_threshold", d.threshold)),
-                               target_at=float(plugin.get("sparsity_target_at", d.target_at)))
-        flag = "--" + p.replace("_", "-")
-        if not 0.0 <= cfg.ratio < 1.0:
-            raise UsageError(f"--ratio must lie in [0, 1), got {cfg.ratio}.")
-        if cfg.s < 0 or cfg.threshold <= 0:
-            raise UsageError(f"--{cls.strength.replace('_', '-')} must be >= 0 and --sparsity-threshold > 0, "
-                             f"got {cfg.s} and {cfg.threshold}.")
-        if cfg.mode not in cls.modes:
-            raise UsageError(f"{flag}-mode must be one of {', '.join(cls.modes)}, got {cfg.mode!r}.")
-        if cfg.select not in SELECTS or cfg.rerank not in RERANKS:
-            raise UsageError(f"{flag}-select must be global or layerwise and {flag}-rerank epoch or once.")
-        return cfg
+    def read_settings(self, values: dict[str, Any]) -> SparsitySettings:
+        """The shared settings and the penalty's own (:meth:`configure_penalty`) from the run's
+        option values, each validated by its :class:`PluginOption`."""
+        v, p = option_values(self.declare_options(), values), self.prefix
+        self.configure_penalty(v)
+        return SparsitySettings(ratio=v["ratio"], s=v[self.strength], mode=v[f"{p}_mode"], select=v[f"{p}_select"],
+                                rerank=v[f"{p}_rerank"], threshold=v["sparsity_threshold"],
+                                target_at=v["sparsity_target_at"])
 
     def configure_penalty(self, plugin: dict[str, Any]) -> None:
-        """Read and validate the options of :meth:`extra_options` (override; default nothing)."""
+        """Read the (validated) values of :meth:`extra_options` (override; default nothing)."""
 
     # ------------------------------------------------------------------ the penalty (override)
     def importance(self, model: nn.Module) -> list[torch.Tensor]:
@@ -357,31 +230,21 @@ class SparsityTraining:
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
         """Validate the options; refuse a second sparsity plugin (both would write the masks)."""
-        self.cfg = self.read_settings(options.plugin)
-        self.configure_penalty(options.plugin)
-        found = sparsity_plugins(options.plugins)
-        if len(found) > 1:
-            raise UsageError(f"{' and '.join(found)} each add a sparsify phase and write the masks; "
-                             "enable only one sparsity plugin.")
+        self.configure_settings(options.plugin)
+        cap.check_names(options.plugins, {self.name: self})
 
     @hookimpl
     def toolbox_phases(self, step: int, num_steps: int) -> list[str] | None:
         """Every step but the last gets a ``sparsify`` phase."""
         return ["sparsify"] if step < num_steps else None
 
-    def _settings(self, ctx: Any) -> SparsitySettings:
-        if self.cfg is None:
-            self.cfg = self.read_settings(ctx.options.plugin)
-            self.configure_penalty(ctx.options.plugin)
-        return self.cfg
-
-    def _select(self, ctx: Any) -> None:
+    def _select(self, ctx: "Context") -> None:
         """Rank the units and (re)build the selected set (and, when not selective, the rest)."""
-        cfg, model = self._settings(ctx), ch.unwrap(ctx.model)
+        cfg, model = self.settings(ctx), ch.unwrap(ctx.model)
         self._use_selection(ctx, ch.select_smallest(self.importance(model), cfg.ratio,
                                                     layerwise=cfg.select == "layerwise"))
 
-    def _use_selection(self, ctx: Any, selection: list[torch.Tensor]) -> None:
+    def _use_selection(self, ctx: "Context", selection: list[torch.Tensor]) -> None:
         """Make ``selection`` (a bool tensor per group) the selected set; rebuild scope and rest."""
         self.selection = selection
         device = next(ctx.model.parameters()).device
@@ -395,7 +258,7 @@ class SparsityTraining:
             self.rest = Units.build(self.graph, [~s for s in self.selection], device)
 
     @hookimpl
-    def toolbox_phase_start(self, ctx: Any) -> None:
+    def toolbox_phase_start(self, ctx: "Context") -> None:
         """In ``sparsify``: trace the channel groups and pick the filters to sparsify."""
         self.active = ctx.phase == "sparsify"
         if not self.active:
@@ -408,18 +271,18 @@ class SparsityTraining:
         self.done, self.s_history, self.ratio_history = 0, [], []
 
     @hookimpl
-    def toolbox_epoch_start(self, ctx: Any) -> None:
+    def toolbox_epoch_start(self, ctx: "Context") -> None:
         """Reset the epoch's counters; re-rank the selection after the first epoch."""
         self.count, self.tau_sum, self.lr_sum = 0, 0.0, 0.0
-        if self.active and ctx.epoch > 0 and self._settings(ctx).rerank == "epoch" and not self._held(ctx):
+        if self.active and ctx.epoch > 0 and self.settings(ctx).rerank == "epoch" and not self._held(ctx):
             self._select(ctx)
 
     @hookimpl
-    def toolbox_regularize(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_regularize(self, ctx: "Context", model: nn.Module) -> None:
         """Subgradient mode: the penalty on the scope; target mode: on the scope's unselected units."""
         if not self.active:
             return
-        cfg = self._settings(ctx)
+        cfg = self.settings(ctx)
         if cfg.s <= 0:
             return
         if cfg.mode == "subgradient":
@@ -427,35 +290,30 @@ class SparsityTraining:
         elif cfg.mode == "target" and self.rest is not None and self.rest.count():
             self.penalty_grad_(ch.unwrap(model), self.rest, cfg.s)
 
-    def _total_iterations(self, ctx: Any) -> int:
-        """Optimizer steps in the whole phase (the engine sets ``ctx.batches_per_epoch``)."""
-        return int(ctx.epochs) * max(int(ctx.batches_per_epoch), 1)
+    def _schedule(self, ctx: "Context") -> TargetSchedule:
+        """Target mode's schedule over the phase's optimizer steps (the engine sets ``ctx.batches_per_epoch``)."""
+        return TargetSchedule(int(ctx.epochs) * max(int(ctx.batches_per_epoch), 1), self.settings(ctx).target_at)
 
-    def _deadline(self, ctx: Any) -> int:
-        """Target mode: the optimizer step by which the selection reaches 0 (``--sparsity-target-at``)."""
-        return max(1, math.ceil(self._settings(ctx).target_at * self._total_iterations(ctx)))
-
-    def _held(self, ctx: Any) -> bool:
+    def _held(self, ctx: "Context") -> bool:
         """Target mode past its deadline: the selection is frozen and held at 0."""
-        return self._settings(ctx).mode == "target" and self.done >= self._deadline(ctx)
+        return self.settings(ctx).mode == "target" and self._schedule(ctx).held(self.done)
 
-    def _lr(self, ctx: Any) -> float:
+    def _lr(self, ctx: "Context") -> float:
         optimizer = ctx.optimizer
         return float(optimizer.param_groups[0]["lr"]) if optimizer is not None else float(ctx.options.lr)
 
     @hookimpl
-    def toolbox_batch_end(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_batch_end(self, ctx: "Context", model: nn.Module) -> None:
         """Target mode: the controlled proximal step on the selection; proximal mode: fixed on the scope."""
         self.count += 1
         if not self.active:
             return
-        cfg, model, lr = self._settings(ctx), ch.unwrap(model), self._lr(ctx)
+        cfg, model, lr = self.settings(ctx), ch.unwrap(model), self._lr(ctx)
         if cfg.mode == "target" and self._held(ctx):
             tau: Any = 0.0
             self.zero_(model, self.selected)
         elif cfg.mode == "target":
-            remaining = self._deadline(ctx) - self.done
-            tau = target_threshold(self.peak(model, self.selected), remaining)
+            tau = self._schedule(ctx).threshold(self.peak(model, self.selected), self.done)
             self.prox_(model, self.selected, tau)
         else:
             tau = lr * cfg.s
@@ -466,7 +324,7 @@ class SparsityTraining:
         self.done += 1
 
     @hookimpl
-    def toolbox_epoch_end(self, ctx: Any, metrics: dict[str, float]) -> None:
+    def toolbox_epoch_end(self, ctx: "Context", metrics: dict[str, float]) -> None:
         """Log ``<prefix>_s`` and ``<prefix>_ratio`` (achieved ratio).
 
         ``<prefix>_s`` is the epoch's effective strength ``sum(tau) / sum(lr)``: the constant s
@@ -474,7 +332,7 @@ class SparsityTraining:
         """
         if not self.active:
             return
-        cfg = self._settings(ctx)
+        cfg = self.settings(ctx)
         s = float(self.tau_sum) / self.lr_sum if self.lr_sum > 0 else 0.0
         ratio, _ = achieved(ctx.model, self.graph, self.selection, cfg.threshold)
         self.s_history.append(s)
@@ -482,7 +340,7 @@ class SparsityTraining:
         metrics[f"{self.prefix}_s"], metrics[f"{self.prefix}_ratio"] = s, ratio
 
     @hookimpl
-    def toolbox_state_dict(self, ctx: Any) -> dict[str, Any] | None:
+    def toolbox_state_dict(self, ctx: "Context") -> dict[str, Any] | None:
         """In ``sparsify``: optimizer steps done (the target schedule), the selection and the
         per-epoch histories; the epoch's ``tau``/``lr`` sums restart every epoch and are not saved."""
         if not self.active:
@@ -491,7 +349,7 @@ class SparsityTraining:
                 "s_history": list(self.s_history), "ratio_history": list(self.ratio_history)}
 
     @hookimpl
-    def toolbox_load_state_dict(self, ctx: Any, state: dict[str, Any]) -> None:
+    def toolbox_load_state_dict(self, ctx: "Context", state: dict[str, Any]) -> None:
         """Continue a ``sparsify`` phase after a kill from :meth:`toolbox_state_dict`'s state."""
         if not self.active:
             return
@@ -502,13 +360,13 @@ class SparsityTraining:
         self.ratio_history = [float(v) for v in state["ratio_history"]]
 
     @hookimpl
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """Guarantee (target mode), masks, sparsity metrics, records, the |gamma| histogram and the
         plot of the achieved ratio and effective strength per epoch."""
         if not self.active:
             return
         self.active = False
-        cfg, model = self._settings(ctx), ch.unwrap(ctx.model)
+        cfg, model = self.settings(ctx), ch.unwrap(ctx.model)
         if not self.selective and cfg.mode != "target":
             self._select(ctx)  # masks: the r fraction the penalty made least important
         target = self.selected.count() / max(self.graph.num_units, 1)

@@ -10,10 +10,12 @@ from toolbox.data.datasets import (
     DatasetFormatError,
     DatasetNotFoundError,
     ImageData,
+    known_shape,
     list_datasets,
     load_dataset,
     register_dataset,
     resolve_data_root,
+    with_normalization,
 )
 from toolbox.data.pipeline import BatchLoader, augment_batch, make_generator, normalize_batch
 from toolbox.data.shards import split_shards
@@ -24,6 +26,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "ImageData",
+    "known_shape",
     "augment_batch",
     "list_datasets",
     "load_dataset",
@@ -32,4 +35,5 @@ __all__ = [
     "register_dataset",
     "resolve_data_root",
     "split_shards",
+    "with_normalization",
 ]

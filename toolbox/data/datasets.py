@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +46,9 @@ class ImageData:
     Images are ``uint8`` tensors (N x C x H x W, contiguous), labels ``int64``. ``mean`` and
     ``std`` are per-channel statistics in [0, 1] units, meant for normalising the images after
     dividing by 255. ``source`` says where the data came from, for logs and reports.
+    ``classes`` names the classes in label order where the dataset knows them (image folders);
+    ``skipped`` lists the unreadable images left out (``--skip-bad-images``), as "path (reason)".
+    The image tensors may be memory-mapped from a decoded cache: read them, never write to them.
     """
 
     name: str
@@ -57,6 +60,8 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    classes: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def in_chans(self) -> int:
@@ -76,17 +81,33 @@ Loader = Callable[[Path, bool], ImageData]
 _BUILTIN: dict[str, str] = {
     "cifar100": "toolbox.data.cifar100",
     "fashion_mnist": "toolbox.data.fashion_mnist",
+    "imagefolder": "toolbox.data.imagefolder",
     "synthetic": "toolbox.data.synthetic",
     "tiny_imagenet": "toolbox.data.tiny_imagenet",
 }
 _REGISTERED: dict[str, Loader] = {}
+#: ``(in_chans, image_size, num_classes)`` of the built-in datasets, known without loading them.
+_SHAPES: dict[str, tuple[int, int, int]] = {
+    "cifar100": (3, 32, 100),
+    "tiny_imagenet": (3, 64, 200),
+    "fashion_mnist": (1, 32, 10),
+    "synthetic": (3, 16, 10),
+}
 
 
-def register_dataset(name: str, loader: Loader) -> None:
-    """Make ``loader`` available to :func:`load_dataset` under ``name`` (e.g. from a plugin)."""
+def register_dataset(name: str, loader: Loader, shape: tuple[int, int, int] | None = None) -> None:
+    """Make ``loader`` available to :func:`load_dataset` under ``name`` (e.g. from a plugin);
+    ``shape`` is ``(in_chans, image_size, num_classes)`` when known without loading."""
     if not name or name != name.strip():
         raise ValueError(f"Dataset name {name!r} must be a non-empty word without spaces.")
     _REGISTERED[name] = loader
+    if shape is not None:
+        _SHAPES[name] = shape
+
+
+def known_shape(name: str) -> tuple[int, int, int] | None:
+    """``(in_chans, image_size, num_classes)`` of a dataset when known without loading it, else None."""
+    return _SHAPES.get(name)
 
 
 def list_datasets() -> list[str]:
@@ -122,6 +143,16 @@ def load_dataset(
             raise ValueError(f"Unknown dataset {name!r}; choose one of: {known}.")
         loader = importlib.import_module(module).load
     return loader(resolve_data_root(data_root), download)
+
+
+def with_normalization(data: ImageData, mean: list[float] | None, std: list[float] | None) -> ImageData:
+    """``data`` with the given per-channel ``mean`` and/or ``std`` (``--mean/--std``) instead of its
+    own; a list whose length is not the number of channels is one sentence."""
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values and len(values) != data.in_chans:
+            raise UsageError(f"{flag} gives {len(values)} values but the {data.name} images have "
+                             f"{data.in_chans} channel(s); give one value per channel.")
+    return replace(data, mean=tuple(mean) if mean else data.mean, std=tuple(std) if std else data.std)
 
 
 def not_found_message(title: str, folder: Path | str, download: bool, what: str) -> str:

@@ -88,7 +88,8 @@ def normalize_batch(
 class BatchLoader:
     """Iterate over an in-memory uint8 image set in batches of normalised float tensors.
 
-    The (indexed) images are kept as one uint8 tensor. For ``train=True`` the order is a
+    The images stay where they are (an in-memory tensor or a memory-mapped decoded cache, never
+    copied as a whole); each batch is gathered from them through ``indices``. For ``train=True`` the order is a
     permutation drawn from a generator seeded by ``(seed, epoch)`` and each batch gets
     :func:`augment_batch` with a generator seeded by ``(seed, epoch, batch number)``; for
     ``train=False`` the order is the stored order and nothing is augmented. Batches are
@@ -140,11 +141,11 @@ class BatchLoader:
                 f"rank {rank} of {world_size} processes with a global batch of {batch_size}: "
                 "the batch must be divisible by the number of processes."
             )
-        if indices is not None:
-            index = torch.as_tensor(indices, dtype=torch.int64).cpu()
-            x, y = x.index_select(0, index), y.index_select(0, index)
-        self.x = x.cpu().contiguous()
+        # No copy of the image set: ``x`` may be a memory-mapped cache larger than RAM, so every
+        # batch is gathered from it through ``self.index`` (the selected images, or all of them).
+        self.x = x if x.device.type == "cpu" and x.is_contiguous() else x.cpu().contiguous()
         self.y = y.cpu().to(torch.int64).contiguous()
+        self.index = None if indices is None else torch.as_tensor(indices, dtype=torch.int64).cpu()
         self.batch_size = batch_size
         self.train = train
         self.seed = seed
@@ -170,13 +171,13 @@ class BatchLoader:
 
     def _usable(self) -> int:
         """Images of an epoch's order that are used: all but ``num_samples % world_size``."""
-        n = self.x.shape[0]
+        n = self.num_samples
         return n - n % self.world_size
 
     @property
     def num_samples(self) -> int:
         """Number of images the loader iterates over."""
-        return int(self.x.shape[0])
+        return int(self.x.shape[0] if self.index is None else self.index.numel())
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch whose order and augmentation the next iteration uses.
@@ -191,7 +192,7 @@ class BatchLoader:
 
     def order(self) -> torch.Tensor:
         """The sample order of the current epoch (a permutation for train, else 0..N-1)."""
-        n = self.x.shape[0]
+        n = self.num_samples
         if not self.train:
             return torch.arange(n)
         return torch.randperm(n, generator=make_generator(self.seed, self.epoch, _PERMUTATION))
@@ -204,7 +205,7 @@ class BatchLoader:
             for b in range(self.start_batch, len(self)):
                 yield self._make(order[b * bs : (b + 1) * bs], epoch, b)
             return
-        n, usable = self.x.shape[0], self._usable()
+        n, usable = self.num_samples, self._usable()
         for b in range(self.start_batch, len(self)):
             start, stop = b * bs, min((b + 1) * bs, usable)
             share = (stop - start) // self.world_size
@@ -218,6 +219,8 @@ class BatchLoader:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``batch`` of ``epoch`` (or this process's part ``offset ..`` of its ``total``
         images): gather, move, augment (train), normalise."""
+        if self.index is not None:
+            index = self.index[index]
         if self.device.type == "cuda":
             xb = torch.empty((index.numel(), *self.x.shape[1:]), dtype=torch.uint8, pin_memory=True)
             yb = torch.empty((index.numel(),), dtype=torch.int64, pin_memory=True)

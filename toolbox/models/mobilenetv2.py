@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, consume_timm_kwargs, make_global_pool
+from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
+from .timm_api import consume_timm_kwargs, make_global_pool
 
 __all__ = ["InvertedResidual", "MobileNetV2", "CIFAR_SETTING", "TINYIMAGENET_SETTING"]
 

@@ -1,7 +1,8 @@
 """The plugin manager: discovers plugins through the ``toolbox.plugins`` entry points.
 
-Built-in plugins (``toolbox_plugins.*``) are registered in the project's own
-``pyproject.toml`` under that entry-point group, exactly like a third-party package would.
+Built-in plugins are registered in the project's own ``pyproject.toml`` under that entry-point
+group, exactly like a third-party package would (and the core never names one). A combination of
+plugins that cannot work is refused when they are loaded (:mod:`toolbox.capabilities`).
 An entry point may name a class (instantiated once per run, so state lives on the instance),
 an instance, or a module.
 """
@@ -16,10 +17,10 @@ from typing import Any
 import pluggy
 
 from toolbox import hookspecs
+from toolbox.capabilities import ENTRY_POINT_GROUP, check_combination
 from toolbox.errors import UsageError
 from toolbox.options import PluginOption
 
-ENTRY_POINT_GROUP = "toolbox.plugins"
 BUILTIN_DISTRIBUTION = "toolbox"
 
 
@@ -105,6 +106,7 @@ def load_plugins(names: list[str], extra: dict[str, Any] | None = None) -> plugg
         register(pm, instantiate(_load_entry_point(name)), name)
     for name, plugin in (extra or {}).items():
         register(pm, plugin, name)
+    check_combination({name: plugin for name, plugin in pm.list_name_plugin() if plugin is not None})
     return pm
 
 
@@ -137,14 +139,42 @@ def has_impl(pm: pluggy.PluginManager, hook: str) -> bool:
     return bool(getattr(pm.hook, hook).get_hookimpls())
 
 
-def chain_prune(pm: pluggy.PluginManager, ctx: Any, model: Any) -> Any:
-    """Call every ``toolbox_prune`` in registration (``--plugins``) order, chaining the model."""
-    for impl in pm.hook.toolbox_prune.get_hookimpls():
-        kwargs = {"ctx": ctx, "model": model}
-        result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+def call_impl(impl: Any, **kwargs: Any) -> Any:
+    """Call one pluggy hook implementation with the arguments it asks for."""
+    return impl.function(*[kwargs[name] for name in impl.argnames])
+
+
+#: Hooks that change the model between phases, chained together (the second is the deprecated alias).
+SURGERY_HOOKS = ("toolbox_model_surgery", "toolbox_prune")
+
+
+def chain_model_surgery(pm: pluggy.PluginManager, ctx: Any, model: Any) -> Any:
+    """Call every ``toolbox_model_surgery`` (and deprecated ``toolbox_prune``) implementation in
+    registration (``--plugins``) order, chaining the model."""
+    order = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}
+    impls = [impl for hook in SURGERY_HOOKS for impl in getattr(pm.hook, hook).get_hookimpls()]
+    for impl in sorted(impls, key=lambda impl: order.get(impl.plugin_name, len(order))):
+        result = call_impl(impl, ctx=ctx, model=model)
         if result is not None:
             model = result
     return model
+
+
+def plugin_states(pm: pluggy.PluginManager, ctx: Any) -> dict[str, Any]:
+    """``toolbox_state_dict`` of every plugin that implements it and returns something, by plugin name."""
+    states: dict[str, Any] = {}
+    for impl in pm.hook.toolbox_state_dict.get_hookimpls():
+        value = call_impl(impl, ctx=ctx)
+        if value is not None:
+            states[impl.plugin_name] = value
+    return states
+
+
+def load_plugin_states(pm: pluggy.PluginManager, ctx: Any, states: dict[str, Any]) -> None:
+    """Hand each plugin the state it saved (``toolbox_load_state_dict``); plugins without one are skipped."""
+    for impl in pm.hook.toolbox_load_state_dict.get_hookimpls():
+        if impl.plugin_name in states:
+            call_impl(impl, ctx=ctx, state=states[impl.plugin_name])
 
 
 def dormant_options(enabled: list[str]) -> dict[str, str]:

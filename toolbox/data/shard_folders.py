@@ -1,0 +1,65 @@
+"""Data that arrives over time: one image folder per step (``--shards DIR1,DIR2,... --test DIR``).
+
+Each step's folder is decoded (through the memory-mapped cache) only when that step trains, so a
+run continued by ``toolbox step`` never needs an earlier step's folder. What every later step must
+share is fixed at the run's start and recorded in its options (so in ``config.yaml``): the class
+names (the first folder's class folders, sorted), the image size, the channels and the per-channel
+mean/std (the first folder's statistics unless ``--mean/--std`` are given).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolbox.data.datasets import ImageData
+from toolbox.data.imagefolder import DEFAULT_IMAGE_SIZE, NAME, FolderImages, class_folders, load_image_folders
+from toolbox.errors import UsageError
+
+
+def check_shard_options(options: Any) -> None:
+    """Refuse what a ``--shards`` run cannot do, with one sentence each."""
+    if not options.test:
+        raise UsageError("--shards needs --test DIR: the folder of test images every step is evaluated on.")
+    if options.train or options.data_root:
+        raise UsageError("--shards gives each step's images itself; drop --data-root/--train.")
+    if options.per_class or options.val_per_class:
+        raise UsageError("--per-class and --val-per-class split one dataset; with --shards each folder is a "
+                         "step's data as it is (hold out validation folders yourself).")
+
+
+def fix_shared_settings(options: Any) -> None:
+    """At a run's start: record the classes, image size, channels and mean/std every step shares."""
+    first = Path(options.shards[0]).expanduser()
+    options.classes = options.classes or class_folders(first, "step 1 image")
+    options.image_size = options.image_size or DEFAULT_IMAGE_SIZE
+    if options.channels is None or options.mean is None or options.std is None:
+        images = load_step(options, 1)
+        options.channels = options.channels or images.channels
+        options.mean = list(options.mean or images.mean)
+        options.std = list(options.std or images.std)
+
+
+def load_step(options: Any, step: int) -> FolderImages:
+    """The decoded images of step ``step``'s folder (its classes must be the run's)."""
+    folder = Path(options.shards[step - 1]).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"Step {step}'s image folder {folder} is gone; it is needed to train step {step} "
+                         "(a finished step never needs its folder again).")
+    return load_image_folders([folder], options.classes, options.image_size, options.channels,
+                              options.skip_bad_images, what=f"step {step} image")
+
+
+def load_shard_run_data(options: Any) -> ImageData:
+    """The run's :class:`ImageData`: the test folder's images, no training images (each step's
+    come from :func:`load_step` when it trains), and the shared normalization."""
+    test = load_image_folders([Path(options.test).expanduser()], options.classes, options.image_size,
+                              options.channels, options.skip_bad_images, require_all_classes=False,
+                              what="test image")
+    empty_x = torch.zeros((0, *test.x.shape[1:]), dtype=torch.uint8)
+    return ImageData(name=NAME, train_x=empty_x, train_y=torch.zeros(0, dtype=torch.int64), test_x=test.x,
+                     test_y=test.y, num_classes=len(options.classes), mean=tuple(options.mean),
+                     std=tuple(options.std), source=f"{len(options.shards)} step folders, test {test.folders[0]}",
+                     classes=list(options.classes), skipped=test.skipped)

@@ -1,0 +1,32 @@
+"""What a run carries from phase to phase, and the per-step records of its results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RunState:
+    """What a run carries from phase to phase (and what a checkpoint restores)."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    done: set[tuple[int, str]] = field(default_factory=set)
+
+    def record_phase(self, step: int, record: dict[str, Any]) -> None:
+        """Add a phase record; the step's summary is its last phase's accuracy and cost."""
+        results = self.results
+        if not results or results[-1]["step"] != step:
+            results.append({"step": step, "phases": []})
+        entry = results[-1]
+        entry["phases"].append(record)
+        sparsity = [p["sparsity"] for p in entry["phases"] if "sparsity" in p]
+        entry.update(top1=record["top1"], top5=record["top5"],
+                     train_seconds=sum(p["train_seconds"] for p in entry["phases"]),
+                     params=record["params"], macs=record["macs"],
+                     sparsity=sparsity[-1] if sparsity else None)
