@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -335,7 +336,8 @@ def toolbox(*args: str, processes: int = 1, timeout: float = 300, **env: str) ->
 
 
 def files(run_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    """The run directory's files; TensorBoard's event files by pattern (their names hold time, host, pid)."""
+    return sorted(re.sub(r"tfevents\..*", "tfevents.*", str(p.relative_to(run_dir))) for p in run_dir.rglob("*"))
 
 
 @pytest.fixture(scope="module")

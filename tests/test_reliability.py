@@ -417,7 +417,7 @@ CORE_CASES = [
     ("mean", "0.1,0.2", "--mean gives 2 values"), ("std", "0", "--std values must be positive"),
     ("skip_bad_images", "maybe", "--skip-bad-images"),
     ("shards", "{tmp}", "--shards needs --test DIR"), ("open_ended", "maybe", "--open-ended"),
-    ("serve", "fast", "--serve"), ("classes", "a,b", "--classes"),
+    ("serve", "fast", "--serve"), ("classes", "a,b", "--classes"), ("tensorboard", "maybe", "--tensorboard"),
 ]
 if not torch.cuda.is_available():
     CORE_CASES.append(("device", "cuda", "no CUDA device"))

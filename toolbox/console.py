@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolbox import distributed
+from toolbox.runlog import epoch_line, phase_line
 
 console = Console(soft_wrap=True)
 error_console = Console(stderr=True, soft_wrap=True)
@@ -41,16 +42,11 @@ class Progress:
         elif event == "batch" and self.bar is not None:
             self.bar.advance(self.task)
         elif event == "epoch":
-            m = info["metrics"]
-            line = (f"step {info['step']} {info['phase']} epoch {info['epoch']}/{info['epochs']}: "
-                    f"loss {m.get('loss', float('nan')):.4f} train top-1 {m.get('train_top1', 0):.2f}% "
-                    f"lr {m.get('lr', 0):.4g} {m.get('images_per_second', 0):.0f} img/s")
+            line = epoch_line(info["step"], info["phase"], info["epoch"], info["epochs"], info["metrics"])
             (self.bar.console.log if self.bar is not None else console.print)(line, markup=False, highlight=False)
         elif event == "phase_end":
             self.close()
-            r = info["record"]
-            console.print(f"step {info['step']} {info['phase']} done: test top-1 {r['top1']:.2f}% "
-                          f"top-5 {r['top5']:.2f}% ({r['train_seconds']:.1f} s)", markup=False, highlight=False)
+            console.print(phase_line(info["step"], info["phase"], info["record"]), markup=False, highlight=False)
 
     def close(self) -> None:
         """Stop a live progress bar."""

@@ -136,6 +136,7 @@ class RunOptions:
     compact_teacher: bool = True
     threads: int | None = None
     skip_nonfinite: bool = False
+    tensorboard: bool = True
     plugin: dict[str, Any] = field(default_factory=dict)
 
     def epochs_for(self, phase: str) -> int:

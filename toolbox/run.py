@@ -42,6 +42,7 @@ from toolbox.phases import LEARN, phase_seed, plan_phases, run_phases
 from toolbox.plugin_manager import chain_model_surgery, declared_options, dormant_options, load_plugins, plugin_states
 from toolbox.preflight import check_run
 from toolbox.run_data import RunData
+from toolbox.run_logs import RunLogs
 from toolbox.serve import serve_checkpoint, serve_path
 from toolbox.state import RunState
 
@@ -97,6 +98,7 @@ class Run:
         self.state = RunState()
         self.partial: dict[str, Any] | None = None
         self.initialized = False
+        self.logs = RunLogs(self.run_dir, options)  # run.log and tb/ (rank 0)
         self.pm.hook.toolbox_configure(options=options)
         check_run(options.arch, options.model_kwargs, self.data.num_classes, self.data.in_chans,
                   self.data.image_size, options.plugins, float(options.plugin.get("ratio", 0.5)))
@@ -155,6 +157,7 @@ class Run:
         """Write the run directory's first files (fresh runs, and resumed ones with no complete phase)."""
         distributed.run_on_main(files.write_first_files, self.run_dir, self.options, self.shards, self.validation,
                                 self.data)
+        self.logs.open_log()
 
     def check_disk_space(self) -> None:
         """Warn when the run directory's disk has less free space than the run's checkpoints need."""
@@ -163,14 +166,19 @@ class Run:
 
     def restore(self) -> str | None:
         """Continue from the run directory's checkpoints (:func:`toolbox.resume.restore`)."""
+        self.logs.open_log()
         return resume.restore(self)
 
     def execute(self, only_phase: str | None = None, until: tuple[int, str] | None = None) -> dict[str, Any]:
         """Train every remaining phase of every step; return the results dict.
 
         ``only_phase`` runs just that phase of step 1 (``toolbox train``); ``until`` stops after
-        that (step, phase) (a later ``execute`` goes on from there).
+        that (step, phase) (a later ``execute`` goes on from there). Meanwhile run.log and tb/ are written.
         """
+        return self.logs.around(self, only_phase, until is None, lambda: self._execute(only_phase, until))
+
+    def _execute(self, only_phase: str | None, until: tuple[int, str] | None) -> dict[str, Any]:
+        """:meth:`execute`'s loop over the steps and their phases, then the run's report."""
         if only_phase is not None and only_phase not in run_phases(self.pm):
             raise UsageError(f"--phase {only_phase!r} is not a phase of the enabled plugins; use one of "
                              f"{', '.join(run_phases(self.pm))}.")
@@ -269,6 +277,7 @@ class Run:
         def epoch_done(epoch: int, metrics: dict[str, Any]) -> None:
             nonlocal saving
             self._append_metrics({"step": step, "phase": phase, "epoch": epoch + 1, **metrics})
+            self.logs.epoch(step, phase, epoch + 1, ctx.epochs, metrics)
             if self.progress is not None:
                 self.progress("epoch", step=step, phase=phase, epoch=epoch + 1, epochs=ctx.epochs, metrics=metrics)
             if epoch + 1 < ctx.epochs:
@@ -298,6 +307,7 @@ class Run:
                   **self._evaluate(ctx), "train_seconds": train_seconds, "params": count_params(self.model),
                   "macs": count_macs(self.model, self.inputs.input_size), **ctx.phase_metrics}
         state.record_phase(step, record)
+        self.logs.phase(step, phase, record, self.model)
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))
         distributed.run_on_main(files.save_phase, self.run_dir, step, phase,

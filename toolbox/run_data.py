@@ -147,6 +147,6 @@ class RunData:
         scores = {"top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"]}
         if self.validation is not None:
             val = evaluate(model, self.validation_loader(), self.device, precision, across_processes=True)
-            scores.update(val_top1=val["top1"], val_loss=val["loss"])
+            scores.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
         return test, scores
 

@@ -3,8 +3,9 @@
 ``RUN_DIR/config.yaml`` (every option), ``shards.json`` (the images of every step),
 ``metrics.jsonl`` (one line per epoch and per evaluation), ``checkpoints/step{k}_{phase}.pt``
 after every phase and ``checkpoints/partial.pt`` during one, ``results.json``/``results.md`` and
-plots, ``data.json`` (class names, normalization, skipped images), ``serve/step{k}.pt``. In a
-multi-process run only rank 0 calls these.
+plots, ``data.json`` (class names, normalization, skipped images), ``serve/step{k}.pt``; also
+``run.log`` and TensorBoard's ``tb/`` (:mod:`toolbox.run_logs`). In a multi-process run only
+rank 0 calls these.
 """
 
 from __future__ import annotations

@@ -16,17 +16,25 @@ Usage::
     import timm
     import toolbox.models  # registers the models
     model = timm.create_model("cifar_resnet56", num_classes=100, shortcut="A")
+
+The models follow timm's model interface (``forward_features``, ``forward_head``,
+``reset_classifier(0, "")``, ``forward_intermediates``, ``set_grad_checkpointing``) and pass
+timm's own model tests (tests/test_timm_conformance.py), TorchScript and FX included.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: FX writes string annotations of ``forward``
+# verbatim into its generated code, which TorchScript then cannot read.
 
-import warnings
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+# consume_timm_kwargs is also imported from here (examples/register_architecture.py)
+from .timm_api import consume_timm_kwargs, make_global_pool
 
 __all__ = ["BasicBlock", "CifarResNet", "SHORTCUT_OPTIONS"]
 
@@ -34,35 +42,6 @@ SHORTCUT_OPTIONS = ("A", "B")
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-# timm-wide keyword arguments that training scripts may pass to any model.  They are
-# accepted and ignored (with a warning when they ask for a feature we do not implement).
-_UNSUPPORTED_TIMM_KWARGS = ("drop_path_rate", "drop_block_rate")
-_IGNORED_TIMM_KWARGS = ("img_size", "scriptable", "exportable", "no_jit")
-
-
-def consume_timm_kwargs(model_name: str, kwargs: Dict[str, Any]) -> None:
-    """Validate and drop generic timm keyword arguments a small CIFAR model does not use.
-
-    Args:
-        model_name: Class name used in messages.
-        kwargs: Left-over keyword arguments of the model constructor (emptied in place).
-
-    Raises:
-        ValueError: ``global_pool`` is anything but ``"avg"``.
-        TypeError: an unknown keyword is left (most likely a typo such as ``shortcuts=``).
-    """
-    global_pool = kwargs.pop("global_pool", "avg")
-    if global_pool != "avg":
-        raise ValueError(f"{model_name} only supports global_pool='avg', got {global_pool!r}")
-    for key in _UNSUPPORTED_TIMM_KWARGS:
-        value = kwargs.pop(key, None)
-        if value:
-            warnings.warn(f"{model_name} ignores {key}={value!r} (not implemented)", stacklevel=3)
-    for key in _IGNORED_TIMM_KWARGS:
-        kwargs.pop(key, None)
-    if kwargs:
-        raise TypeError(f"{model_name} got unexpected keyword arguments: {sorted(kwargs)}")
 
 
 class PadShortcut(nn.Module):
@@ -141,7 +120,8 @@ class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs with a timm-compatible interface.
 
     Module names: ``conv1, bn1, act1, layer1, layer2, layer3, global_pool, fc``; blocks are
-    ``layer{1,2,3}.{i}`` (e.g. ``layer1.0.bn1``).
+    ``layer{1,2,3}.{i}`` (e.g. ``layer1.0.bn1``).  Feature levels (``feature_info``,
+    ``forward_intermediates``): 0 the stem, 1-3 the stages.
     """
 
     def __init__(
@@ -151,7 +131,8 @@ class CifarResNet(nn.Module):
         in_chans: int = 3,
         shortcut: str = "B",
         drop_rate: float = 0.0,
-        widths: tuple[int, int, int] = (16, 32, 64),
+        global_pool: str = "avg",
+        widths: Tuple[int, int, int] = (16, 32, 64),
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
@@ -164,11 +145,13 @@ class CifarResNet(nn.Module):
             in_chans: Input image channels (1 for (Fashion-)MNIST).
             shortcut: ``"B"`` (projection, default) or ``"A"`` (zero padding).
             drop_rate: Dropout probability before the classifier.
+            global_pool: ``"avg"`` or ``""`` (no pooling: with ``num_classes=0`` the model
+                returns the feature map).
             widths: Channels of the three stages.
             device: Optional device to move the parameters to.
             dtype: Optional parameter dtype.
-            **kwargs: Generic timm arguments (``global_pool="avg"``, ``drop_path_rate`` ...);
-                anything else raises ``TypeError``.
+            **kwargs: Generic timm arguments (``drop_path_rate`` ...); anything else raises
+                ``TypeError``.
         """
         super().__init__()
         consume_timm_kwargs(type(self).__name__, kwargs)
@@ -182,6 +165,7 @@ class CifarResNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         n = (depth - 2) // 6  # basic blocks per stage
 
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
@@ -198,7 +182,7 @@ class CifarResNet(nn.Module):
         ]
 
         self.num_features = self.head_hidden_size = widths[2]
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.global_pool = make_global_pool(type(self).__name__, global_pool)
         self.fc = self._make_fc(num_classes)
         self._init_weights()
         if device is not None or dtype is not None:
@@ -224,9 +208,22 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (saves memory) when ``enable``."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         """Return the classifier module (or its attribute name ``"fc"``)."""
         return "fc" if name_only else self.fc
+
+    def _last_width(self) -> int:
+        """Channels of the last feature map, read from the network (pruning may have changed it)."""
+        for layer in (self.layer3, self.layer2, self.layer1):
+            if len(layer):
+                return layer[-1].bn2.num_features
+        return self.bn1.num_features
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace ``fc`` by a freshly initialised classifier with ``num_classes`` outputs.
@@ -236,25 +233,81 @@ class CifarResNet(nn.Module):
 
         Args:
             num_classes: New number of outputs (0 for no classifier).
-            global_pool: Only ``None`` or ``"avg"`` are accepted.
+            global_pool: ``"avg"``, ``""`` (no pooling) or ``None`` (keep the current one).
         """
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        if global_pool is not None:
+            self.global_pool = make_global_pool(type(self).__name__, global_pool)
         ref = next(self.parameters())
-        # re-read the feature width: channel pruning may have narrowed the last stage
-        self.num_features = self.head_hidden_size = self.layer3[-1].bn2.num_features
+        self.num_features = self.head_hidden_size = self._last_width()
         self.num_classes = num_classes
         self.fc = self._make_fc(num_classes).to(device=ref.device, dtype=ref.dtype)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's feature API: the feature maps of the levels in ``feature_info`` (0 stem, 1-3 stages).
+
+        Args:
+            x: Input images.
+            indices: Levels to return: all (``None``), the last ``n`` (int) or a list.
+            norm: Unused (no final norm layer); accepted for timm compatibility.
+            stop_early: Skip the stages after the last requested level.
+            output_fmt: Only ``"NCHW"``.
+            intermediates_only: Return only the list of feature maps.
+
+        Returns:
+            ``(forward_features(x), maps)``, or ``maps`` alone with ``intermediates_only``.
+        """
+        assert output_fmt == "NCHW", "Output shape must be NCHW."
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take_indices:
+            intermediates.append(x)
+        layers = [self.layer1, self.layer2, self.layer3]
+        for level, layer in enumerate(layers[:max_index] if stop_early else layers, start=1):
+            x = checkpoint_seq(layer, x) if self.grad_checkpointing else layer(x)
+            if level in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last requested level (and the head); return the kept levels.
+
+        Args:
+            indices: Levels to keep, as in :meth:`forward_intermediates`.
+            prune_norm: Unused (no final norm layer).
+            prune_head: Also remove the classifier and pooling.
+        """
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        for name in ("layer1", "layer2", "layer3")[max_index:]:
+            setattr(self, name, nn.Sequential())
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the last feature map, shape ``(B, num_features, H/4, W/4)``."""
         x = self.act1(self.bn1(self.conv1(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
         x = self.layer1(x)
         x = self.layer2(x)
         return self.layer3(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool, apply dropout and (unless ``pre_logits``) the classifier."""
+        """Pool (unless ``global_pool=""``), apply dropout and (unless ``pre_logits``) the classifier."""
         x = self.global_pool(x)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
@@ -293,7 +346,7 @@ def _create_cifar_resnet(variant: str, depth: int, pretrained: bool = False, **k
         CifarResNet,
         variant,
         pretrained=False,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+        feature_cfg={"out_indices": (0, 1, 2, 3), **(kwargs.pop("feature_cfg", None) or {})},  # the caller's win
         depth=depth,
         **kwargs,
     )

@@ -22,18 +22,22 @@ Variants:
 * ``tinyimagenet_mobilenetv2`` (64x64): stem stride 1, all other strides standard; total
   stride 16, final feature map 4x4 (same spatial sizes per stage as the CIFAR variant
   from the 32-channel stage on).
+
+Both follow timm's model interface and pass timm's own model tests, as the CIFAR ResNets do.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` (see cifar_resnet.py: FX + TorchScript).
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
-from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, consume_timm_kwargs
+from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
+from .timm_api import consume_timm_kwargs, make_global_pool
 
 __all__ = ["InvertedResidual", "MobileNetV2", "CIFAR_SETTING", "TINYIMAGENET_SETTING"]
 
@@ -104,6 +108,8 @@ class MobileNetV2(nn.Module):
 
     Module names: ``conv_stem, bn1, act1, blocks, conv_head, bn2, act2, global_pool,
     classifier``; ``blocks.{stage}.{i}`` are :class:`InvertedResidual` (e.g. ``blocks.2.0.bn1``).
+    Feature levels (``feature_info``, ``forward_intermediates``): the last stage at each
+    resolution, then the head conv's output.
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class MobileNetV2(nn.Module):
         stem_chs: int = 32,
         num_features: int = 1280,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
@@ -131,23 +138,27 @@ class MobileNetV2(nn.Module):
             stem_chs: Stem channels before ``width_mult``.
             num_features: Channels of the last 1x1 conv (scaled only when ``width_mult > 1``).
             drop_rate: Dropout probability before the classifier.
+            global_pool: ``"avg"`` or ``""`` (no pooling: with ``num_classes=0`` the model
+                returns the feature map).
             device: Optional device to move the parameters to.
             dtype: Optional parameter dtype.
-            **kwargs: Generic timm arguments (``global_pool="avg"``, ``drop_path_rate`` ...);
-                anything else raises ``TypeError``.
+            **kwargs: Generic timm arguments (``drop_path_rate`` ...); anything else raises
+                ``TypeError``.
         """
         super().__init__()
         consume_timm_kwargs(type(self).__name__, kwargs)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
 
         in_channels = make_divisible(stem_chs * width_mult)
         self.conv_stem = nn.Conv2d(in_chans, in_channels, 3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.act1 = nn.ReLU6(inplace=True)
         reduction = stem_stride
-        self.feature_info: List[Dict[str, Any]] = []
+        feature_info: List[Dict[str, Any]] = []
+        stage_ends: List[int] = []  # per feature level but the last: index of its stage
         stages: List[nn.Module] = []
         for t, c, n, s in setting:
             out_channels = make_divisible(c * width_mult)
@@ -155,8 +166,8 @@ class MobileNetV2(nn.Module):
             blocks += [InvertedResidual(out_channels, out_channels, 1, t) for _ in range(n - 1)]
             if s > 1 and stages:
                 # feature_info records the last stage at each resolution (before it drops)
-                last = f"blocks.{len(stages) - 1}"
-                self.feature_info.append(dict(num_chs=in_channels, reduction=reduction, module=last))
+                stage_ends.append(len(stages) - 1)
+                feature_info.append(dict(num_chs=in_channels, reduction=reduction, module=f"blocks.{len(stages) - 1}"))
             reduction *= s
             stages.append(nn.Sequential(*blocks))
             in_channels = out_channels
@@ -166,8 +177,10 @@ class MobileNetV2(nn.Module):
         self.conv_head = nn.Conv2d(in_channels, self.num_features, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(self.num_features)
         self.act2 = nn.ReLU6(inplace=True)
-        self.feature_info.append(dict(num_chs=self.num_features, reduction=reduction, module="act2"))
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        feature_info.append(dict(num_chs=self.num_features, reduction=reduction, module="act2"))
+        self.feature_info = feature_info
+        self.stage_ends = stage_ends
+        self.global_pool = make_global_pool(type(self).__name__, global_pool)
         self.classifier = self._make_classifier(num_classes)
         self._init_weights()
         if device is not None or dtype is not None:
@@ -191,6 +204,12 @@ class MobileNetV2(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (saves memory) when ``enable``."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         """Return the classifier module (or its attribute name ``"classifier"``)."""
         return "classifier" if name_only else self.classifier
@@ -203,24 +222,88 @@ class MobileNetV2(nn.Module):
 
         Args:
             num_classes: New number of outputs (0 for no classifier).
-            global_pool: Only ``None`` or ``"avg"`` are accepted.
+            global_pool: ``"avg"``, ``""`` (no pooling) or ``None`` (keep the current one).
         """
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        if global_pool is not None:
+            self.global_pool = make_global_pool(type(self).__name__, global_pool)
         ref = next(self.parameters())
-        # re-read the feature width: channel pruning may have narrowed the head conv
-        self.num_features = self.head_hidden_size = self.bn2.num_features
+        if isinstance(self.bn2, nn.BatchNorm2d):  # absent after prune_intermediate_layers
+            self.num_features = self.head_hidden_size = self.bn2.num_features
         self.num_classes = num_classes
         self.classifier = self._make_classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's feature API: the feature maps of the levels in ``feature_info``.
+
+        Args:
+            x: Input images.
+            indices: Levels to return: all (``None``), the last ``n`` (int) or a list.
+            norm: Unused (no final norm layer); accepted for timm compatibility.
+            stop_early: Skip the layers after the last requested level.
+            output_fmt: Only ``"NCHW"``.
+            intermediates_only: Return only the list of feature maps.
+
+        Returns:
+            ``(forward_features(x), maps)``, or ``maps`` alone with ``intermediates_only``.
+        """
+        assert output_fmt == "NCHW", "Output shape must be NCHW."
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        take_stages = [self.stage_ends[i] for i in take_indices if i < len(self.stage_ends)]
+        head_level = len(self.stage_ends)
+        last_stage = self.stage_ends[max_index] if stop_early and max_index < head_level else len(self.blocks) - 1
+        intermediates = []
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        for index, stage in enumerate(self.blocks[: last_stage + 1]):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+            if index in take_stages:
+                intermediates.append(x)
+        if last_stage == len(self.blocks) - 1:
+            x = self.act2(self.bn2(self.conv_head(x)))
+            if head_level in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the layers after the last requested level (and the head); return the kept levels.
+
+        Args:
+            indices: Levels to keep, as in :meth:`forward_intermediates`.
+            prune_norm: Unused (no final norm layer).
+            prune_head: Also remove the classifier and pooling.
+        """
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        if max_index < len(self.stage_ends):
+            self.blocks = self.blocks[: self.stage_ends[max_index] + 1]
+            self.conv_head, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < len(self.stage_ends):
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the feature map after the 1280-channel head conv (4x4 for the default inputs)."""
         x = self.act1(self.bn1(self.conv_stem(x)))
-        x = self.blocks(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x, flatten=True)
+        else:
+            x = self.blocks(x)
         return self.act2(self.bn2(self.conv_head(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool, apply dropout and (unless ``pre_logits``) the classifier."""
+        """Pool (unless ``global_pool=""``), apply dropout and (unless ``pre_logits``) the classifier."""
         x = self.global_pool(x)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
@@ -263,6 +346,7 @@ def _create_mobilenetv2(variant: str, pretrained: bool = False, **kwargs: Any) -
     setting = kwargs["setting"]
     num_feature_levels = sum(1 for i, row in enumerate(setting) if i > 0 and row[3] > 1) + 1
     feature_cfg = dict(out_indices=tuple(range(num_feature_levels)), flatten_sequential=True)
+    feature_cfg.update(kwargs.pop("feature_cfg", None) or {})  # the caller's (e.g. feature_cls="fx") win
     return build_model_with_cfg(MobileNetV2, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
 
 
