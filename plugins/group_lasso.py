@@ -106,7 +106,8 @@ class GroupLasso(SparsityTraining):
     default_strength = 1e-4
     strength_help = ("strength s of s * sum of filter L2 norms (subgradient/proximal modes, and the "
                      "unselected filters in target mode)")
-    mode_help = "target: reach --ratio by the phase end; subgradient/proximal: fixed --gl-s on every filter"
+    mode_help = ("target: reach --ratio by --sparsity-target-at of the phase, then hold it; "
+                 "subgradient/proximal: fixed --gl-s on every filter")
     selective = False
 
     def importance(self, model: nn.Module) -> list[torch.Tensor]:

@@ -52,7 +52,8 @@ class Polarization(SparsityTraining):
     strength = "polar_s"
     default_strength = 1e-4
     strength_help = "strength of the polarization regularizer (the paper's lambda)"
-    mode_help = "target: reach --ratio by the phase end; subgradient: fixed --polar-s on every gamma"
+    mode_help = ("target: reach --ratio by --sparsity-target-at of the phase, then hold it; "
+                 "subgradient: fixed --polar-s on every gamma")
     selective = False
     modes = ("target", "subgradient")
 

@@ -30,5 +30,6 @@ class Slimming(SparsityTraining):
     default_strength = 1e-4
     strength_help = ("L1 strength on the BN scales (subgradient/proximal modes, and the unselected "
                      "filters in target mode)")
-    mode_help = "target: reach --ratio by the phase end; subgradient/proximal: fixed --s on every gamma"
+    mode_help = ("target: reach --ratio by --sparsity-target-at of the phase, then hold it; "
+                 "subgradient/proximal: fixed --s on every gamma")
     selective = False

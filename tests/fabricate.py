@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,31 @@ def write_cifar100(root: Path, train_per_class: int = 3, test_per_class: int = 1
     meta = {b"fine_label_names": [f"c{i}".encode() for i in range(100)], b"coarse_label_names": []}
     with open(folder / "meta", "wb") as f:
         pickle.dump(meta, f, protocol=2)
+    return arrays
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An idx file of unsigned bytes: magic (0, 0, 0x08, ndim), big-endian dims, the data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fashion_mnist(folder: Path, gz: bool = True, n_train: int = 20, n_test: int = 10) -> dict[str, np.ndarray]:
+    """The four official Fashion-MNIST idx files (random 28 x 28 images), gzipped or not, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test, dtype=np.uint8) * 3) % 10,
+    }
+    for stem, array in arrays.items():
+        raw = idx_bytes(array)
+        if gz:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / stem).write_bytes(raw)
     return arrays
 
 

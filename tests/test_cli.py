@@ -65,7 +65,7 @@ def test_listings() -> None:
     (["--steps", "0"], "--steps must be at least 1"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--steps", "x"], "--steps must be a int"),
+    (["--steps", "x"], "--steps must be an integer"),
     (["--config", "/nonexistent/c.yaml"], "Cannot read config file"),
     (["--bogus-flag", "3"], "Unknown option 'bogus_flag'"),
     (["stray"], "Unexpected argument 'stray'"),

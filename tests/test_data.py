@@ -6,7 +6,6 @@ import gzip
 import os
 import pickle
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from toolbox.data import (
 from toolbox.errors import UsageError
 
 from fabricate import write_cifar100 as _write_cifar
+from fabricate import write_fashion_mnist as _write_fashion
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -235,29 +235,6 @@ def test_tiny_imagenet_missing_raises_with_hint(monkeypatch: pytest.MonkeyPatch,
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_fashion(folder: Path, gz: bool = True, n_train: int = 20, n_test: int = 10) -> dict[str, np.ndarray]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": (np.arange(n_test, dtype=np.uint8) * 3) % 10,
-    }
-    for stem, array in arrays.items():
-        raw = _idx_bytes(array)
-        if gz:
-            (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
-        else:
-            (folder / stem).write_bytes(raw)
-    return arrays
 
 
 def test_fashion_mnist_gzipped_idx_padded(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def test_defaults_validate() -> None:
     ("steps", "0", "--steps must be at least 1"),
     ("epochs", "-1", "--epochs must be at least 1"),
     ("batch_size", "0", "--batch-size must be at least 1"),
-    ("steps", "two", "--steps must be a int"),
+    ("steps", "two", "--steps must be an integer"),
     ("lr", "-0.1", "--lr must be positive"),
     ("schedule", "linear", "--schedule 'linear' is unknown"),
     ("precision", "fp8", "--precision 'fp8' is unknown"),
@@ -44,8 +44,21 @@ def test_plugin_options_parse_and_check() -> None:
     assert build_options({}, {"ratio": ratio}).plugin == {"ratio": 0.5}
     with pytest.raises(UsageError, match=r"--ratio=1.5: must lie in \[0, 1\)"):
         build_options({"ratio": "1.5"}, {"ratio": ratio})
-    with pytest.raises(UsageError, match="--ratio must be a float"):
+    with pytest.raises(UsageError, match="--ratio must be a number"):
         build_options({"ratio": "half"}, {"ratio": ratio})
+
+
+@pytest.mark.parametrize("kind,raw,sentence", [
+    (int, "3.5", "--n must be an integer, got '3.5'."),
+    (float, "half", "--n must be a number, got 'half'."),
+    (bool, "maybe", "--n must be true or false, got 'maybe'."),
+])
+def test_type_errors_are_plain_english(kind: type, raw: str, sentence: str) -> None:
+    with pytest.raises(UsageError) as info:
+        PluginOption("n", kind, kind()).parse(raw)
+    assert str(info.value) == sentence
+    with pytest.raises(UsageError, match="--reset-optimizer must be true or false"):
+        build_options({"reset_optimizer": "maybe"}, {})
 
 
 def test_config_file_yaml_and_toml(tmp_path: Path) -> None:

@@ -46,9 +46,7 @@ class PluginOption:
         try:
             value = parse_value(raw, self.type)
         except (TypeError, ValueError):
-            raise UsageError(
-                f"{flag} must be a {self.type.__name__}, got {raw!r}."
-            ) from None
+            raise UsageError(f"{flag} must be {expected(self.type)}, got {raw!r}.") from None
         check_finite(flag, value, raw)
         if self.choices is not None and value not in self.choices:
             raise UsageError(
@@ -59,6 +57,12 @@ class PluginOption:
             if problem:
                 raise UsageError(f"{flag}={value!r}: {problem}")
         return value
+
+
+def expected(kind: type) -> str:
+    """What a value of ``kind`` must be, for error sentences: "an integer", "a number", ..."""
+    return {int: "an integer", float: "a number", bool: "true or false", list: "a comma-separated list",
+            str: "text"}.get(kind, f"a {kind.__name__}")
 
 
 def check_finite(flag: str, value: Any, raw: Any) -> None:
@@ -242,6 +246,10 @@ def _field_type(name: str) -> type:
     return str
 
 
+#: The type a core option's text parses to (public name, e.g. for ``toolbox run --help``).
+core_type = _field_type
+
+
 def option_types(plugin_options: dict[str, PluginOption]) -> dict[str, type]:
     """Every option a run accepts (core fields and the plugins' declared options) with the type its
     values parse to."""
@@ -321,7 +329,7 @@ def _parse_core(key: str, raw: Any) -> Any:
     try:
         value = parse_value(raw, kind)
     except (TypeError, ValueError):
-        raise UsageError(f"{flag} must be a {kind.__name__}, got {raw!r}.") from None
+        raise UsageError(f"{flag} must be {expected(kind)}, got {raw!r}.") from None
     check_finite(flag, value, raw)
     if key == "milestones":
         try:

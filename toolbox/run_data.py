@@ -17,6 +17,7 @@ from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dat
                           with_normalization)
 from toolbox.engine import evaluate
 from toolbox.data import shard_folders
+from toolbox.data.auto import load_run_dataset
 from toolbox.data.imagefolder import FolderImages
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
@@ -25,18 +26,16 @@ log = logging.getLogger("toolbox")
 
 
 def load_run_data(options: RunOptions) -> ImageData:
-    """Load the run's dataset; ``auto`` means Fashion-MNIST where present, else synthetic.
+    """Load the run's dataset; ``auto`` means Fashion-MNIST where present or downloadable, else
+    synthetic, and ``synthetic`` is sized for the shards (:func:`toolbox.data.auto.load_run_dataset`).
 
     ``options.dataset`` is set to the name actually used, so config.yaml records it;
     ``--mean/--std`` replace the dataset's normalization.
     """
     try:
-        if options.dataset == "auto":
-            try:
-                data = load_dataset("fashion_mnist", options.data_root, download=False)
-            except DatasetNotFoundError as exc:
-                log.warning("Fashion-MNIST not found (%s); using the synthetic dataset instead.", exc)
-                data = load_dataset("synthetic")
+        if options.dataset in ("auto", "synthetic"):
+            data = load_run_dataset(options.dataset, options.data_root, options.steps, options.per_class,
+                                    options.val_per_class)
             options.dataset = data.name
         elif options.dataset == "imagefolder":
             from toolbox.data.imagefolder import load_imagefolder  # Pillow only when needed

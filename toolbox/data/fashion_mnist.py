@@ -2,13 +2,19 @@
 
 The 28 x 28 images get 2 zero pixels on every side so that CIFAR-style backbones run
 unchanged. Files may be gzipped or not and are searched, in order, in ``<root>/fashion_mnist``,
-``<root>/FashionMNIST/raw`` (torchvision's layout), ``<root>`` and
-``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package).
+``<root>/FashionMNIST/raw`` (torchvision's layout), ``<root>`` and the system folders:
+``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package), or the
+folders listed in ``$TOOLBOX_FASHION_MNIST_DIRS`` (separated like ``PATH``; set but empty: none).
+When they are nowhere, :func:`load` downloads them into ``<root>/FashionMNIST/raw`` with
+torchvision's downloader, which verifies their MD5 checksums.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
+import os
+import socket
 import zlib
 from pathlib import Path
 
@@ -24,6 +30,10 @@ from toolbox.data.datasets import (
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Environment variable replacing :data:`SYSTEM_DIR` by a ``PATH``-style list of folders.
+SYSTEM_DIRS_ENV = "TOOLBOX_FASHION_MNIST_DIRS"
+#: Seconds a download may wait for a server before giving up (an offline machine fails at once).
+DOWNLOAD_TIMEOUT = 20.0
 FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -40,9 +50,21 @@ STD = (0.3318,)
 _IDX_UBYTE = 0x08
 
 
+log = logging.getLogger("toolbox")
+
+
+def system_dirs() -> list[Path]:
+    """System folders searched after the data root: ``$TOOLBOX_FASHION_MNIST_DIRS`` when it is
+    set (an empty value means none), else :data:`SYSTEM_DIR`."""
+    listed = os.environ.get(SYSTEM_DIRS_ENV)
+    if listed is None:
+        return [SYSTEM_DIR]
+    return [Path(part).expanduser() for part in listed.split(os.pathsep) if part.strip()]
+
+
 def search_dirs(root: Path) -> list[Path]:
     """Directories searched for the idx files, in order of preference."""
-    return [root / "fashion_mnist", root / "FashionMNIST" / "raw", root, SYSTEM_DIR]
+    return [root / "fashion_mnist", root / "FashionMNIST" / "raw", root, *system_dirs()]
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -120,29 +142,54 @@ def _labels(path: Path, count: int) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
-def _try_download(root: Path) -> None:
-    """Let torchvision fetch the files into ``root/FashionMNIST/raw``; failures are swallowed."""
-    try:
-        import torchvision.datasets
+def fetch_files(root: Path) -> str | None:
+    """Fetch the four files into ``root/FashionMNIST/raw`` with torchvision's downloader (MD5
+    checksums verified); return ``None`` on success, else why it failed (offline, bad checksum...).
 
+    A file that fails its checksum is deleted, so that a later run does not mistake it for data.
+    """
+    import torchvision.datasets
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+    try:
         root.mkdir(parents=True, exist_ok=True)
         torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-    except Exception:  # offline etc.: reported as "not found" by the caller
-        pass
+        return None
+    except Exception as exc:  # offline, refused, corrupt: the caller decides what to do
+        _remove_corrupt(root / "FashionMNIST" / "raw")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return " ".join(lines)[:300] or type(exc).__name__
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _remove_corrupt(folder: Path) -> None:
+    """Delete downloaded archives whose MD5 differs from torchvision's, with what they unpacked to."""
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import check_integrity
+
+    for filename, md5 in getattr(FashionMNIST, "resources", []):
+        archive = folder / filename
+        if archive.is_file() and not check_integrity(str(archive), md5):
+            archive.unlink()
+            (folder / archive.stem).unlink(missing_ok=True)
 
 
 def load(root: Path, download: bool = True) -> ImageData:
     """Load Fashion-MNIST (train 60000, test 10000, 1 x 32 x 32 after padding)."""
     files = find_files(root)
     if files is None and download:
-        _try_download(root)
+        problem = fetch_files(root)
+        if problem is not None:
+            log.warning("Fashion-MNIST could not be downloaded into %s: %s", root / "FashionMNIST" / "raw", problem)
         files = find_files(root)
     if files is None:
+        elsewhere = ", ".join(str(p) for p in [root / "FashionMNIST" / "raw", root, *system_dirs()])
         raise DatasetNotFoundError(
             not_found_message(
                 "Fashion-MNIST",
-                f"{root / 'fashion_mnist'} (nor {root / 'FashionMNIST' / 'raw'}, {root} "
-                f"or {SYSTEM_DIR})",
+                f"{root / 'fashion_mnist'} (nor {elsewhere})",
                 download,
                 "the four official idx files (gzipped or not) in a fashion_mnist folder",
             )
