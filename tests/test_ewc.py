@@ -125,7 +125,7 @@ def test_scratch_is_refused() -> None:
         EWC().toolbox_configure(options=RunOptions(plugins=["ewc", "scratch"]))
 
 
-EWC_RUN = {"plugins": "ewc", "ewc_lambda": 50.0, "ewc_gamma": 0.5, "dataset": "synthetic", "arch": "cifar_resnet20",
+EWC_RUN = {"plugins": "ewc", "ewc_lambda": 5.0, "ewc_gamma": 0.5, "dataset": "synthetic", "arch": "cifar_resnet20",
            "steps": 3, "epochs": 2, "batch_size": 64, "device": "cpu", "threads": 1}
 
 
