@@ -50,9 +50,10 @@ def run_phases(pm: pluggy.PluginManager) -> dict[str, int]:
     return dict(sorted({**installed_phases(), **declared}.items(), key=lambda item: item[1]))
 
 
-def plan_phases(pm: pluggy.PluginManager, step: int, num_steps: int) -> list[str]:
+def plan_phases(pm: pluggy.PluginManager, step: int, num_steps: int,
+                known: dict[str, int] | None = None) -> list[str]:
     """``learn`` plus the phases plugins ask for, in their declared order."""
-    known = run_phases(pm)
+    known = run_phases(pm) if known is None else known
     wanted = {LEARN}
     for extra in pm.hook.toolbox_phases(step=step, num_steps=num_steps):
         for name in extra or []:

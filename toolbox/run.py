@@ -83,6 +83,7 @@ class Run:
         distributed.init()
         self.options = options
         self.pm = pm
+        self.phases = run_phases(pm)  # name -> place, read once (plugins' declarations)
         self.run_dir = Path(run_dir)
         self.progress = progress if distributed.is_main() else None
         self.device = distributed.local_device(select_device(options.device))
@@ -146,7 +147,8 @@ class Run:
         """The phases of ``step``. A run meant to continue (``--open-ended``, every ``--shards`` run)
         plans every step as if another came after it, so each step ends with its sparsify phase and
         ``toolbox step`` finds the masks."""
-        return plan_phases(self.pm, step, step + 1 if self.options.open_ended else self.options.steps)
+        steps = step + 1 if self.options.open_ended else self.options.steps
+        return plan_phases(self.pm, step, steps, self.phases)
 
     def phase_order(self) -> list[tuple[int, str]]:
         """Every (step, phase) of the run, in training order."""
@@ -179,9 +181,9 @@ class Run:
 
     def _execute(self, only_phase: str | None, until: tuple[int, str] | None) -> dict[str, Any]:
         """:meth:`execute`'s loop over the steps and their phases, then the run's report."""
-        if only_phase is not None and only_phase not in run_phases(self.pm):
+        if only_phase is not None and only_phase not in self.phases:
             raise UsageError(f"--phase {only_phase!r} is not a phase of the enabled plugins; use one of "
-                             f"{', '.join(run_phases(self.pm))}.")
+                             f"{', '.join(self.phases)}.")
         self.check_disk_space()
         first_phase = not self.state.done and not self.initialized
         for step in range(1, self.options.steps + 1):
@@ -208,7 +210,7 @@ class Run:
     def _run_phase(self, step: int, phase: str, has_previous: bool, step_phases: list[str] | None = None) -> None:
         """Train ``phase`` of ``step`` from its start, or from ``partial.pt`` after a kill."""
         partial = self._take_partial(step, phase)
-        seed = phase_seed(self.options.seed, step, run_phases(self.pm)[phase])
+        seed = phase_seed(self.options.seed, step, self.phases[phase])
         torch.manual_seed(seed)
         chosen = self.pm.hook.toolbox_data_schedule(step=step, phase=phase, shards=self.shards)
         x, y, indices = self.inputs.training_set(step, chosen)
@@ -384,7 +386,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     if init is not None:
         run.initialize_from(init)
     distributed.run_on_main(runlock.hold, run, run_dir)  # after the data is known to be good
-    if distributed.run_on_main(files.holds_run, run_dir, list(run_phases(pm))):
+    if distributed.run_on_main(files.holds_run, run_dir, list(run.phases)):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or another --out.")
     run.prepare_directory()
     return run
