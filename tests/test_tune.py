@@ -243,7 +243,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
                   "--pruner", "none")
     assert result.exit_code == 0, result.output
     trials = load(sqlite(study), "study").get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    # two workers that start a trial at the same instant may overshoot the cap by one (documented in toolbox.tune)
+    assert all(t.state == TrialState.COMPLETE for t in trials) and 4 <= len(trials) <= 5
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes trained trials
     for trial in trials:
         assert sorted(val_per_step(study / "trials" / f"{trial.number:04d}")) == [1, 2]
@@ -303,13 +304,14 @@ def test_two_machines_share_one_postgresql_study(tmp_path: Path, postgres_url: s
         code, output = finish(worker)
         assert code == 0, output[-3000:]
     trials = load(postgres_url, "shared").get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    # two workers that start a trial at the same instant may overshoot the cap by one (documented in toolbox.tune)
+    assert all(t.state == TrialState.COMPLETE for t in trials) and 4 <= len(trials) <= 5
     homes = {Path(t.user_attrs["run_dir"]).parent.parent.name for t in trials}
     assert homes == {"machine_a", "machine_b"}
     for trial in trials:
         assert trial.intermediate_values == val_per_step(Path(trial.user_attrs["run_dir"]))
     shown = tune("--show", str(tmp_path / "machine_a"))
-    assert shown.exit_code == 0 and shown.output.count("COMPLETE") == 4
+    assert shown.exit_code == 0 and shown.output.count("COMPLETE") == len(trials)
     assert (tmp_path / "machine_a" / "best.yaml").is_file()
 
 
