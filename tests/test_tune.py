@@ -243,7 +243,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
                   "--pruner", "none")
     assert result.exit_code == 0, result.output
     trials = load(sqlite(study), "study").get_trials()
-    # two workers that start a trial at the same instant may overshoot the cap by one (documented in toolbox.tune)
+    # two workers that start a trial at the same instant may overshoot the cap by one (documented in the README)
     assert all(t.state == TrialState.COMPLETE for t in trials) and 4 <= len(trials) <= 5
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes trained trials
     for trial in trials:
@@ -304,7 +304,7 @@ def test_two_machines_share_one_postgresql_study(tmp_path: Path, postgres_url: s
         code, output = finish(worker)
         assert code == 0, output[-3000:]
     trials = load(postgres_url, "shared").get_trials()
-    # two workers that start a trial at the same instant may overshoot the cap by one (documented in toolbox.tune)
+    # two workers that start a trial at the same instant may overshoot the cap by one (documented in the README)
     assert all(t.state == TrialState.COMPLETE for t in trials) and 4 <= len(trials) <= 5
     homes = {Path(t.user_attrs["run_dir"]).parent.parent.name for t in trials}
     assert homes == {"machine_a", "machine_b"}
