@@ -20,8 +20,9 @@ Tables (markdown on stdout, everything also in ``--out`` as JSON):
 2. data pipeline end to end: the same plain loop fed live by the toolbox's BatchLoader, and by
    torchvision's PIL-transform DataLoader (0 and 2 workers);
 3. settings: NCHW vs channels_last, fp32 vs bf16 autocast, 1 vs 2 threads, torch.compile;
-4. the teacher: its forward per batch (dense, and the compact copy of the SST teacher with its
-   MACs ratio) against the student's inference pass and training step;
+4. the SST teacher's forward per batch: dense as it is, dense with BatchNorms folded, the compact
+   copy and the compact copy with BatchNorms folded (the default), with the compact copy's MACs
+   ratio, against the student's inference pass and training step;
 5. the achieved fraction of the measured matmul peak (training FLOPs = 3 x forward = 6 x MACs).
 """
 
@@ -52,6 +53,7 @@ import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from pipeline import PilDataset  # noqa: E402
 from toolbox import bn_l1  # noqa: E402
 from toolbox import channels as ch  # noqa: E402
+from toolbox.compact_teacher import compact_teacher, inference_copy  # noqa: E402
 from toolbox.context import Context  # noqa: E402
 from toolbox.data import BatchLoader, ImageData, load_dataset  # noqa: E402
 from toolbox.cost import cost, count_macs  # noqa: E402
@@ -274,52 +276,51 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
 
 
 def teacher_costs(arch: str, data: ImageData, batch: Batch, precision: str, repeats: int) -> dict[str, float]:
-    """Milliseconds per batch: the teacher's forward (ctx.teacher_logits: dense, and the compact
-    copy of the SST teacher), the student's inference pass (eval, no_grad, same autocast) and the
-    student's training step; and the compact teacher's MACs ratio."""
+    """Milliseconds per batch (median of ``repeats`` interleaved rounds) of the SST teacher's
+    forward (ctx.infer: no_grad, the student's autocast) four ways: the dense model as it is
+    (``--compact-teacher false``), dense with BatchNorms folded, the compact copy, and the compact
+    copy with BatchNorms folded (the default, via ctx.teacher_logits); the student's inference pass
+    and training step; and the compact copy's MACs ratio."""
     model = new_model(arch, data, channels_last=True)
     input_size = (data.in_chans, data.image_size, data.image_size)
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
     options = build_options({"precision": precision, "channels_last": True}, {})
-    ctx = Context(options=options, model=model, device=CPU, teacher=teacher, input_size=input_size)
     x = batch[0].contiguous(memory_format=torch.channels_last)
-    logits = ctx.teacher_logits(x)
-    assert logits.grad_fn is None and not logits.requires_grad, "the teacher's logits carry a graph"
     sst_model = copy.deepcopy(model)
     masks = sst_state(sst_model, input_size)
-    sst_ctx = Context(options=options, model=model, device=CPU, teacher=sst_model.eval().requires_grad_(False),
-                      input_size=input_size, masks=masks)
-    compact = sst_ctx.distillation_teacher()
-    assert compact is not sst_ctx.teacher, "the SST teacher was not compacted"
-    macs_ratio = cost(compact, input_size)[0] / cost(sst_ctx.teacher, input_size)[0]
+    sst_model.eval().requires_grad_(False)
+    ctx = Context(options=options, model=model, device=CPU, teacher=sst_model, input_size=input_size, masks=masks)
+    logits = ctx.teacher_logits(x)
+    assert logits.grad_fn is None and not logits.requires_grad, "the teacher's logits carry a graph"
+    compact, why = compact_teacher(sst_model, masks, input_size)
+    assert compact is not None, f"the SST teacher was not compacted: {why}"
+    dense_folded, why = inference_copy(sst_model, input_size)
+    assert dense_folded is not None, f"the dense teacher's BatchNorms were not folded: {why}"
+    macs_ratio = cost(compact, input_size)[0] / cost(sst_model, input_size)[0]
+    student = copy.deepcopy(model).eval()
+    step = plain_loop(model, precision, channels_last=True)
 
-    def ms(fn: Callable[[], Any]) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - started))
-        return statistics.median(times)
-
-    def teacher_forward() -> None:
+    def default() -> None:
         ctx.new_batch()
         ctx.teacher_logits(x)
 
-    def compact_forward() -> None:
-        sst_ctx.new_batch()
-        sst_ctx.teacher_logits(x)
-
-    student = copy.deepcopy(model).eval()
-
-    def inference() -> None:
-        with torch.no_grad(), autocast_context(CPU, precision):
-            student(x)
-
-    step = plain_loop(model, precision, channels_last=True)
-    return {"teacher_forward_ms": ms(teacher_forward), "compact_teacher_forward_ms": ms(compact_forward),
-            "compact_teacher_macs_ratio": macs_ratio, "student_inference_ms": ms(inference),
-            "student_train_step_ms": ms(lambda: step([batch]))}
+    calls: dict[str, Callable[[], Any]] = {
+        "teacher_dense_ms": lambda: ctx.infer(sst_model, x),
+        "teacher_dense_folded_ms": lambda: ctx.infer(dense_folded, x),
+        "teacher_compact_ms": lambda: ctx.infer(compact, x),
+        "teacher_compact_folded_ms": default,
+        "student_inference_ms": lambda: ctx.infer(student, x),
+        "student_train_step_ms": lambda: step([batch]),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(1000 * (time.perf_counter() - started))
+    return {**{name: statistics.median(values) for name, values in times.items()},
+            "compact_teacher_macs_ratio": macs_ratio}
 
 
 # ----------------------------------------------------------------------------- main
@@ -467,14 +468,19 @@ def measure(args: argparse.Namespace, data: ImageData, bs: int) -> dict[str, Any
 
     # 4. teacher
     if "4" in tables:
-        record["teacher"] = teacher_costs(args.arch, data, batches[0], p, max(r, 5))
-        t = record["teacher"]
-        print(f"\n### 4. Teacher ({p}, channels_last), ms per batch of {bs}\n\n"
-              f"teacher forward {t['teacher_forward_ms']:.1f}; student inference pass {t['student_inference_ms']:.1f} "
-              f"(teacher / inference {t['teacher_forward_ms'] / t['student_inference_ms']:.2f}); student training step "
-              f"{t['student_train_step_ms']:.1f}; compact SST teacher (r = {SST_RATIO}) forward "
-              f"{t['compact_teacher_forward_ms']:.1f} (/ dense {t['compact_teacher_forward_ms'] / t['teacher_forward_ms']:.2f}"
-              f", MACs ratio {t['compact_teacher_macs_ratio']:.3f})")
+        record["teacher"] = t = teacher_costs(args.arch, data, batches[0], p, max(r, 5))
+        dense, macs = t["teacher_dense_ms"], t["compact_teacher_macs_ratio"]
+        print(f"\n### 4. SST teacher forward (r = {SST_RATIO}; {p}, channels_last), ms per batch of {bs}\n\n"
+              "| forward | ms | / dense teacher |\n|---|---:|---:|")
+        for key, name in (("teacher_dense_ms", "dense teacher as it is (--compact-teacher false)"),
+                          ("teacher_dense_folded_ms", "dense, BatchNorms folded"),
+                          ("teacher_compact_ms", "compact copy"),
+                          ("teacher_compact_folded_ms", "compact copy, BatchNorms folded (default)"),
+                          ("student_inference_ms", "student inference pass"),
+                          ("student_train_step_ms", "student training step")):
+            print(f"| {name} | {t[key]:.1f} | {t[key] / dense:.2f} |")
+        print(f"\ncompact MACs ratio {macs:.3f}; default teacher / dense = {t['teacher_compact_folded_ms'] / dense:.2f}"
+              f" = {t['teacher_compact_folded_ms'] / dense / macs:.2f} x the MACs ratio")
 
     # 5. FLOP peak
     if "5" in tables:

@@ -18,6 +18,7 @@ from toolbox import bn_l1
 from toolbox import channels as ch
 from toolbox import compact as cp
 from toolbox import compact_teacher as tt
+from toolbox.bn_fold import count_batchnorms
 from toolbox.context import Context
 from toolbox.cost import cost
 from toolbox.options import RunOptions
@@ -86,6 +87,24 @@ def test_compact_teacher_has_the_masked_teachers_logits(arch: str, kwargs: dict[
     assert derived is not None and torch.allclose(logits(derived, x), logits(teacher, x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("arch,kwargs", BACKBONES, ids=[a + kw.get("shortcut", "") for a, kw in BACKBONES])
+def test_the_distilled_module_is_compact_folded_and_exact(arch: str, kwargs: dict[str, Any]) -> None:
+    teacher = trained_looking(arch, kwargs)
+    masks = sst_like(teacher)
+    teacher = frozen(teacher)
+    chosen = tt.distillation_teacher(teacher, masks, input_size(teacher))
+    x = torch.randn(4, *input_size(teacher), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(logits(chosen, x), logits(teacher, x), atol=1e-5, rtol=0)
+    assert count_batchnorms(chosen) < count_batchnorms(teacher)
+    assert cost(chosen, input_size(teacher))[0] < 0.8 * cost(teacher, input_size(teacher))[0]
+
+
+def test_a_teacher_in_train_mode_keeps_its_batchnorms() -> None:
+    teacher = trained_looking("cifar_resnet20").train()
+    folded, reason = tt.inference_copy(teacher, (3, 32, 32))
+    assert folded is None and "train mode" in reason
+
+
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_zero_betas_and_other_input_sizes_stay_exact(shortcut: str) -> None:
     teacher = trained_looking("cifar_resnet20", {"shortcut": shortcut})
@@ -140,9 +159,12 @@ def test_fallback_logs_one_line_and_uses_the_dense_teacher(monkeypatch: pytest.M
     monkeypatch.setattr(cp, "compact", broken)
     with caplog.at_level(logging.INFO, logger="toolbox"):
         chosen = tt.distillation_teacher(teacher, masks, (3, 32, 32))
-    assert chosen is teacher
+    assert count_batchnorms(chosen) == 0 and count_batchnorms(teacher) > 0  # the dense teacher, BNs folded
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(logits(chosen, x), logits(teacher, x), atol=1e-5, rtol=0)
     lines = [r.getMessage() for r in caplog.records if "teacher" in r.getMessage()]
     assert len(lines) == 1 and "dense model" in lines[0] and "torch-pruning cannot handle" in lines[0]
+    assert "folded" in lines[0]
     assert tt.distillation_teacher(teacher, masks, (3, 32, 32), enabled=False) is teacher
 
 
@@ -209,7 +231,9 @@ def test_context_builds_the_compact_teacher_once_per_teacher(monkeypatch: pytest
         ctx.teacher_logits(x)
     assert len(calls) == 1
     ctx.teacher = frozen(ctx.model)  # AOD re-initialized it: masked scales 0.01, so the dense one is used
-    assert ctx.distillation_teacher() is ctx.teacher and len(calls) == 2
+    dense = ctx.distillation_teacher()
+    filters = [sum(p.numel() for p in m.parameters() if p.dim() == 4) for m in (dense, ctx.teacher)]
+    assert len(calls) == 2 and filters[0] == filters[1]  # not compacted
 
 
 def test_msl_earlier_teachers_are_compact(tmp_path: Path) -> None:

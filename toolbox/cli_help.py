@@ -54,7 +54,7 @@ CORE_HELP: dict[str, str] = {
     "precision": "Autocast precision of the forward pass (auto: bf16 where the device has it natively).",
     "threads": "CPU threads for torch (default: torch's choice).",
     "skip_nonfinite": "Skip a batch whose loss is nan/inf instead of stopping the run.",
-    "compact_teacher": "Distil from the compacted copy of a frozen sparse teacher (same logits, fewer MACs).",
+    "compact_teacher": "Distil from a compacted, BatchNorm-folded copy of the frozen teacher (same logits, fewer MACs).",
 }
 #: Core options listed only in a config file (mappings), not as flags.
 _CONFIG_ONLY = {"model_kwargs", "phase_epochs", "plugin"}

@@ -6,8 +6,10 @@ constant, and :func:`toolbox.compact.compact` removes them while folding the con
 their consumers, so the compact copy computes the same logits for a fraction of the MACs.
 :func:`compact_teacher` builds that copy and checks it (exact zeros first, then the logits on a
 probe batch); :func:`distillation_teacher` is what the core and plugins call: the compact copy
-where it applies, else the dense teacher, with one log line either way. ``--compact-teacher
-false`` turns it off.
+where it applies, else the dense teacher, with one log line either way. Either way the module
+distilled from has its BatchNorms folded into the convs before them (:func:`inference_copy`,
+:mod:`toolbox.bn_fold`): exact with the running statistics these teachers use, and about a third
+of a narrow ResNet's forward saved. ``--compact-teacher false`` turns both off (the teacher itself).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from toolbox import channels as ch
 from toolbox import compact as cp
+from toolbox.bn_fold import fold_batchnorm
 from toolbox.cost import cost
 from toolbox.errors import UsageError
 
@@ -135,22 +138,48 @@ def compact_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
     return small, f"removed {stats['removed']} of {stats['filters']} filters"
 
 
+def inference_copy(module: nn.Module, input_size: Sequence[int] | None) -> tuple[nn.Module | None, str]:
+    """``module`` with its BatchNorms folded into the layers before them (:func:`toolbox.bn_fold.fold_batchnorm`),
+    checked on a probe batch like :func:`compact_teacher`'s copy; ``(None, reason)`` where nothing folds."""
+    if any(m.training for m in module.modules() if isinstance(m, _BatchNorm)):
+        return None, "its BatchNorms are in train mode (batch statistics)"
+    folded, reason = fold_batchnorm(module)
+    if folded is None:
+        return None, reason
+    with torch.autocast(_device(module).type, enabled=False), torch.no_grad():
+        x = _probe(module, ch.example_input(module, input_size).shape[1:], _device(module))
+        expected, got = module(x).float(), folded(x).float()
+    gap = float((expected - got).abs().max())
+    if not gap <= PROBE_TOLERANCE * max(1.0, float(expected.abs().max())):
+        return None, f"the folded copy's logits differ by {gap:.2e}"
+    return folded, reason
+
+
 def distillation_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
                          input_size: Sequence[int] | None, enabled: bool = True,
                          logger: logging.Logger | None = None, name: str = "teacher") -> nn.Module:
-    """The module to compute a frozen teacher's logits with: :func:`compact_teacher`'s copy where
-    it applies and ``enabled``, else ``teacher`` itself; one log line says which and why."""
+    """The module to compute a frozen teacher's logits with (BatchNorms on running statistics):
+    where ``enabled``, :func:`compact_teacher`'s copy where it applies (else the dense teacher)
+    with its BatchNorms folded (:func:`inference_copy`); else ``teacher`` itself. One log line
+    says which and why."""
     logger = logger or log
     if not enabled:
         return teacher
     small, reason = compact_teacher(teacher, masks, input_size)
+    module = ch.unwrap(teacher) if small is None else small
+    folded, folding = inference_copy(module, input_size)
     if small is None:
-        logger.info("%s: distilling from the dense model (%s).", name, reason)
-        return teacher
-    dense_macs, compact_macs = _macs(teacher, input_size), _macs(small, input_size)
-    ratio = f"; MACs x{compact_macs / dense_macs:.3f}" if dense_macs and compact_macs else ""
-    logger.info("%s: distilling from its compact copy (%s%s).", name, reason, ratio)
-    return small
+        logger.info("%s: distilling from the dense model (%s; %s).", name, reason, folding)
+    else:
+        dense_macs, compact_macs = _macs(teacher, input_size), _macs(small, input_size)
+        ratio = f"; MACs x{compact_macs / dense_macs:.3f}" if dense_macs and compact_macs else ""
+        logger.info("%s: distilling from its compact copy (%s%s; %s).", name, reason, ratio, folding)
+    return module if folded is None else folded
+
+
+def _device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (CPU when it has none)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _macs(model: nn.Module, input_size: Sequence[int] | None) -> int:
