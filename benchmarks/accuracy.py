@@ -1,7 +1,8 @@
-"""Accuracy benchmark: sst,aod,msl against fine-tuning, LwF and joint training, over seeds.
+"""Accuracy benchmark: sst,aod,msl against fine-tuning, shrink and perturb, LwF, EWC, scratch and
+joint training, over seeds; untuned or tuned on validation data with the same budget per row.
 
-    python benchmarks/accuracy.py [--protocol primary|single|secondary|ablations] [--seeds 0,1,2]
-                                  [--only ROW[,ROW]] [--out runs/accuracy] [--quick]
+    python benchmarks/accuracy.py [--protocol primary|single|secondary|ablations|tune] [--seeds 0,1,2]
+                                  [--tuned] [--only ROW[,ROW]] [--out runs/accuracy] [--quick]
 
 Protocols (PAPER.md, "The CPU protocol"; Fashion-MNIST stands in for CIFAR-100):
 - primary: 4 shards of 125 images per class, 30 epochs per phase, full test set after every step;
@@ -13,19 +14,26 @@ Protocols (PAPER.md, "The CPU protocol"; Fashion-MNIST stands in for CIFAR-100):
 - secondary: the full 15,000-image shards, 3 epochs per phase;
 - ablations: variants of the method, each forked from the primary run of one seed (default 0)
   after the phase it shares with it (paired: same shards, same step-1 model, same batch order),
-  read out where the change can act (the single-step readout, step 2 after AOD, unless noted).
+  read out where the change can act (the single-step readout, step 2 after AOD, unless noted);
+- tune: one ``toolbox tune`` study per row on the primary protocol's validation split, seed 0,
+  the same budget for every row (``--trials``, default 8; see ``tuning.py``). Then ``--tuned``
+  runs primary, single or secondary with every row's chosen values (seeds 0-4 by default), in
+  ``<out>/<protocol>_tuned/``.
 ``--dataset cifar100 --data-root DIR --arch cifar_resnet110`` runs the same rows on CIFAR-100;
 ``--precision fp32 --out runs/accuracy-fp32`` runs them without bf16 autocast (paired by seed).
 
-Rows: the method (``sst,aod,msl``), ``finetune`` with the method's epochs per phase, ``finetune``
-with the method's total epochs per step (two phases per step -> twice the epochs), ``lwf`` and
-``joint`` (the upper bound that needs the old data). Every row of a seed shares the shards, the
-step-1 initialization and the batch order (same seed), so differences are paired per seed.
+Rows: the method (``sst,aod,msl``); ``finetune`` with the method's epochs per phase;
+``finetune_2x`` and ``shrink_perturb_2x`` with the method's total epochs per step (two phases per
+step -> twice the epochs); ``lwf``; ``ewc``; ``scratch`` (a fresh model per step); ``joint`` (the
+upper bound that needs the old data). Every row of a seed shares the shards, the step-1
+initialization and the batch order (same seed), so differences are paired per seed.
 Each run lives in ``<out>/<protocol>/<row>/seed<k>/``: a killed benchmark picks up where it
 stopped (finished runs are skipped, interrupted ones resumed), and ``--only`` reruns one row
-(delete its directory first to start it afresh). The table (report.md: mean ± std per step, the
-paired differences method - row, train seconds), CSV, JSON and the top-1 vs step plot with error
-bands are written to ``<out>/<protocol>/``.
+(delete its directory first to start it afresh). A finished run's results.json is also kept in
+``--records`` (default ``benchmarks/records/<name of --out>/``, committed): a fresh checkout
+takes finished runs from there instead of training them again. The table (report.md: mean ± std
+per step, the paired differences method - row, train seconds), CSV, JSON and the top-1 vs step
+plot with error bands are written to ``<out>/<protocol>/``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,9 @@ from toolbox.report import plot_methods, rows_markdown, summarize
 from toolbox.options import read_mapping
 from toolbox.run import resume_run, start_run
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tuning  # noqa: E402  (the tuning stage, next to this file)
+
 METHOD = "sst_aod_msl"
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "primary": {"steps": 4, "per_class": 125, "epochs": 30},
@@ -55,7 +67,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 COMMON: dict[str, Any] = {"dataset": "fashion_mnist", "arch": "cifar_resnet20", "batch_size": 128,
                           "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "precision": "bf16"}
 QUICK: dict[str, Any] = {"dataset": "synthetic", "steps": 3, "per_class": None, "epochs": 1,
-                         "batch_size": 64, "precision": "fp32"}
+                         "batch_size": 64, "precision": "fp32", "val_per_class": 5}
 
 
 def rows(epochs: int) -> dict[str, dict[str, Any]]:
@@ -64,7 +76,10 @@ def rows(epochs: int) -> dict[str, dict[str, Any]]:
         METHOD: {"plugins": ["sst", "aod", "msl"]},
         "finetune": {"plugins": ["finetune"]},
         "finetune_2x": {"plugins": ["finetune"], "epochs": 2 * epochs},
+        "shrink_perturb_2x": {"plugins": ["shrink_perturb"], "epochs": 2 * epochs},
         "lwf": {"plugins": ["lwf"]},
+        "ewc": {"plugins": ["ewc"]},
+        "scratch": {"plugins": ["scratch"]},
         "joint": {"plugins": ["joint"]},
     }
 
@@ -109,16 +124,42 @@ ABLATIONS: dict[str, Ablation] = {
 
 
 # ----------------------------------------------------------------------------- running
-def run_row(values: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Finish one run: skip it when complete, resume it when interrupted, else start it."""
+def run_row(values: dict[str, Any], run_dir: Path, record: Path | None = None) -> dict[str, Any]:
+    """Finish one run: take its record (a finished run's results.json kept in ``record``, e.g. from
+    an earlier checkout) when its config matches, skip it when complete, resume it when
+    interrupted, else start it; a finished run's results are copied to ``record``."""
+    if record is not None and record.is_file():
+        kept = json.loads(record.read_text())
+        if _same_config(kept["config"], values):
+            return kept
+        logging.warning("%s holds another config; running %s again.", record, run_dir)
     results_file = run_dir / "results.json"
-    if results_file.is_file():
-        results = json.loads(results_file.read_text())
-        if len(results["steps"]) == values["steps"] and _complete(run_dir, results):
-            return results
-    if (run_dir / "config.yaml").is_file():
-        return resume_run(run_dir).execute()
-    return start_run({**values, "out": str(run_dir)}).execute()
+    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    if not (results and len(results["steps"]) == values["steps"] and _complete(run_dir, results)):
+        if (run_dir / "config.yaml").is_file():
+            results = resume_run(run_dir).execute()
+        else:
+            results = start_run({**values, "out": str(run_dir)}).execute()
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tbio.atomic_write_json(record, results)
+    return results
+
+
+def _same_config(recorded: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Whether a recorded run's config has every value the benchmark asks for (the machine's
+    threads aside; plugin options may sit in the config's ``plugin`` mapping)."""
+    plugin = recorded.get("plugin") or {}
+    for key, value in values.items():
+        if key in ("threads", "out"):
+            continue
+        have = recorded[key] if key in recorded else plugin.get(key, None)
+        if isinstance(value, (int, float)) and isinstance(have, (int, float)) and not isinstance(value, bool):
+            if abs(float(have) - float(value)) > 1e-12:
+                return False
+        elif have != value and not (key == "plugins" and list(have or []) == list(value)):
+            return False
+    return True
 
 
 def _complete(run_dir: Path, results: dict[str, Any]) -> bool:
@@ -150,12 +191,16 @@ def fork_run(source: Path, target: Path, ablation: Ablation) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- reading
-def load_results(folder: Path, names: list[str], seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
-    """Results of every row and seed that has a results.json, by row name."""
+def load_results(folder: Path, names: list[str], seeds: list[int],
+                 records: Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Results of every row and seed that has a results.json (in its run directory, else kept in
+    ``records/<row>/seed<k>.json``), by row name."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         for seed in seeds:
             path = folder / name / f"seed{seed}" / "results.json"
+            if not path.is_file() and records is not None:
+                path = records / name / f"seed{seed}.json"
             if path.is_file():
                 groups.setdefault(name, []).append(json.loads(path.read_text()))
     return groups
@@ -276,8 +321,14 @@ def ablation_markdown(out: Path, seed: int, names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run (or finish) the benchmark and print its tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", choices=["primary", "single", "secondary", "ablations"], default="primary")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; ablations: 0)")
+    parser.add_argument("--protocol", choices=["primary", "single", "secondary", "ablations", "tune"], default="primary")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --tuned 0-4; ablations: 0)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="run every row with its values chosen by --protocol tune (folder <protocol>_tuned)")
+    parser.add_argument("--records", default=None,
+                        help="folder of finished runs' results and tuning summaries, kept across checkouts "
+                             "(default benchmarks/records/<name of --out>; 'none' keeps none; --quick: none unless given)")
+    parser.add_argument("--trials", type=int, default=tuning.TRIALS, help="tuning budget per row (--protocol tune)")
     parser.add_argument("--only", default=None, help="comma-separated rows or ablations to run (default: all)")
     parser.add_argument("--out", default="runs/accuracy")
     parser.add_argument("--dataset", default=None)
@@ -290,12 +341,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     out = Path(args.out)
-    seeds = [int(s) for s in (args.seeds or ("0" if args.protocol == "ablations" else "0,1,2")).split(",")]
+    default_seeds = "0" if args.protocol == "ablations" else "0,1,2,3,4" if args.tuned else "0,1,2"
+    seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
+    records = (Path(args.records) if args.records not in (None, "none") else
+               None if args.records == "none" or args.quick else Path(__file__).resolve().parent / "records" / out.name)
+    suffix = "_tuned" if args.tuned else ""
 
     if args.protocol == "single":
         groups = {name: [truncate(r, 2) for r in runs]
-                  for name, runs in load_results(out / "primary", list(rows(0)), seeds).items()}
-        summary = write_tables(groups, out / "single", "Single-step variant (2 shards), read from the primary runs")
+                  for name, runs in load_results(out / f"primary{suffix}", list(rows(0)), seeds,
+                                                 records and records / f"primary{suffix}").items()}
+        summary = write_tables(groups, out / f"single{suffix}",
+                               "Single-step variant (2 shards), read from the primary runs")
         print(rows_markdown(summary))
         return summary
 
@@ -314,19 +371,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(text)
         return []
 
-    base = {**COMMON, **PROTOCOLS[args.protocol], **(QUICK if args.quick else {})}
+    protocol = "primary" if args.protocol == "tune" else args.protocol
+    base = {**COMMON, **PROTOCOLS[protocol], **(QUICK if args.quick else {})}
     for key in ("dataset", "data_root", "arch", "threads", "precision"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     table = rows(base["epochs"])
     chosen = _chosen(parser, args.only, list(table))
-    folder = out / args.protocol
+    if args.protocol == "tune":
+        if records is None:
+            parser.error("--protocol tune keeps its results in --records; do not pass --records none")
+        for name in chosen:
+            found = tuning.tune_row(name, {**base, **table[name]}, out, records, args.trials, args.threads)
+            print(f"tuned {name}: {found['params']} (validation {found['value']:.2f})", flush=True)
+        text = tuning.tuning_markdown(records, list(table))
+        tbio.atomic_write_text(out / "tuning" / "report.md", f"# Tuning (budget {args.trials} trials per row)\n\n{text}\n")
+        print(text)
+        return []
+    if args.tuned:
+        table = {name: {**table[name], **tuning.tuned_values(records, name)} if name in chosen else table[name]
+                 for name in table}
+    folder = out / f"{protocol}{suffix}"
     for seed in seeds:
         for name in chosen:
-            results = run_row({**base, **table[name], "seed": seed}, folder / name / f"seed{seed}")
+            record = None if records is None else records / folder.name / name / f"seed{seed}.json"
+            results = run_row({**base, **table[name], "seed": seed}, folder / name / f"seed{seed}", record)
             summary = ", ".join(f"{s['top1']:.2f}" for s in results["steps"])
-            print(f"{args.protocol} {name} seed {seed}: top-1 per step {summary}", flush=True)
-    summary = write_tables(load_results(folder, list(table), seeds), folder, f"Protocol {args.protocol}")
+            print(f"{protocol}{suffix} {name} seed {seed}: top-1 per step {summary}", flush=True)
+    found = load_results(folder, list(table), seeds, records and records / folder.name)
+    summary = write_tables(found, folder, f"Protocol {protocol}{suffix}")
     print(rows_markdown(summary))
     return summary
 

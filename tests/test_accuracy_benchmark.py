@@ -24,7 +24,7 @@ def test_quick_benchmark_runs_every_row_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "acc"
     rows = bench.main(["--quick", "--seeds", "0", "--out", str(out)])
     methods = {r["method"] for r in rows}
-    assert {"sst_aod_msl", "finetune_2x", "lwf", "joint"} <= methods and len(methods) == 5
+    assert methods == {"sst_aod_msl", "finetune", "finetune_2x", "shrink_perturb_2x", "lwf", "ewc", "scratch", "joint"}
     assert (out / "primary" / "report.md").is_file()
     # a killed row: its last checkpoint is gone, the rerun resumes only that row
     run = out / "primary" / "lwf" / "seed0"
@@ -68,3 +68,35 @@ def test_precision_flag_reaches_every_run(tmp_path: Path) -> None:
     bench.main(["--quick", "--seeds", "0", "--out", str(tmp_path), "--only", "finetune", "--precision", "bf16"])
     config = yaml.safe_load((tmp_path / "primary" / "finetune" / "seed0" / "config.yaml").read_text())
     assert config["precision"] == "bf16"
+
+
+def test_records_let_a_fresh_checkout_skip_finished_runs(tmp_path: Path) -> None:
+    bench = _load()
+    records = tmp_path / "records"
+    args = ["--quick", "--seeds", "0", "--only", "finetune", "--records", str(records)]
+    first = bench.main([*args, "--out", str(tmp_path / "a")])
+    kept = records / "primary" / "finetune" / "seed0.json"
+    assert kept.is_file()
+    again = bench.main([*args, "--out", str(tmp_path / "b")])  # another checkout: nothing trains
+    assert not (tmp_path / "b" / "primary" / "finetune" / "seed0").exists()
+    assert again == first
+    changed = bench.main([*args, "--out", str(tmp_path / "c"), "--precision", "bf16"])  # another config trains
+    assert (tmp_path / "c" / "primary" / "finetune" / "seed0" / "results.json").is_file() and changed
+
+
+def test_tuning_stage_then_tuned_runs(tmp_path: Path) -> None:
+    bench = _load()
+    records, out = tmp_path / "records", tmp_path / "acc"
+    common = ["--quick", "--out", str(out), "--records", str(records), "--only", "finetune,lwf"]
+    bench.main(["--protocol", "tune", "--trials", "2", *common])
+    for row in ("finetune", "lwf"):
+        summary = json.loads((records / "tuning" / f"{row}.json").read_text())
+        assert summary["budget"] == 2 and len(summary["trials"]) == 2 and summary["val_per_class"] > 0
+        assert summary["trials"][0]["params"] == bench.tuning.defaults({"lr": 0.05, "plugins": [row]}, bench.tuning.SPACES[row])
+        assert set(summary["params"]) == set(bench.tuning.SPACES[row])
+    assert "| lwf |" in (out / "tuning" / "report.md").read_text()
+    rows = bench.main(["--tuned", "--seeds", "0", *common])
+    assert {r["method"] for r in rows} == {"finetune", "lwf"}
+    config = json.loads((out / "primary_tuned" / "lwf" / "seed0" / "results.json").read_text())["config"]
+    chosen = json.loads((records / "tuning" / "lwf.json").read_text())["params"]
+    assert config["val_per_class"] > 0 and config["plugin"]["alpha"] == chosen["alpha"]
