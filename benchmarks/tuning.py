@@ -11,9 +11,11 @@ of fine-tuning, scratch and joint training; shrink-and-perturb's two factors; Lw
 teacher normalization; EWC's penalty.
 
 A finished study is summarized in ``<records>/tuning/<row>.json`` (chosen values, validation
-score, every trial): that small file is what later stages read and what is committed, so the
-tuning survives a fresh checkout; the study itself (``<out>/tuning/<row>/``, one run directory
-per trial) only matters while it runs, and a killed study continues when rerun.
+score, every trial): that small file is what later stages read. The study's trials live in its
+Optuna journal, ``<records>/tuning/<row>.journal`` (a small text file, committed as the study
+goes), so a study killed with its checkout continues in a fresh one: its finished trials are
+kept, the trial that was running is marked FAIL by the heartbeat check and replaced. The trials'
+run directories (``<out>/tuning/<row>/trials/NNNN``) matter only while they train.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ SPACES: dict[str, dict[str, Any]] = {
 def record_path(records: Path, row: str) -> Path:
     """Where the summary of ``row``'s finished study is kept."""
     return records / "tuning" / f"{row}.json"
+
+
+def journal_path(records: Path, row: str) -> Path:
+    """The study's Optuna journal (a text file of its trials, committed while the study runs)."""
+    return records / "tuning" / f"{row}.journal"
 
 
 def read_tuned(records: Path, row: str) -> dict[str, Any] | None:
@@ -91,9 +98,10 @@ def defaults(config: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
 
 def tune_row(row: str, config: dict[str, Any], out: Path, records: Path, trials: int = TRIALS,
              threads: int | None = None) -> dict[str, Any]:
-    """Run (or continue) ``row``'s study and write its summary record; return the summary."""
+    """Run (or continue) ``row``'s study until ``trials`` trials finished and write its summary
+    record; return the summary (at once when the record of that budget exists)."""
     done = read_tuned(records, row)
-    if done is not None:
+    if done is not None and done["budget"] == trials:
         return done
     space = SPACES[row]
     values = {**config, "val_per_class": config.get("val_per_class") or VAL_PER_CLASS, "seed": TUNE_SEED}
@@ -102,7 +110,9 @@ def tune_row(row: str, config: dict[str, Any], out: Path, records: Path, trials:
     tbio.atomic_write_text(space_file, yaml.safe_dump(space, sort_keys=False))
     study_dir = out / "tuning" / row
     spec = tune.make_spec(values, space_file, "mean")
-    study, spec = tune.open_study(study_dir, spec)
+    journal = journal_path(records, row)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    study, spec = tune.open_study(study_dir, spec, storage=f"journal:{journal.resolve()}", name=row)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(defaults(values, space))
     tune.work(study, spec, study_dir, tune.WorkerOptions(trials=trials, pruner="median", threads=threads))

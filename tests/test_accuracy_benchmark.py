@@ -100,3 +100,16 @@ def test_tuning_stage_then_tuned_runs(tmp_path: Path) -> None:
     config = json.loads((out / "primary_tuned" / "lwf" / "seed0" / "results.json").read_text())["config"]
     chosen = json.loads((records / "tuning" / "lwf.json").read_text())["params"]
     assert config["val_per_class"] > 0 and config["plugin"]["alpha"] == chosen["alpha"]
+
+
+def test_a_study_continues_from_its_journal_in_a_fresh_checkout(tmp_path: Path) -> None:
+    bench = _load()
+    records = tmp_path / "records"
+    common = ["--protocol", "tune", "--quick", "--records", str(records), "--only", "finetune"]
+    bench.main([*common, "--trials", "1", "--out", str(tmp_path / "a")])
+    first = json.loads((records / "tuning" / "finetune.json").read_text())
+    bench.main([*common, "--trials", "2", "--out", str(tmp_path / "b")])  # the first checkout is gone
+    summary = json.loads((records / "tuning" / "finetune.json").read_text())
+    assert summary["budget"] == 2 and [t["number"] for t in summary["trials"]] == [0, 1]
+    assert summary["trials"][0] == first["trials"][0]  # kept from the journal, not trained again
+    assert sorted(p.name for p in (tmp_path / "b" / "tuning" / "finetune" / "trials").iterdir()) == ["0001"]
