@@ -143,11 +143,15 @@ def inference_copy(module: nn.Module, input_size: Sequence[int] | None) -> tuple
     checked on a probe batch like :func:`compact_teacher`'s copy; ``(None, reason)`` where nothing folds."""
     if any(m.training for m in module.modules() if isinstance(m, _BatchNorm)):
         return None, "its BatchNorms are in train mode (batch statistics)"
+    try:
+        shape = ch.example_input(module, input_size).shape[1:]
+    except UsageError:
+        return None, "no input size to check a folded copy on"
     folded, reason = fold_batchnorm(module)
     if folded is None:
         return None, reason
     with torch.autocast(_device(module).type, enabled=False), torch.no_grad():
-        x = _probe(module, ch.example_input(module, input_size).shape[1:], _device(module))
+        x = _probe(module, shape, _device(module))
         expected, got = module(x).float(), folded(x).float()
     gap = float((expected - got).abs().max())
     if not gap <= PROBE_TOLERANCE * max(1.0, float(expected.abs().max())):
