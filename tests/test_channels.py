@@ -82,6 +82,16 @@ def test_graph_is_cached_and_tracing_leaves_the_model_alone() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_frozen_model_has_the_same_groups_and_stays_frozen() -> None:
+    model = ResNet()
+    frozen = ResNet().requires_grad_(False)
+    model.b_conv1.weight.requires_grad_(False)  # one frozen layer in a trainable model stays frozen too
+    assert [g.bn_names for g in ch.channel_groups(frozen).groups] == [g.bn_names for g in ch.channel_groups(model).groups]
+    assert ch.channel_groups(frozen).num_units == 4 + 6 + 6
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["b_conv1.weight"]
+
+
 def test_global_selection_is_exact_smallest_and_never_empties_a_group() -> None:
     imp = [torch.tensor([0.1, 0.9, 0.2, 0.3]), torch.tensor([0.05, 0.01, 0.02]), torch.tensor([5.0, 6.0, 7.0])]
     sel = ch.select_smallest(imp, 0.5)  # round(0.5 * 10) = 5

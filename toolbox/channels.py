@@ -115,7 +115,9 @@ def channel_groups(model: nn.Module, input_size: Sequence[int] | None = None,
     """The BN channel groups of ``model``, traced once per model object and cached.
 
     The classifier is never a root (its outputs are the classes). The trace runs in eval mode
-    (BN running statistics are untouched) and the training flags are restored afterwards.
+    (BN running statistics are untouched) with every parameter requiring grad (torch-pruning
+    traces through autograd, so frozen models work too); training and requires_grad flags are
+    restored afterwards.
     """
     model = unwrap(model)
     signature = _signature(model)
@@ -132,8 +134,11 @@ def _build(model: nn.Module, inputs: torch.Tensor) -> ChannelGraph:
     import torch_pruning as tp
 
     modes = {m: m.training for m in model.modules()}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     model.eval()
     try:
+        for p in frozen:  # torch-pruning traces through autograd: a frozen model would show no groups
+            p.requires_grad_(True)
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
         head = classifier_of(model)
@@ -142,6 +147,8 @@ def _build(model: nn.Module, inputs: torch.Tensor) -> ChannelGraph:
     finally:
         for module, mode in modes.items():
             module.training = mode
+        for p in frozen:
+            p.requires_grad_(False)
     names = {m: n for n, m in model.named_modules()}
     graph = ChannelGraph(groups=[])
     for group in raw:
