@@ -31,6 +31,23 @@ def test_run_eval_and_resume(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_eval_normalizes_as_the_run_did(tmp_path: Path) -> None:
+    import json
+
+    from fabricate import write_fashion_mnist
+
+    write_fashion_mnist(tmp_path / "fm", n_train=200, n_test=40)
+    out = tmp_path / "run"
+    result = invoke("run", "--plugins", "finetune", "--steps", "1", "--per-class", "10", "--out", str(out),
+                    "--dataset", "fashion_mnist", "--data-root", str(tmp_path / "fm"), "--mean", "0.9",
+                    "--std", "0.05", "--epochs", "1", "--batch-size", "32", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "results.json").read_text())["steps"][0]["phases"][0]
+    result = invoke("eval", str(out / "checkpoints" / "step1_learn.pt"))
+    assert result.exit_code == 0, result.output
+    assert f"loss {record['test_loss']:.4f}" in result.output  # the recorded --mean/--std, not the dataset's
+
+
 def test_config_file_and_flag_override(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("dataset: synthetic\nsteps: 3\nepochs: 1\nbatch_size: 64\ndevice: cpu\n")

@@ -37,15 +37,18 @@ def eval_checkpoint(
     if not name:
         raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
     try:
-        if name in ("imagefolder", "synthetic"):  # recorded folders, sizes, channels and normalization
-            from toolbox.options import CORE_FIELDS, RunOptions
-            from toolbox.run_data import load_run_data
+        from toolbox.data.datasets import with_normalization
+        from toolbox.options import CORE_FIELDS, RunOptions
+        from toolbox.run_data import load_run_data
 
-            recorded = RunOptions(**{k: v for k, v in options.items() if k in CORE_FIELDS and k != "plugin"})
+        recorded = RunOptions(**{k: v for k, v in options.items() if k in CORE_FIELDS and k != "plugin"})
+        if name in ("imagefolder", "synthetic") or name == recorded.dataset:
+            # the training data as recorded: folders, sizes, channels and --mean/--std
             recorded.dataset, recorded.data_root = name, data_root or recorded.data_root
             data = load_run_data(recorded)
-        else:
-            data = load_dataset(name, data_root or options.get("data_root"))
+        else:  # another dataset, normalized as the model was trained (where --mean/--std were given)
+            data = with_normalization(load_dataset(name, data_root or options.get("data_root")),
+                                      recorded.mean, recorded.std)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:
