@@ -234,6 +234,15 @@ def test_a_pruned_trial_stops_after_a_step_and_its_run_resumes(tmp_path: Path) -
     assert not (study / "best.yaml").exists() and not (study / "importance.png").exists()
 
 
+def test_a_trial_that_trained_every_step_completes_even_below_the_threshold(tmp_path: Path) -> None:
+    study, journal = tmp_path / "study", tmp_path / "shared" / "journal.log"
+    result = tune(*write_files(tmp_path), "--study", str(study), "--trials", "1", "--pruner", "threshold:101",
+                  "--storage", f"journal:{journal}", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    (trial,) = optuna.load_study(study_name="study", storage=open_storage(f"journal:{journal}")).get_trials()
+    assert trial.state == TrialState.COMPLETE and list(trial.intermediate_values) == [1]
+
+
 # ----------------------------------------------------------------------------- shared studies
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:

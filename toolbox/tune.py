@@ -283,8 +283,9 @@ def objective_value(per_step: dict[int, float], objective: str) -> float:
 
 class StepReporter:
     """The run's progress callback: after each step's last phase it reports the validation top-1
-    to Optuna and stops the trial (:class:`optuna.TrialPruned`) when the pruner says so; the run
-    directory then holds every finished step's checkpoint."""
+    to Optuna and, before the last step, stops the trial (:class:`optuna.TrialPruned`) when the
+    pruner says so; the run directory then holds every finished step's checkpoint. A trial that
+    trained every step completes: pruning it then would save nothing and lose its score."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         """Report to ``trial``; :attr:`run` is set once the run exists."""
@@ -303,7 +304,7 @@ class StepReporter:
         self.per_step[step] = value
         self.trial.report(value, step)
         log.info("Trial %d step %d: validation top-1 %.2f%%.", self.trial.number, step, value)
-        if self.trial.should_prune():
+        if step < self.run.options.steps and self.trial.should_prune():  # a finished run is never pruned
             raise optuna.TrialPruned(f"pruned after step {step} (validation top-1 {value:.2f}%)")
 
 
