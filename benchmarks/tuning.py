@@ -34,6 +34,7 @@ from toolbox.tune_report import best_trial
 TRIALS = 8
 VAL_PER_CLASS = 200
 TUNE_SEED = 0
+HEARTBEAT = 60  #: seconds; a trial silent for twice this (its checkout was killed) is failed and replaced
 LR = {"low": 0.01, "high": 0.2, "log": True}
 WEIGHT = {"low": 0.25, "high": 4.0, "log": True}
 TEACHER_BN = ["running", "batch"]
@@ -112,10 +113,12 @@ def tune_row(row: str, config: dict[str, Any], out: Path, records: Path, trials:
     spec = tune.make_spec(values, space_file, "mean")
     journal = journal_path(records, row)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    study, spec = tune.open_study(study_dir, spec, storage=f"journal:{journal.resolve()}", name=row)
+    study, spec = tune.open_study(study_dir, spec, storage=f"journal:{journal.resolve()}", name=row,
+                                  heartbeat=HEARTBEAT)  # without it a killed checkout's running trial never ends
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(defaults(values, space))
-    tune.work(study, spec, study_dir, tune.WorkerOptions(trials=trials, pruner="median", threads=threads))
+    tune.work(study, spec, study_dir, tune.WorkerOptions(trials=trials, pruner="median", heartbeat=HEARTBEAT,
+                                                         threads=threads))
     summary = summarize_study(row, study, values, space, trials)
     tbio.atomic_write_json(record_path(records, row), summary)
     return summary

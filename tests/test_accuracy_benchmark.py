@@ -113,3 +113,22 @@ def test_a_study_continues_from_its_journal_in_a_fresh_checkout(tmp_path: Path) 
     assert summary["budget"] == 2 and [t["number"] for t in summary["trials"]] == [0, 1]
     assert summary["trials"][0] == first["trials"][0]  # kept from the journal, not trained again
     assert sorted(p.name for p in (tmp_path / "b" / "tuning" / "finetune" / "trials").iterdir()) == ["0001"]
+
+
+def test_a_trial_left_running_by_a_killed_checkout_is_replaced(tmp_path: Path, monkeypatch) -> None:
+    import optuna
+
+    from toolbox.study_storage import open_storage
+
+    bench = _load()
+    monkeypatch.setattr(bench.tuning, "HEARTBEAT", 1)  # stale after 2 s instead of 2 min
+    records = tmp_path / "records"
+    common = ["--protocol", "tune", "--quick", "--records", str(records), "--only", "finetune"]
+    bench.main([*common, "--trials", "1", "--out", str(tmp_path / "a")])
+    journal = f"journal:{(records / 'tuning' / 'finetune.journal').resolve()}"
+    optuna.load_study(study_name="finetune", storage=open_storage(journal)).ask()  # running when killed
+    bench.main([*common, "--trials", "2", "--out", str(tmp_path / "b")])
+    states = [t.state.name for t in optuna.load_study(study_name="finetune", storage=open_storage(journal)).get_trials()]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    summary = json.loads((records / "tuning" / "finetune.json").read_text())
+    assert [t["number"] for t in summary["trials"]] == [0, 2]
