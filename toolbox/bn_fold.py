@@ -26,6 +26,14 @@ def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, _BatchNorm) for m in model.modules())
 
 
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-d weights are stored channels_last (as ``--channels-last`` leaves them);
+    1x1 and single-input-channel kernels are ambiguous and not looked at."""
+    weight = next((p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1),
+                  None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module | None, str]:
     """An eval-mode, frozen copy of ``model`` with every BN that directly follows a conv or linear
     layer (and is its only reader) folded into it; ``(None, reason)`` where none can be folded.
@@ -44,9 +52,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module | None, str]:
     after = count_batchnorms(folded)
     if after == before:
         return None, "no BatchNorm directly follows a conv or linear layer"
-    channels_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-                        and not p.is_contiguous() for p in model.parameters())
-    if channels_last:
+    if is_channels_last(model):
         folded = folded.to(memory_format=torch.channels_last)
     folded.eval().requires_grad_(False)
     return folded, f"folded {before - after} of {before} BatchNorms"

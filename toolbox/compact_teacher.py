@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from toolbox import channels as ch
 from toolbox import compact as cp
-from toolbox.bn_fold import fold_batchnorm
+from toolbox.bn_fold import fold_batchnorm, is_channels_last
 from toolbox.cost import cost
 from toolbox.errors import UsageError
 
@@ -57,18 +57,11 @@ def nonzero_masked_units(model: nn.Module, graph: ch.ChannelGraph, selection: li
     return count
 
 
-def _is_channels_last(model: nn.Module) -> bool:
-    """Whether the model's 4-d weights are stored channels_last (as ``--channels-last`` leaves them)."""
-    weight = next((p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1),
-                  None)
-    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-
-
 def _probe(model: nn.Module, input_size: Sequence[int], device: torch.device) -> torch.Tensor:
     """Two random images of ``input_size`` (fixed private seed: the run's random streams stay untouched)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((2, *input_size), generator=generator).to(device)
-    return x.contiguous(memory_format=torch.channels_last) if _is_channels_last(model) else x
+    return x.contiguous(memory_format=torch.channels_last) if is_channels_last(model) else x
 
 
 def compact_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
@@ -125,7 +118,7 @@ def compact_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
         if stats["unfolded"]:
             return None, f"the removed filters' constants cannot be folded into {', '.join(stats['unfolded'][:3])}"
         small = small.to(device).eval()
-        if _is_channels_last(model):
+        if is_channels_last(model):
             small = small.to(memory_format=torch.channels_last)
         for p in small.parameters():
             p.requires_grad_(False)
