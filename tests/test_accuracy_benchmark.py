@@ -126,3 +126,15 @@ def test_a_trial_left_running_by_a_killed_checkout_is_replaced(tmp_path: Path, m
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
     summary = json.loads((records / "tuning" / "finetune.json").read_text())
     assert [t["number"] for t in summary["trials"]] == [0, 2]
+
+
+def test_tuning_table_lists_chosen_values_and_per_step_scores(tmp_path: Path) -> None:
+    bench = _load()
+    summary = {"row": "finetune", "budget": 8, "params": {"lr": 0.0912345}, "value": 87.4,
+               "per_step": {"2": 86.85, "10": 90.0, "1": 85.1}, "default_value": 87.2,
+               "trials": [{"state": "COMPLETE"}, {"state": "PRUNED"}, {"state": "PRUNED"}]}
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "finetune.json").write_text(json.dumps(summary))
+    table = bench.tuning.tuning_markdown(tmp_path, ["finetune", "lwf"])  # lwf: not tuned, left out
+    assert table.splitlines()[2] == "| finetune | 3 (2) | lr=0.0912 | 85.10 / 86.85 / 90.00 | 87.40 | 87.20 |"
+    assert len(table.splitlines()) == 3
