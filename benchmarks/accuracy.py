@@ -193,17 +193,29 @@ def fork_run(source: Path, target: Path, ablation: Ablation) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- reading
 def load_results(folder: Path, names: list[str], seeds: list[int],
                  records: Path | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Results of every row and seed that has a results.json (in its run directory, else kept in
-    ``records/<row>/seed<k>.json``), by row name."""
+    """Results of every row and seed whose run has finished (in its run directory, else kept in
+    ``records/<row>/seed<k>.json``), by row name. A run still in progress is left out: its first
+    steps beside other seeds' full runs would mix seeds within a row."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         for seed in seeds:
-            path = folder / name / f"seed{seed}" / "results.json"
-            if not path.is_file() and records is not None:
-                path = records / name / f"seed{seed}.json"
-            if path.is_file():
-                groups.setdefault(name, []).append(json.loads(path.read_text()))
+            run_dir = folder / name / f"seed{seed}"
+            results = _finished(run_dir)
+            if results is None and records is not None and (records / name / f"seed{seed}.json").is_file():
+                results = json.loads((records / name / f"seed{seed}.json").read_text())
+            if results is not None:
+                groups.setdefault(name, []).append(results)
     return groups
+
+
+def _finished(run_dir: Path) -> dict[str, Any] | None:
+    """The results of a finished run in ``run_dir`` (all its steps, last checkpoint written), else None."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    done = len(results["steps"]) == results["config"]["steps"] and _complete(run_dir, results)
+    return results if done else None
 
 
 def truncate(results: dict[str, Any], steps: int) -> dict[str, Any]:
