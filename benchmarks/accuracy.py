@@ -52,7 +52,7 @@ import yaml
 from toolbox import checkpoint as ckpt
 from toolbox import io as tbio
 from toolbox.plugin_manager import declared_options, load_plugins
-from toolbox.report import plot_methods, rows_markdown, summarize
+from toolbox.report import plot_methods, rows_markdown, steps_markdown, summarize
 from toolbox.options import read_mapping
 from toolbox.run import resume_run, start_run
 
@@ -239,22 +239,25 @@ def readout(results: dict[str, Any], step: int, phase: str | None = None) -> dic
 
 
 def paired_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
-    """Per step, the method minus each row, paired by seed: mean ± std and the count of seeds won."""
+    """Per step (a line) and row (a column): the method minus the row, paired by seed, in top-1
+    points as mean ± std over the seeds both have, with the count of seeds where the method is ahead."""
     method = {r["config"]["seed"]: r for r in groups.get(METHOD, [])}
-    lines = ["| row | step | seeds | method - row (top-1 points, mean ± std) | method ahead in |",
-             "|---|---:|---:|---:|---:|"]
+    columns: dict[str, list[str]] = {}
     for name, runs in groups.items():
-        if name == METHOD:
-            continue
         pairs = [(method[r["config"]["seed"]], r) for r in runs if r["config"]["seed"] in method]
-        if not pairs:
+        if name == METHOD or not pairs:
             continue
         for index in range(min(min(len(m["steps"]), len(r["steps"])) for m, r in pairs)):
             diffs = [m["steps"][index]["top1"] - r["steps"][index]["top1"] for m, r in pairs]
             mean = sum(diffs) / len(diffs)
             std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
-            lines.append(f"| {name} | {index + 1} | {len(diffs)} | {mean:+.2f} ± {std:.2f} | "
-                         f"{sum(d > 0 for d in diffs)}/{len(diffs)} |")
+            columns.setdefault(name, []).append(f"{mean:+.2f} ± {std:.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+    if not columns:
+        return ""
+    lines = ["| step | " + " | ".join(f"vs {name}" for name in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for index in range(max(len(cells) for cells in columns.values())):
+        lines.append(f"| {index + 1} | " + " | ".join(cells[index] if index < len(cells) else "-"
+                                                     for cells in columns.values()) + " |")
     return "\n".join(lines)
 
 
@@ -282,7 +285,10 @@ def write_tables(groups: dict[str, list[dict[str, Any]]], folder: Path, title: s
     if not summary:
         return summary
     folder.mkdir(parents=True, exist_ok=True)
-    text = (f"# {title}\n\n{rows_markdown(summary)}\n## Paired differences (same seed)\n\n{paired_markdown(groups)}\n\n"
+    text = (f"# {title}\n\nTop-1 % per step, mean ± std over seeds (mean train seconds of the step):\n\n"
+            f"{steps_markdown(summary)}\n\n{rows_markdown(summary)}\n"
+            "## Paired differences (same seed)\n\nMethod minus row, top-1 points, mean ± std (seeds where the "
+            f"method is ahead / seeds):\n\n{paired_markdown(groups)}\n\n"
             f"## SST's own cost at step 1\n\n{sst_cost_markdown(groups)}\n")
     tbio.atomic_write_text(folder / "report.md", text)
     tbio.atomic_write_json(folder / "report.json", {"rows": summary})

@@ -139,3 +139,17 @@ def test_tuning_table_lists_chosen_values_and_per_step_scores(tmp_path: Path) ->
     table = bench.tuning.tuning_markdown(tmp_path, ["finetune", "lwf"])  # lwf: not tuned, left out
     assert table.splitlines()[2] == "| finetune | 3 (2) | lr=0.0912 | 85.10 / 86.85 / 90.00 | 87.40 | 87.20 |"
     assert len(table.splitlines()) == 3
+
+
+def test_paired_differences_pair_runs_by_seed() -> None:
+    bench = _load()
+
+    def run(seed: int, *top1: float) -> dict:
+        return {"config": {"seed": seed}, "steps": [{"top1": t} for t in top1]}
+
+    groups = {"sst_aod_msl": [run(0, 80, 90), run(1, 82, 88)],
+              "finetune": [run(1, 81, 89), run(0, 78, 91), run(2, 0, 0)]}  # seed 2: no method run to pair with
+    lines = bench.paired_markdown(groups).splitlines()
+    assert lines[0] == "| step | vs finetune |"
+    assert lines[2] == "| 1 | +1.50 ± 0.71 (2/2) |"  # differences 2 (seed 0) and 1 (seed 1)
+    assert lines[3] == "| 2 | -1.00 ± 0.00 (0/2) |"

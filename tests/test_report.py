@@ -47,3 +47,16 @@ def test_write_comparison_files_and_empty_input(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "report.csv").read_text().startswith("method,step,seeds")
     with pytest.raises(UsageError, match="No results.json"):
         write_comparison([tmp_path / "nothing"], tmp_path / "out2")
+
+
+def test_steps_markdown_puts_steps_on_lines_and_bolds_each_steps_best() -> None:
+    from toolbox.report import steps_markdown
+
+    def row(method: str, step: int, top1: float) -> dict:
+        return {"method": method, "step": step, "top1_mean": top1, "top1_std": 0.5, "train_seconds": 12.0}
+
+    text = steps_markdown([row("a", 1, 80.0), row("a", 2, 85.0), row("b", 1, 81.0)])
+    lines = text.splitlines()
+    assert lines[0] == "| step | a | b |"
+    assert lines[2] == "| 1 | 80.00 ± 0.50 (12 s) | **81.00 ± 0.50** (12 s) |"
+    assert lines[3] == "| 2 | **85.00 ± 0.50** (12 s) | - |"

@@ -172,6 +172,26 @@ def rows_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def steps_markdown(rows: list[dict[str, Any]]) -> str:
+    """One table for all steps: a line per step, a column per method, cells "top-1 mean ± std
+    (train s)"; the best mean of each step in bold."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["step"]): r for r in rows}
+    lines = ["| step | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for step in sorted({r["step"] for r in rows}):
+        best = max(r["top1_mean"] for r in rows if r["step"] == step)
+        cells = []
+        for method in methods:
+            r = cell.get((method, step))
+            if r is None:
+                cells.append("-")
+                continue
+            text = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+            cells.append(f"{f'**{text}**' if r['top1_mean'] == best else text} ({r['train_seconds']:.0f} s)")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
     """Top-1 vs step, one line per method, with a ±std band over seeds."""
     import matplotlib
