@@ -52,7 +52,7 @@ import yaml
 from toolbox import checkpoint as ckpt
 from toolbox import io as tbio
 from toolbox.plugin_manager import declared_options, load_plugins
-from toolbox.report import plot_methods, rows_markdown, steps_markdown, summarize
+from toolbox.report import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
 from toolbox.options import read_mapping
 from toolbox.run import resume_run, start_run
 
@@ -133,9 +133,8 @@ def run_row(values: dict[str, Any], run_dir: Path, record: Path | None = None) -
         if _same_config(kept["config"], values):
             return kept
         logging.warning("%s holds another config; running %s again.", record, run_dir)
-    results_file = run_dir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else None
-    if not (results and len(results["steps"]) == values["steps"] and _complete(run_dir, results)):
+    results = _finished(run_dir)
+    if results is None:
         if (run_dir / "config.yaml").is_file():
             results = resume_run(run_dir).execute()
         else:
@@ -249,8 +248,7 @@ def paired_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
             continue
         for index in range(min(min(len(m["steps"]), len(r["steps"])) for m, r in pairs)):
             diffs = [m["steps"][index]["top1"] - r["steps"][index]["top1"] for m, r in pairs]
-            mean = sum(diffs) / len(diffs)
-            std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
+            mean, std = mean_std(diffs)
             columns.setdefault(name, []).append(f"{mean:+.2f} ± {std:.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
     if not columns:
         return ""

@@ -7,8 +7,8 @@
 The question a user with several independent runs (seeds, rows of a comparison, tuning trials) on
 a small CPU asks: start them one after another with all cores each, or side by side with one core
 each? A layout ``PxT`` starts P worker processes of T threads each; every worker trains the plain
-SGD loop of ``throughput.py`` (same model, batch size and precision, on pre-made batches of the
-dataset's shape, so only the training is timed), warms up, waits for a common start signal and
+SGD loop of ``throughput.py`` (same model, batch size and precision, on pre-made random batches of
+the dataset's shape, so only the training is timed), warms up, waits for a common start signal and
 then times ``--batches`` batches. A layout's figure is the total img/s of all its workers: all
 images over the time from the first worker's start to the last worker's end. Layouts alternate
 over ``--rounds`` rounds in a rotating order (this machine drifts), and the median is reported.
@@ -31,9 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from throughput import plain_loop  # noqa: E402
-
-import timm  # noqa: E402
+from throughput import new_model, plain_loop  # noqa: E402
 
 import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from toolbox.data import load_dataset  # noqa: E402
@@ -56,12 +54,11 @@ def parse_layout(text: str) -> tuple[int, int]:
 def worker(args: argparse.Namespace) -> dict[str, float]:
     """One worker: build, warm up, signal ready, wait for the start file, time the batches."""
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    shape = (args.batch_size, args.in_chans, args.size, args.size)
-    batches = [(torch.randn(shape), torch.randint(0, args.num_classes, (args.batch_size,)))
+    data = load_dataset(args.dataset, args.data_root, download=False)
+    model = new_model(args.arch, data, channels_last=True)
+    shape = (args.batch_size, data.in_chans, data.image_size, data.image_size)
+    batches = [(torch.randn(shape), torch.randint(0, data.num_classes, (args.batch_size,)))
                for _ in range(args.batches)]
-    model = timm.create_model(args.arch, num_classes=args.num_classes, in_chans=args.in_chans)
-    model = model.to(memory_format=torch.channels_last).train()
     train = plain_loop(model, args.precision, channels_last=True)
     train(batches[:WARMUP])
     Path(args.ready).touch()
@@ -72,15 +69,15 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     return {"start": started, "end": time.monotonic(), "images": float(args.batches * args.batch_size)}
 
 
-def run_layout(args: argparse.Namespace, processes: int, threads: int, shape: dict[str, int]) -> float:
+def run_layout(args: argparse.Namespace, processes: int, threads: int) -> float:
     """Total img/s of ``processes`` workers of ``threads`` threads each, started together."""
     with tempfile.TemporaryDirectory() as folder:
         go = Path(folder) / "go"
         readies = [Path(folder) / f"ready{k}" for k in range(processes)]
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads),
                    "--arch", args.arch, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
-                   "--precision", args.precision, "--go", str(go),
-                   *[item for key, value in shape.items() for item in (f"--{key.replace('_', '-')}", str(value))]]
+                   "--precision", args.precision, "--dataset", args.dataset, "--go", str(go),
+                   *(["--data-root", args.data_root] if args.data_root else [])]
         children = [subprocess.Popen([*command, "--ready", str(ready)], stdout=subprocess.PIPE, text=True)
                     for ready in readies]
         while not all(ready.exists() for ready in readies):
@@ -111,8 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--out", default="runs/side_by_side.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--threads", "--in-chans", "--size", "--num-classes"):
-        parser.add_argument(name, type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)
     parser.add_argument("--go", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -125,12 +121,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(worker(args)))
         return {}
     layouts = [parse_layout(text) for text in args.layouts.split(",")]
-    data = load_dataset(args.dataset, args.data_root, download=False)
-    shape = {"in_chans": data.in_chans, "size": data.image_size, "num_classes": data.num_classes}
+    load_dataset(args.dataset, args.data_root, download=False)  # a missing dataset fails here, not in a worker
     rates: dict[str, list[float]] = {f"{p}x{t}": [] for p, t in layouts}
     for index in range(args.rounds):
         for p, t in layouts[index % len(layouts):] + layouts[:index % len(layouts)]:
-            rates[f"{p}x{t}"].append(run_layout(args, p, t, shape))
+            rates[f"{p}x{t}"].append(run_layout(args, p, t))
     medians = {name: statistics.median(values) for name, values in rates.items()}
     base = medians[next(iter(medians))]
     print(f"| layout (processes x threads) | total img/s | vs {next(iter(medians))} |\n|---|---:|---:|")

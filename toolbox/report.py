@@ -128,7 +128,7 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
     return labelled
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     n = len(values)
     mean = sum(values) / n
@@ -143,15 +143,15 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         steps = min(len(r["steps"]) for r in runs)
         for index in range(steps):
             records = [r["steps"][index] for r in runs]
-            top1, top1_std = _mean_std([s["top1"] for s in records])
-            seconds, _ = _mean_std([s["train_seconds"] for s in records])
+            top1, top1_std = mean_std([s["top1"] for s in records])
+            seconds, _ = mean_std([s["train_seconds"] for s in records])
             sparsity = [s["sparsity"] for s in records if s.get("sparsity") is not None]
             rows.append({"method": label, "step": records[0]["step"], "seeds": len(records),
                          "seed_list": sorted(r["config"]["seed"] for r in runs),
                          "top1_mean": top1, "top1_std": top1_std,
-                         "top5_mean": _mean_std([s["top5"] for s in records])[0],
+                         "top5_mean": mean_std([s["top5"] for s in records])[0],
                          "params": records[0].get("params"), "macs": records[0].get("macs"),
-                         "sparsity": _mean_std(sparsity)[0] if sparsity else None,
+                         "sparsity": mean_std(sparsity)[0] if sparsity else None,
                          "train_seconds": seconds})
     return rows
 
