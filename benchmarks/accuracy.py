@@ -49,12 +49,12 @@ from typing import Any
 
 import yaml
 
-from toolbox import checkpoint as ckpt
-from toolbox import io as tbio
-from toolbox.plugin_manager import declared_options, load_plugins
-from toolbox.report import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage import atomic as tbio
+from toolbox.plugin_host.manager import declared_options, load_plugins
+from toolbox.run.results import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
 from toolbox.options import read_mapping
-from toolbox.run import resume_run, start_run
+from toolbox.run.run import resume_run, start_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tuning  # noqa: E402  (the tuning stage, next to this file)

@@ -8,7 +8,7 @@ For every backbone (option-B ResNets, CIFAR MobileNetV2; random initialization w
 drawn from U(0.05, 1) and shifts from N(0, 0.1), so BN-scale importance has something to rank)
 and every ratio r: the fraction r of filters with the smallest BN |gamma| (torch-pruning's
 BN-scale importance, ranked globally) get gamma = 0 (the "masked" model, what SST leaves), then
-:func:`toolbox.compact.compact` removes them. Reported: MACs ratio (after / before, counted by
+:func:`toolbox.pruning.compaction.compact` removes them. Reported: MACs ratio (after / before, counted by
 torch-pruning at 32x32), CPU latency at batch 256 and batch 1 (channels_last unless ``--nchw``;
 after a warm-up pass, the models of one backbone are timed in interleaved rounds so that load
 from other processes on the shared cores hits all of them alike: ``--repeats`` rounds of one
@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
-from toolbox import channels as ch
-from toolbox.compact import compact
-from toolbox.cost import cost
+from toolbox.sparsity import channels as ch
+from toolbox.pruning.compaction import compact
+from toolbox.pruning.cost import cost
 from toolbox.data import load_dataset
 
 INPUT = (3, 32, 32)

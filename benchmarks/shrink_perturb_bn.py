@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from toolbox import batchnorm
-from toolbox import checkpoint as ckpt
-from toolbox.engine import evaluate
-from toolbox.run import phase_seed, resume_run, run_phases
-from toolbox.warmstart import shrink_perturb_
+from toolbox.methods import bn_statistics as batchnorm
+from toolbox.storage import checkpoint as ckpt
+from toolbox.run.engine import evaluate
+from toolbox.run.run import phase_seed, resume_run, run_phases
+from toolbox.methods.shrink_perturb import shrink_perturb_
 
 
 def main() -> None:

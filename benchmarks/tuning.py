@@ -27,9 +27,9 @@ from typing import Any
 import yaml
 from optuna.trial import TrialState
 
-from toolbox import io as tbio
-from toolbox import tune
-from toolbox.tune_report import best_trial
+from toolbox.storage import atomic as tbio
+from toolbox.tune import study as tune
+from toolbox.tune.report import best_trial
 
 TRIALS = 8
 VAL_PER_CLASS = 200
@@ -79,7 +79,7 @@ def tuned_values(records: Path, row: str) -> dict[str, Any]:
 def defaults(config: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
     """The row's own values of the searched options (config, else the option's default) that
     lie in the space: the study's first trial."""
-    from toolbox.plugin_manager import declared_options, load_plugins
+    from toolbox.plugin_host.manager import declared_options, load_plugins
     from toolbox.options import RunOptions, plugin_names
 
     declared = declared_options(load_plugins(plugin_names(config)))

@@ -6,7 +6,7 @@ the output channels of every conv feeding their coupled BNs, the BN scale (``--r
 shift (0) and running statistics (mean 0, var 1), and optionally the consuming layers' input
 slices (``--reinit-next``). Everything else stays bit-identical.
 
-Re-initialization is :mod:`toolbox.reinit`'s (strategies, and why ``--reinit-gamma`` defaults to
+Re-initialization is :mod:`toolbox.methods.reinit`'s (strategies, and why ``--reinit-gamma`` defaults to
 0.01 rather than 0). During training a distillation term ``aod_kd = alpha * w * kd_loss(student, teacher, T)`` is
 added, where the adaptive weight ``w`` follows ``--adapt`` and the teacher ``--teacher``.
 """
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from toolbox import capabilities as cap
-from toolbox import channels as ch
-from toolbox import distributed
-from toolbox.distill import adaptive_weight, alpha_option, kd_loss, teacher_bn_option, temperature_option
+from toolbox.plugin_host import capabilities as cap
+from toolbox.sparsity import channels as ch
+from toolbox.runtime import distributed
+from toolbox.methods.distillation import adaptive_weight, alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
-from toolbox.reinit import DEFAULT_GAMMA, DEFAULT_NEXT, DEFAULT_STRATEGY, NEXT, STRATEGIES, reinitialize
-from toolbox.teachers import EMATeacher, MutualPeer
+from toolbox.methods.reinit import DEFAULT_GAMMA, DEFAULT_NEXT, DEFAULT_STRATEGY, NEXT, STRATEGIES, reinitialize
+from toolbox.methods.teachers import EMATeacher, MutualPeer
 
 if TYPE_CHECKING:
     from toolbox.context import Context

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from toolbox import channels as ch
-from toolbox import distributed
-from toolbox import capabilities as cap
-from toolbox.ewc import TARGETS, diagonal_fisher, ewc_penalty, online_update
+from toolbox.sparsity import channels as ch
+from toolbox.runtime import distributed
+from toolbox.plugin_host import capabilities as cap
+from toolbox.methods.ewc import TARGETS, diagonal_fisher, ewc_penalty, online_update
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
 

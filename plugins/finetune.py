@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from toolbox import capabilities as cap
+from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
 
 

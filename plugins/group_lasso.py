@@ -1,6 +1,6 @@
 """``group_lasso``: group lasso on whole filters as a sparsity plugin.
 
-A filter (one unit of a BN channel group, :mod:`toolbox.channels`) is the vector ``w_u`` of every
+A filter (one unit of a BN channel group, :mod:`toolbox.sparsity.channels`) is the vector ``w_u`` of every
 weight that belongs to it: the output-channel weights (and bias) of every coupled conv producing
 it, and the gamma and beta of every coupled BN. The penalty is
 
@@ -11,7 +11,7 @@ The importance of a filter is ``||w_u||``; the masks are the fraction ``--ratio`
 the smallest norm. Modes (``--gl-mode``): ``subgradient`` (fixed ``--gl-s`` on every filter),
 ``proximal`` (block soft-threshold with fixed ``tau = lr * s``) and ``target`` (default: the r
 smallest filters are shrunk to 0 by the adaptive proximal schedule of
-:class:`toolbox.sparsity.SparsityTraining`, every other filter gets the fixed-strength gradient).
+:class:`toolbox.sparsity.training.SparsityTraining`, every other filter gets the fixed-strength gradient).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolbox import channels as ch
-from toolbox.sparsity import SparsityTraining, Units
+from toolbox.sparsity import channels as ch
+from toolbox.sparsity.training import SparsityTraining, Units
 
 
 def unit_parameters(model: nn.Module, group: ch.ChannelGroup) -> list[tuple[torch.Tensor, ch.ModuleSlice]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from toolbox import capabilities as cap
+from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
 
 

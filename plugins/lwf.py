@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from toolbox import capabilities as cap
-from toolbox.distill import alpha_option, kd_loss, teacher_bn_option, temperature_option
+from toolbox.plugin_host import capabilities as cap
+from toolbox.methods.distillation import alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, option_values
 

@@ -8,7 +8,7 @@ In ``sparsify`` phases of steps > 1 (and at step 1 with ``--msl-first-step true`
 ``ctx.teacher`` (the AOD model of the current step; at step 1 the model before SST). With
 ``--msl-teachers all`` the end-of-sparsify models of the earlier steps are added (loaded once per
 phase from the run directory), all teachers weighted equally so the weights sum to
-``--msl-weight``. Their filters that SST zeroed are removed (:mod:`toolbox.compact_teacher`:
+``--msl-weight``. Their filters that SST zeroed are removed (:mod:`toolbox.pruning.compact_teacher`:
 same logits, fewer MACs; ``--compact-teacher false`` keeps them dense).
 """
 
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from toolbox import capabilities as cap
-from toolbox.compact_teacher import distillation_teacher
-from toolbox.distill import kd_loss, teacher_bn_option, temperature_option
+from toolbox.plugin_host import capabilities as cap
+from toolbox.pruning.compact_teacher import distillation_teacher
+from toolbox.methods.distillation import kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
 
@@ -60,9 +60,9 @@ def multi_teacher_kd(student: torch.Tensor, teachers: list[torch.Tensor], T: flo
 
 
 def default_loader() -> Callable[[Any, int, str], nn.Module] | None:
-    """``toolbox.checkpoint.load_phase_model`` when available."""
+    """``toolbox.storage.checkpoint.load_phase_model`` when available."""
     try:
-        from toolbox.checkpoint import load_phase_model
+        from toolbox.storage.checkpoint import load_phase_model
     except ImportError:  # pragma: no cover - the core provides it
         return None
     return load_phase_model

@@ -16,7 +16,7 @@ default 1e-4, the paper code's ``--lbd`` default) and ``--polar-clamp`` (clamp t
 changes the function of a model trained without it). The masks are the r fraction with the
 smallest mean |gamma|, the ones pushed towards 0. Modes (``--polar-mode``): ``subgradient``
 (fixed strength on every gamma) and ``target`` (default: the r smallest are driven to 0 by the
-adaptive proximal schedule of :class:`toolbox.sparsity.SparsityTraining`, every other gamma gets
+adaptive proximal schedule of :class:`toolbox.sparsity.training.SparsityTraining`, every other gamma gets
 the fixed-strength polarization gradient, its mean still taken over all gammas).
 """
 
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolbox import channels as ch
+from toolbox.sparsity import channels as ch
 from toolbox.options import PluginOption
-from toolbox.sparsity import SparsityTraining, Units
+from toolbox.sparsity.training import SparsityTraining, Units
 
 
 def polarization_penalty(gammas: torch.Tensor, t: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """``prune``: compact the final model with torch-pruning (a ``compact`` phase at the last step).
 
 At the start of the ``compact`` phase (``toolbox_model_surgery``) the unimportant filters are removed
-from the model with :func:`toolbox.compact.compact`: the filters of ``ctx.masks`` (the masks
+from the model with :func:`toolbox.pruning.compaction.compact`: the filters of ``ctx.masks`` (the masks
 ``sst`` wrote), or, with ``--prune-ratio R`` (> 0), the fraction R of filters with the smallest
 BN |gamma| (torch-pruning's BN-scale importance, ranked globally); an explicit ratio wins over
 masks. The compact model replaces the old one (the run moves it to the device and rebuilds the
@@ -25,12 +25,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from toolbox import capabilities as cap
-from toolbox import channels as ch
-from toolbox import compact as cp
-from toolbox.cost import compaction_report
-from toolbox.prune_file import checkpoint_input_size
-from toolbox.structure import merge_structures
+from toolbox.plugin_host import capabilities as cap
+from toolbox.sparsity import channels as ch
+from toolbox.pruning import compaction as cp
+from toolbox.pruning.cost import compaction_report
+from toolbox.pruning.prune_file import checkpoint_input_size
+from toolbox.storage.structure import merge_structures
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, option_values
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from toolbox import capabilities as cap
+from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
 
 # plugins whose point is to carry knowledge from the previous model, which scratch throws away

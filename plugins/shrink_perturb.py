@@ -14,12 +14,12 @@ from typing import Any
 
 from torch import nn
 
-from toolbox import batchnorm
-from toolbox import channels as ch
-from toolbox import capabilities as cap
+from toolbox.methods import bn_statistics as batchnorm
+from toolbox.sparsity import channels as ch
+from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
-from toolbox.warmstart import shrink_perturb_
+from toolbox.methods.shrink_perturb import shrink_perturb_
 
 BN_CHOICES = ("reestimate", "reset")
 

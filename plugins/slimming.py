@@ -9,7 +9,7 @@ the phase. Modes (``--slimming-mode``):
 * ``proximal``: soft-threshold of every gamma with a fixed ``tau = lr * s``;
 * ``target`` (default): every gamma outside the r smallest keeps the fixed ``s * sign(gamma)``,
   while the r smallest are driven to 0 by the adaptive proximal schedule of
-  :class:`toolbox.sparsity.SparsityTraining`, so the ratio is reached by the phase end.
+  :class:`toolbox.sparsity.training.SparsityTraining`, so the ratio is reached by the phase end.
 
 It adds the same ``sparsify`` phase, masks and metrics as ``sst`` (epoch metrics
 ``slimming_s`` and ``slimming_ratio``), so ``aod``, ``msl`` and pruning work unchanged.
@@ -17,7 +17,7 @@ It adds the same ``sparsify`` phase, masks and metrics as ``sst`` (epoch metrics
 
 from __future__ import annotations
 
-from toolbox.sparsity import SparsityTraining
+from toolbox.sparsity.training import SparsityTraining
 
 
 class Slimming(SparsityTraining):

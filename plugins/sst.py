@@ -1,7 +1,7 @@
 """``sst``: selective sparsity training (adds a ``sparsify`` phase to every step but the last).
 
 Only the *selected* BN scales are regularized: the fraction ``--ratio`` r of prunable filters
-(BN channel groups from :mod:`toolbox.channels`) with the smallest mean |gamma|, ranked globally
+(BN channel groups from :mod:`toolbox.sparsity.channels`) with the smallest mean |gamma|, ranked globally
 (or per layer) and re-ranked at every epoch start. Modes (``--sst-mode``):
 
 * ``target`` (default): a proximal L1 step after every optimizer step,
@@ -11,17 +11,17 @@ Only the *selected* BN scales are regularized: the fraction ``--ratio`` r of pru
   linearly to 0 by then whatever the phase length; the selection is then frozen and held at 0
   while the rest of the network recovers for the remaining steps, so the ratio r is reached by
   construction. The phase end zeroes anything left and warns when that removed gammas still above
-  ``--sparsity-threshold`` (:mod:`toolbox.target_schedule`).
+  ``--sparsity-threshold`` (:mod:`toolbox.sparsity.target_schedule`).
 * ``subgradient``: Network Slimming's ``grad += s * sign(gamma)`` with fixed ``--s``.
 * ``proximal``: the same soft-threshold with a fixed ``tau = lr * s``.
 
 At the phase end the selected filters become ``ctx.masks`` and the achieved sparsity is reported.
-The machinery is :class:`toolbox.sparsity.SparsityTraining`; SST is its selective L1 case.
+The machinery is :class:`toolbox.sparsity.training.SparsityTraining`; SST is its selective L1 case.
 """
 
 from __future__ import annotations
 
-from toolbox.sparsity import SparsityTraining
+from toolbox.sparsity.training import SparsityTraining
 
 MODES = ("target", "subgradient", "proximal")
 

@@ -113,7 +113,7 @@ def test_a_study_continues_from_its_journal_in_a_fresh_checkout(tmp_path: Path) 
 def test_a_trial_left_running_by_a_killed_checkout_is_replaced(tmp_path: Path, monkeypatch) -> None:
     import optuna
 
-    from toolbox.study_storage import open_storage
+    from toolbox.tune.storage import open_storage
 
     bench = _load()
     monkeypatch.setattr(bench.tuning, "HEARTBEAT", 1)  # stale after 2 s instead of 2 min

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolbox import channels as ch
+from toolbox.sparsity import channels as ch
 from toolbox.context import Context
-from toolbox.distill import kd_loss
+from toolbox.methods.distillation import kd_loss
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.distill import adaptive_weight
-from toolbox.reinit import draw_filters
-from toolbox.teachers import ema_update
+from toolbox.methods.distillation import adaptive_weight
+from toolbox.methods.reinit import draw_filters
+from toolbox.methods.teachers import ema_update
 from toolbox_plugins.aod import AOD
 
 

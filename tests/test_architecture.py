@@ -1,8 +1,10 @@
-"""The shape of the core: no import cycles between its modules, no plugin named, modules kept short."""
+"""The shape of the core: layered subpackages, no import cycles between its modules, no plugin
+named, modules kept short, a package list that ships every subpackage."""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "toolbox"
@@ -26,7 +28,10 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            # ``from pkg import submodule`` imports the submodule (and runs pkg/__init__, which
+            # imports nothing eagerly); ``from module import name`` imports the module
+            subs = [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [sub for sub in subs if sub in modules] or [node.module]
         else:
             continue
         found.update(name for name in names if name in modules and name != "toolbox")
@@ -90,3 +95,65 @@ def test_the_core_names_no_builtin_plugin_package() -> None:
 def test_core_modules_are_short() -> None:
     long = {str(p.relative_to(CORE)): n for p in CORE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+#: The plugin-facing API modules directly in ``toolbox/``.
+API = {"toolbox", "toolbox.errors", "toolbox.hookspecs", "toolbox.context", "toolbox.options", "toolbox._legacy"}
+#: What each part of the core may import (``toolbox.errors`` is open to all), lowest first.
+BELOW_RUN = {"api", "plugin_host", "runtime", "storage", "models", "data"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "runtime": set(),
+    "models": set(),
+    "storage": {"runtime", "models"},
+    "data": {"runtime", "storage"},
+    "plugin_host": {"api"},
+    "api": {"plugin_host", "runtime", "storage", "models", "data", "sparsity", "methods", "pruning"},
+    "sparsity": BELOW_RUN,
+    "methods": BELOW_RUN | {"sparsity"},
+    "pruning": BELOW_RUN | {"sparsity", "methods"},
+    "preflight": BELOW_RUN | {"sparsity", "methods", "pruning"},
+    "run": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight"},
+    "tune": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run"},
+    "cli": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run", "tune"},
+}
+
+
+def part_of(module: str) -> str:
+    """The part of the core a module belongs to: ``api`` or the subpackage's name."""
+    return "api" if module in API else module.split(".")[1]
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import of ``b`` that ``a``'s part may not make."""
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() for b in deps
+                  if b != "toolbox.errors" and part_of(b) != part_of(a)
+                  and part_of(b) not in MAY_IMPORT[part_of(a)])
+
+
+def test_the_core_is_layered() -> None:
+    modules = core_modules()
+    assert {part_of(name) for name in modules} == set(MAY_IMPORT)
+    graph = {name: imports_of(path, modules) for name, path in modules.items()}
+    assert layering_violations(graph) == []
+
+
+def test_the_layering_check_sees_a_wrong_way_import() -> None:
+    graph = {"toolbox.sparsity.training": {"toolbox.run.results", "toolbox.errors"},
+             "toolbox.run.run": {"toolbox.sparsity.channels"}}
+    assert layering_violations(graph) == ["toolbox.sparsity.training -> toolbox.run.results"]
+
+
+def test_the_top_level_holds_the_api_and_subpackages() -> None:
+    top = {p.name for p in CORE.glob("*.py")}
+    assert top == {"__init__.py", "_legacy.py", "errors.py", "hookspecs.py", "context.py", "options.py"}
+    for package in CORE.iterdir():
+        if package.is_dir() and package.name != "__pycache__":
+            doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+            assert doc and "May import" in doc, package.name
+
+
+def test_the_wheel_ships_every_subpackage() -> None:
+    project = tomllib.loads((CORE.parent / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    packages = {module_name(p) for p in CORE.rglob("__init__.py")}
+    assert packages <= listed, packages - listed

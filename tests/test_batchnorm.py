@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from toolbox import batchnorm
-from toolbox.cli import app
+from toolbox.methods import bn_statistics as batchnorm
+from toolbox.cli.commands import app
 from toolbox.context import Context
-from toolbox.distill import kd_loss
+from toolbox.methods.distillation import kd_loss
 from toolbox.options import RunOptions
 from toolbox_plugins.aod import aod_options
 from toolbox_plugins.lwf import LwF

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolbox.bn_fold import count_batchnorms, fold_batchnorm
+from toolbox.pruning.fold_batchnorm import count_batchnorms, fold_batchnorm
 
 
 def randomized(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolbox import capabilities as cap
+from toolbox.plugin_host import capabilities as cap
 from toolbox.errors import UsageError
-from toolbox.phases import declared_phases, installed_phases
-from toolbox.target_schedule import TargetSchedule
+from toolbox.plugin_host.phases import declared_phases, installed_phases
+from toolbox.sparsity.target_schedule import TargetSchedule
 
 
 class Distiller:

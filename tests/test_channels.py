@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolbox import channels as ch
+from toolbox.sparsity import channels as ch
 from toolbox.errors import UsageError
 
 

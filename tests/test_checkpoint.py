@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolbox import checkpoint as ckpt
-from toolbox import io as tbio
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage import atomic as tbio
 from toolbox.models import build_model
 from toolbox.errors import CheckpointError
 

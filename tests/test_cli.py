@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from toolbox.cli import app, parse_extra_args
+from toolbox.cli.commands import app, parse_extra_args
 from toolbox.errors import UsageError
 
 runner = CliRunner()

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
-from toolbox import bn_l1
-from toolbox import channels as ch
-from toolbox import compact as cp
-from toolbox import compact_teacher as tt
-from toolbox.bn_fold import count_batchnorms
+from toolbox.sparsity import bn_l1
+from toolbox.sparsity import channels as ch
+from toolbox.pruning import compaction as cp
+from toolbox.pruning import compact_teacher as tt
+from toolbox.pruning.fold_batchnorm import count_batchnorms
 from toolbox.context import Context
-from toolbox.cost import cost
+from toolbox.pruning.cost import cost
 from toolbox.options import RunOptions
 from toolbox_plugins.aod import AOD
 from toolbox_plugins.msl import MSL
@@ -265,7 +265,7 @@ def test_msl_earlier_teachers_are_compact(tmp_path: Path) -> None:
 
 def test_a_run_distils_from_the_compact_sst_teacher(tiny_values: dict[str, Any],
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    from toolbox.run import start_run
+    from toolbox.run.run import start_run
 
     values = {**tiny_values, "plugins": "sst,aod", "steps": 2, "per_class": 8}
     with caplog.at_level(logging.INFO, logger="toolbox"):

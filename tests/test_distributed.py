@@ -2,7 +2,7 @@
 
 * the batch pipeline gives every rank a disjoint, equal share of every global batch, augmented
   exactly as in the whole batch, and all shares of an epoch cover it once;
-* the collectives (``toolbox.distributed``) in a real 2-process gloo group: sums, broadcasts,
+* the collectives (``toolbox.runtime.distributed``) in a real 2-process gloo group: sums, broadcasts,
   run-on-rank-0 with its exceptions, sharded evaluation;
 * one SGD phase through DistributedDataParallel with sst+msl (and aod) equals one process on the
   global batch when the per-rank BN statistics equal the global ones (both halves of every global
@@ -34,16 +34,16 @@ from typer.testing import CliRunner
 
 from run_compare import comparable, metric_lines
 from nets import Net
-from toolbox import checkpoint as ckpt
-from toolbox import io as tbio
-from toolbox import distributed
-from toolbox.cli import app
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage import atomic as tbio
+from toolbox.runtime import distributed
+from toolbox.cli.commands import app
 from toolbox.context import Context
 from toolbox.data import BatchLoader
-from toolbox.engine import Trainer, build_optimizer, evaluate
+from toolbox.run.engine import Trainer, build_optimizer, evaluate
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.plugin_manager import chain_model_surgery, declared_options, load_plugins
+from toolbox.plugin_host.manager import chain_model_surgery, declared_options, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Largest difference in test top-1 (percentage points, on the synthetic set's 200 test images)
@@ -164,7 +164,7 @@ def free_port() -> int:
 
 
 def spawn(worker: Callable[[int], None], timeout: float = 60) -> None:
-    """Run ``worker(rank)`` in 2 processes joined by :func:`toolbox.distributed.init` (gloo), with
+    """Run ``worker(rank)`` in 2 processes joined by :func:`toolbox.runtime.distributed.init` (gloo), with
     a process-group timeout of ``timeout`` seconds."""
     mp.spawn(_join, args=(free_port(), worker, timeout), nprocs=2, join=True)
 

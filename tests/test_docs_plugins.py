@@ -13,8 +13,8 @@ import pytest
 
 from toolbox import hookspecs
 from toolbox.context import Context
-from toolbox.plugin_manager import _load_entry_point, available_plugins, hooks_of, instantiate
-from toolbox.run import start_run
+from toolbox.plugin_host.manager import _load_entry_point, available_plugins, hooks_of, instantiate
+from toolbox.run.run import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "plugins.md").read_text()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolbox.engine import evaluate, lr_at, topk_correct
+from toolbox.run.engine import evaluate, lr_at, topk_correct
 from toolbox.options import RunOptions
 
 
@@ -64,8 +64,8 @@ class NaNAtSecondBatch:
 
 
 def test_nan_loss_stops_the_phase_naming_where(tiny_values: dict) -> None:
-    from toolbox.engine import NumericError
-    from toolbox.run import start_run
+    from toolbox.run.engine import NumericError
+    from toolbox.run.run import start_run
 
     run = start_run({**tiny_values, "steps": 2}, extra_plugins={"nan": NaNAtSecondBatch()})
     with pytest.raises(NumericError, match=r"step 1, phase learn, epoch 1, batch 2 \(non-finite terms: bad"):
@@ -76,7 +76,7 @@ def test_nan_loss_stops_the_phase_naming_where(tiny_values: dict) -> None:
 def test_skip_nonfinite_skips_bad_batches(tiny_values: dict) -> None:
     import json
 
-    from toolbox.run import start_run
+    from toolbox.run.run import start_run
 
     run = start_run({**tiny_values, "steps": 1, "skip_nonfinite": "true"}, extra_plugins={"nan": NaNAtSecondBatch()})
     results = run.execute()
@@ -86,7 +86,7 @@ def test_skip_nonfinite_skips_bad_batches(tiny_values: dict) -> None:
 
 
 def test_gradient_norm_matches_manual() -> None:
-    from toolbox.engine import gradient_norm
+    from toolbox.run.engine import gradient_norm
 
     layer = nn.Linear(3, 2)
     layer.weight.grad = torch.ones(2, 3)

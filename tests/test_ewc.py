@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from run_compare import comparable, metric_lines
 from test_reliability import run_with_kills
-from toolbox.cli import app
+from toolbox.cli.commands import app
 from toolbox.context import Context
 from toolbox.errors import UsageError
-from toolbox.ewc import diagonal_fisher, ewc_penalty, online_update
+from toolbox.methods.ewc import diagonal_fisher, ewc_penalty, online_update
 from toolbox.options import RunOptions
-from toolbox.run import start_run
+from toolbox.run.run import start_run
 from toolbox_plugins.ewc import EWC
 
 

@@ -21,7 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 import toolbox.data.fashion_mnist as fashion_mnist
-from toolbox.cli import app
+from toolbox.cli.commands import app
 from toolbox.data import DatasetNotFoundError, load_dataset, synthetic
 from toolbox.data.auto import FALLBACK_SOURCE, load_run_dataset
 

@@ -15,9 +15,9 @@ from fabricate import truncate_file, write_image, write_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolbox import checkpoint as ckpt
-from toolbox import io as tbio
-from toolbox.cli import app
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage import atomic as tbio
+from toolbox.cli.commands import app
 from toolbox.data import BatchLoader
 from toolbox.data.decoded_cache import CACHE_DIRNAME, CACHE_ENV
 from toolbox.data.image_decode import decode_image

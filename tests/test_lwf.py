@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from toolbox.context import Context
-from toolbox.distill import kd_loss
+from toolbox.methods.distillation import kd_loss
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox_plugins.lwf import LwF

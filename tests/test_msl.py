@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from toolbox.context import Context
-from toolbox.distill import kd_loss
+from toolbox.methods.distillation import kd_loss
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox_plugins.msl import MSL

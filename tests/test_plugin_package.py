@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from toolbox.cli import app
+from toolbox.cli.commands import app
 from toolbox.errors import UsageError
-from toolbox.plugin_manager import available_plugins
-from toolbox.run import start_run
+from toolbox.plugin_host.manager import available_plugins
+from toolbox.run.run import start_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "plugin_package"
 

@@ -13,8 +13,8 @@ import torch
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
-from toolbox.plugin_manager import available_plugins, chain_model_surgery, declared_options, load_plugins, make_manager, register
-from toolbox.run import start_run
+from toolbox.plugin_host.manager import available_plugins, chain_model_surgery, declared_options, load_plugins, make_manager, register
+from toolbox.run.run import start_run
 
 
 class MockPlugin:

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from toolbox import device
-from toolbox.device import autocast_context
+from toolbox.runtime import device
+from toolbox.runtime.device import autocast_context
 from toolbox.errors import UsageError
 from toolbox.options import build_options
 
@@ -88,7 +88,7 @@ def test_auto_is_accepted_and_unknown_values_are_one_sentence() -> None:
 
 
 def test_a_run_records_the_resolved_precision(cpu_flags: Any, tiny_values: dict[str, Any]) -> None:
-    from toolbox.run import start_run
+    from toolbox.run.run import start_run
 
     for flags, expected in (({"avx512_bf16"}, "bf16"), (set(), "fp32")):
         cpu_flags(flags)

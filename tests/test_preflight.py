@@ -13,9 +13,9 @@ from rich.console import Console
 from timm.models import register_model
 from torch import nn
 
-from toolbox import check_command as chk
-from toolbox import dryrun
-from toolbox import preflight as pf
+from toolbox.cli import check as chk
+from toolbox.preflight import dry_run as dryrun
+from toolbox.preflight import analysis as pf
 from toolbox.errors import UsageError
 
 PIPELINE = ["sst", "aod", "msl", "prune"]

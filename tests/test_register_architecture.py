@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from toolbox import channels as ch
+from toolbox.sparsity import channels as ch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "register_architecture.py"
 

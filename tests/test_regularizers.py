@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolbox import channels as ch
-from toolbox.checkpoint import load_checkpoint, phase_checkpoint_path
+from toolbox.sparsity import channels as ch
+from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.run import start_run
-from toolbox.sparsity import SparsityTraining, Units, sparsity_plugins
+from toolbox.run.run import start_run
+from toolbox.sparsity.training import SparsityTraining, Units, sparsity_plugins
 from toolbox_plugins.group_lasso import GroupLasso, add_group_lasso_grad_, block_soft_threshold_, group_norms
 from toolbox_plugins.polarization import Polarization, polarization_grad, polarization_penalty
 from toolbox_plugins.slimming import Slimming

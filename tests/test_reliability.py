@@ -30,14 +30,14 @@ import torch
 from typer.testing import CliRunner
 
 from run_compare import comparable, metric_lines
-from toolbox import checkpoint as ckpt
-from toolbox import io as tbio
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage import atomic as tbio
 from toolbox.models import build_model
-from toolbox.cli import app
+from toolbox.cli.commands import app
 from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
-from toolbox.plugin_manager import _load_entry_point, available_plugins, instantiate
-from toolbox.run import resume_run, start_run
+from toolbox.plugin_host.manager import _load_entry_point, available_plugins, instantiate
+from toolbox.run.run import resume_run, start_run
 
 runner = CliRunner()
 KILL_RUN = {"plugins": "sst,aod,msl", "dataset": "synthetic", "arch": "cifar_resnet20", "steps": 3,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from toolbox.errors import UsageError
-from toolbox.report import group_runs, summarize, write_comparison
+from toolbox.run.results import group_runs, summarize, write_comparison
 
 
 def _fake_run(root: Path, name: str, plugins: list[str], seed: int, top1: list[float], epochs: int = 1) -> None:
@@ -50,7 +50,7 @@ def test_write_comparison_files_and_empty_input(tmp_path: Path) -> None:
 
 
 def test_steps_markdown_puts_steps_on_lines_and_bolds_each_steps_best() -> None:
-    from toolbox.report import steps_markdown
+    from toolbox.run.results import steps_markdown
 
     def row(method: str, step: int, top1: float) -> dict:
         return {"method": method, "step": step, "top1_mean": top1, "top1_std": 0.5, "train_seconds": 12.0}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from toolbox.options import build_options
-from toolbox.run_data import RunData
+from toolbox.run.inputs import RunData
 
 
 class Constant(nn.Module):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from toolbox.cli import app
-from toolbox.cli_help import plugin_options, requested_plugins
-from toolbox.plugin_manager import available_plugins
+from toolbox.cli.commands import app
+from toolbox.cli.help import plugin_options, requested_plugins
+from toolbox.plugin_host.manager import available_plugins
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}

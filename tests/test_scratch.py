@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from toolbox import checkpoint as ckpt
-from toolbox.cli import app
+from toolbox.storage import checkpoint as ckpt
+from toolbox.cli.commands import app
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
-from toolbox.run import start_run
+from toolbox.run.run import start_run
 from toolbox_plugins.scratch import Scratch
 
 

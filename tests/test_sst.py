@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolbox import channels as ch
+from toolbox.sparsity import channels as ch
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.sparsity import achieved
+from toolbox.sparsity.training import achieved
 from toolbox_plugins.sst import SST
 from nets import Net
 
@@ -199,12 +199,12 @@ def test_phase_end_writes_the_controller_plot(tmp_path: Path) -> None:
 
 def test_a_failing_controller_plot_does_not_end_the_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    import toolbox.sparsity
+    import toolbox.sparsity.training
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("no display")
 
-    monkeypatch.setattr(toolbox.sparsity, "plot_controller", broken)
+    monkeypatch.setattr(toolbox.sparsity.training, "plot_controller", broken)
     plugin, ctx = make(mode="target", ratio=0.25)
     ctx.run_dir, ctx.batches_per_epoch = tmp_path, 2
     with caplog.at_level(logging.WARNING, logger="toolbox"):

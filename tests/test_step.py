@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import toolbox
 from fabricate import write_image_folder
-from toolbox.cli import app
+from toolbox.cli.commands import app
 
 runner = CliRunner()
 CLASSES = ("ant", "bee", "cat")

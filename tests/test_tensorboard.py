@@ -22,9 +22,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from typer.testing import CliRunner
 
 from test_reliability import cli_flags, toolbox_cli
-from toolbox.cli import app
-from toolbox.run import resume_run, start_run
-from toolbox.tensorboard import TB_DIR, RunBoard, hparam_values, phase_offsets
+from toolbox.cli.commands import app
+from toolbox.run.run import resume_run, start_run
+from toolbox.run.tensorboard import TB_DIR, RunBoard, hparam_values, phase_offsets
 
 runner = CliRunner()
 RUN = {"plugins": "sst,aod,msl", "dataset": "synthetic", "arch": "cifar_resnet20", "steps": 2, "epochs": 2,

@@ -32,15 +32,15 @@ import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from toolbox import checkpoint as ckpt
-from toolbox.io import KILL_ENV
-from toolbox.cli import app
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage.atomic import KILL_ENV
+from toolbox.cli.commands import app
 from toolbox.errors import UsageError
 from toolbox.options import PluginOption, option_types
-from toolbox.run import resume_run
-from toolbox.search_space import Param, parse_space
-from toolbox.study_storage import HeartbeatJournalStorage, open_storage
-from toolbox.tune import StudySpec, objective_value, with_params
+from toolbox.run.run import resume_run
+from toolbox.tune.search_space import Param, parse_space
+from toolbox.tune.storage import HeartbeatJournalStorage, open_storage
+from toolbox.tune.study import StudySpec, objective_value, with_params
 
 runner = CliRunner()
 CONFIG = {"plugins": ["lwf"], "dataset": "synthetic", "steps": 2, "epochs": 1, "batch_size": 64, "per_class": 10,
@@ -366,7 +366,7 @@ def test_the_journal_storage_fails_a_trial_whose_heartbeat_stopped(tmp_path: Pat
 
 
 def test_the_median_pruner_waits_for_step_2_and_3_finished_trials() -> None:
-    from toolbox.tune import make_pruner
+    from toolbox.tune.study import make_pruner
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner("median", 4))
     for number in range(4):
@@ -379,7 +379,7 @@ def test_the_median_pruner_waits_for_step_2_and_3_finished_trials() -> None:
 
 
 def test_storage_urls_in_messages_hide_passwords() -> None:
-    from toolbox.study_storage import absolute_url, hide_password, with_installed_driver
+    from toolbox.tune.storage import absolute_url, hide_password, with_installed_driver
 
     assert "secret" not in hide_password("postgresql://me:secret@db.example/tune")
     assert hide_password("journal:/shared/study.log") == "journal:/shared/study.log"
@@ -389,7 +389,7 @@ def test_storage_urls_in_messages_hide_passwords() -> None:
 
 
 def test_workers_split_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from toolbox.tune_workers import worker_env
+    from toolbox.tune.workers import worker_env
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     assert [worker_env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2", "5", "2"]
@@ -398,7 +398,7 @@ def test_workers_split_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_study_spec_round_trips_through_the_storage(tmp_path: Path) -> None:
-    from toolbox.tune import open_study
+    from toolbox.tune.study import open_study
 
     spec = StudySpec(config=dict(CONFIG), space=SPACE, objective="last")
     study, _ = open_study(tmp_path / "s", spec)
@@ -413,7 +413,7 @@ def test_a_study_spec_round_trips_through_the_storage(tmp_path: Path) -> None:
                          ids=lambda p: p.name)
 def test_shipped_search_spaces_fit_the_cpu_preset(path: Path) -> None:
     from toolbox.options import load_config_file
-    from toolbox.tune import make_spec
+    from toolbox.tune.study import make_spec
 
     preset = load_config_file(path.parent / "cpu_preset.yaml")
     spec = make_spec({**preset, "val_per_class": 10}, path)

@@ -6,7 +6,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
 
+from toolbox import _legacy  # noqa: E402
 from toolbox import models  # noqa: E402,F401  (registers the CIFAR backbones in timm)
+
+_legacy.install()  # the flat import paths of 0.2 (toolbox.channels, ...), with a DeprecationWarning
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,6 +18,6 @@ if TYPE_CHECKING:
 def load_model(path: str) -> "nn.Module":
     """The model of a serve file (``RUN_DIR/serve/step{k}.pt``) or any toolbox checkpoint, rebuilt
     (compact structure included) with its weights, in eval mode."""
-    from toolbox.serve import load_model as load
+    from toolbox.storage import checkpoint
 
-    return load(path)
+    return checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path))

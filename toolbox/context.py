@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from toolbox.compact_teacher import distillation_teacher
-from toolbox.device import autocast_context
+from toolbox.pruning.compact_teacher import distillation_teacher
+from toolbox.runtime.device import autocast_context
 from toolbox.options import RunOptions
 
 
@@ -27,7 +27,7 @@ class Context:
     ``partial.pt`` after a kill (then ``toolbox_model_surgery`` is skipped and
     ``toolbox_load_state_dict`` restores the plugins' state). :meth:`teacher_logits` computes
     the teacher's logits with its compact copy where the teacher's masked filters are exactly 0
-    (``--compact-teacher``, :mod:`toolbox.compact_teacher`; running statistics only).
+    (``--compact-teacher``, :mod:`toolbox.pruning.compact_teacher`; running statistics only).
     ``step_phases`` are the phases this step runs, in order (``ctx.phase == ctx.step_phases[-1]``
     in the step's last phase). :meth:`create_model` and :meth:`train_batches` work inside a run
     (the run sets their sources).
@@ -107,9 +107,9 @@ class Context:
 
         ``bn="running"`` leaves the module's BatchNorm layers as they are (eval mode: running
         statistics); ``bn="batch"`` normalizes with this batch's statistics without changing
-        the stored ones (:func:`toolbox.batchnorm.batch_statistics`).
+        the stored ones (:func:`toolbox.methods.bn_statistics.batch_statistics`).
         """
-        from toolbox.batchnorm import batch_statistics
+        from toolbox.methods.bn_statistics import batch_statistics
 
         if bn not in ("running", "batch"):
             raise ValueError(f"bn must be 'running' or 'batch', got {bn!r}")

@@ -4,7 +4,7 @@ Each hook below is an empty function whose docstring is its contract. A plugin i
 module or object with functions decorated by :data:`hookimpl` whose names match these
 specs; it may accept any subset of the listed arguments (pluggy passes them by name).
 
-Order of calls in a run (see ``toolbox.run``)::
+Order of calls in a run (see ``toolbox.run.run``)::
 
     toolbox_options()                      once, when the plugin is loaded
     toolbox_configure(options)             once, before training
@@ -106,7 +106,7 @@ def toolbox_model_surgery(ctx: "Context", model: Any) -> Any | None:
     (compaction). Calls are chained in ``--plugins`` order: each implementation receives the
     model returned by the previous one. ``ctx.create_model()`` gives a fresh model of the run's
     architecture; a plugin that rescales or redraws weights must re-estimate or reset the
-    BatchNorm running statistics (``toolbox.batchnorm``), else evaluation can sit at chance.
+    BatchNorm running statistics (``toolbox.methods.bn_statistics``), else evaluation can sit at chance.
     """
 
 

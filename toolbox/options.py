@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from toolbox.errors import UsageError
-from toolbox.phases import installed_phases
+from toolbox.plugin_host.phases import installed_phases
 
 SCHEDULES = ("cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -136,7 +136,7 @@ class RunOptions:
     out: str | None = None
     device: str = "auto"
     channels_last: bool = True
-    precision: str = "fp32"  # "auto": bf16 where native (toolbox.device), fp32 elsewhere
+    precision: str = "fp32"  # "auto": bf16 where native (toolbox.runtime.device), fp32 elsewhere
     compact_teacher: bool = True
     threads: int | None = None
     skip_nonfinite: bool = False

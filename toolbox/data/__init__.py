@@ -3,6 +3,8 @@
 >>> data = load_dataset("synthetic")
 >>> shards = split_shards(data.train_y, num_shards=3, seed=0)
 >>> loader = BatchLoader(data.train_x, data.train_y, shards[0], 32, data.mean, data.std, train=True)
+
+May import: ``toolbox.errors``, ``runtime``, ``storage``.
 """
 
 from toolbox.data.datasets import (

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from toolbox import io as tbio
+from toolbox.storage import atomic as tbio
 from toolbox.data.image_decode import DecodedChunk, decode_chunk, native_channels
 from toolbox.errors import UsageError
 

@@ -6,6 +6,8 @@ After ``import toolbox.models`` the following names work with ``timm.create_mode
 * ``cifar_mobilenetv2`` (32x32) and ``tinyimagenet_mobilenetv2`` (64x64).
 
 All accept ``num_classes``, ``in_chans`` and ``drop_rate``.
+
+May import: ``toolbox.errors`` only.
 """
 
 from __future__ import annotations

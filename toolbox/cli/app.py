@@ -1,0 +1,101 @@
+"""The typer app of the ``toolbox`` command line and what every command shares.
+
+Core flags and plugin flags share one path: every ``--name VALUE`` goes through
+:func:`toolbox.options.build_options` together with the config file, so a value is parsed and
+validated in one place whatever its source. User errors exit with code 2 and one sentence
+(:func:`user_errors`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from toolbox.cli.console import error_console
+from toolbox.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train CNNs on accumulated new data, step by step, with plugins.")
+plugins_app = typer.Typer(no_args_is_help=True, help="Inspect installed plugins.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect registered backbones.")
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(models_app, name="models")
+
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Report errors as ``Error: <sentence>`` on stderr, no traceback.
+
+    Exit codes: 2 for a :class:`UsageError` (bad value, bad or mismatched checkpoint), 1 for a
+    non-finite loss (:class:`toolbox.run.engine.NumericError`), for a file the run could not write
+    (:class:`toolbox.storage.atomic.WriteError`: full disk, permissions; earlier checkpoints intact)
+    and, under torchrun, for a collective that failed because another process died or hung. In
+    a multi-process run the other ranks' messages start with ``rank N:``.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from toolbox.runtime import distributed
+        from toolbox.run import lock as runlock
+        from toolbox.storage.atomic import WriteError
+        from toolbox.run.engine import NumericError
+
+        who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
+        try:
+            return func(*args, **kwargs)
+        except UsageError as exc:
+            error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        except (NumericError, WriteError) as exc:
+            error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:  # torch.distributed.DistError is one
+            if not distributed.is_peer_failure(exc):
+                raise
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            error_console.print(f"Error: {who}another process of this torchrun job failed or stopped answering "
+                                f"({detail}); the checkpoints written so far are intact: continue with "
+                                "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        finally:
+            runlock.release_all()
+            distributed.destroy()
+
+    return wrapper
+
+
+def parse_extra_args(tokens: list[str]) -> dict[str, Any]:
+    """``--s 1e-3 --ratio=0.5 --flag --no-other`` -> ``{"s": "1e-3", "ratio": "0.5", ...}``."""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise UsageError(f"Unexpected argument {token!r}; options are written --name VALUE.")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            following = tokens[i + 1] if i + 1 < len(tokens) else None
+            if following is None or (following.startswith("--") and len(following) > 2):
+                value = "true"
+                if name.startswith("no-"):
+                    name, value = name[3:], "false"
+            else:
+                value = following
+                i += 1
+        values[name.replace("-", "_")] = value
+        i += 1
+    return values
+
+
+def merged_values(config: Optional[Path], flags: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """Config file values, overridden by explicit flags, overridden by extra ``--name VALUE``."""
+    from toolbox.options import load_config_file
+
+    values: dict[str, Any] = load_config_file(config) if config is not None else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update(parse_extra_args(extra))
+    return values

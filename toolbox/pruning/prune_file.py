@@ -1,0 +1,73 @@
+"""``toolbox prune``: compact a checkpoint file and write the compact one with its structure record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from toolbox.storage import checkpoint as ckpt
+from toolbox.sparsity.channels import require_ratio
+from toolbox.pruning.compaction import compact, example_batch
+from toolbox.pruning.cost import compaction_report
+from toolbox.data import known_shape
+from toolbox.errors import UsageError
+from toolbox.storage.structure import merge_structures
+
+
+#: Image sizes of the built-in datasets (the models' timm cfg is the fallback).
+
+
+def checkpoint_input_size(checkpoint: dict[str, Any], model: nn.Module) -> tuple[int, int, int]:
+    """The (C, H, W) images a checkpoint was trained on (recorded), else its dataset's known size,
+    else the model's timm cfg."""
+    if checkpoint.get("input_size"):
+        return tuple(int(v) for v in checkpoint["input_size"])  # type: ignore[return-value]
+    options = checkpoint.get("options") or {}
+    shape = known_shape(str(options.get("dataset")))
+    size = None if shape is None else shape[1]
+    if size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        size = int((cfg.get("input_size") or (3, 32, 32))[-1])
+    return int(checkpoint["in_chans"]), size, size
+
+
+def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = None,
+                     repeats: int = 5, batch_sizes: Sequence[int] = (1, 256),
+                     input_size: Sequence[int] | None = None, round_to: int = 1) -> dict[str, float]:
+    """Compact a toolbox checkpoint and write the compact one to ``out``; return the report.
+
+    An explicit ``ratio`` removes that fraction of filters by BN |gamma| (torch-pruning's BN-scale
+    importance); without it the checkpoint's masks (from ``sst``) are used; with neither it is a
+    :class:`UsageError`. The written checkpoint holds the compact state_dict, no masks, and the
+    structure record merged into ``records["structure"]`` (so compacting twice works); it loads
+    with ``load_checkpoint`` + ``model_from_checkpoint``, ``--init`` and ``toolbox eval``.
+    ``round_to`` is :func:`compact`'s; ``repeats``/``batch_sizes`` are the latency measurement's
+    (``repeats=0`` skips it) and ``input_size`` overrides the (C, H, W) guessed from the dataset.
+    """
+
+    data = ckpt.load_checkpoint(path)
+    masks = {k: v for k, v in (data.get("masks") or {}).items() if bool(torch.as_tensor(v).any())}
+    if ratio is None and not masks:
+        raise UsageError(f"{path} has no masks of unimportant filters; pass --ratio R (in [0, 1)) to remove "
+                         "the filters with the smallest BN |gamma|.")
+    if ratio is not None:
+        require_ratio(ratio)
+    model = ckpt.model_from_checkpoint(data)
+    size = tuple(input_size) if input_size is not None else checkpoint_input_size(data, model)
+    small, structure = compact(model, masks=None if ratio is not None else masks, ratio=ratio,
+                               example_inputs=example_batch(model, size), round_to=round_to)
+    records = dict(data.get("records") or {})
+    records[ckpt.STRUCTURE_RECORD] = merge_structures(records.get(ckpt.STRUCTURE_RECORD), structure)
+    result = ckpt.make_checkpoint(
+        small, arch=data["arch"], num_classes=data["num_classes"], in_chans=data["in_chans"],
+        model_kwargs=data.get("model_kwargs") or {}, step=data["step"], phase=data["phase"], masks={},
+        records=records, options=data.get("options") or {}, results=data.get("results") or [], optimizer=None)
+    ckpt.save_checkpoint(Path(out), result)
+    report = compaction_report(model, small, size, repeats=repeats, batch_sizes=batch_sizes)
+    stats = structure["compactions"][-1]
+    report.update(filters=float(stats["filters"]), filters_removed=float(stats["removed"]),
+                  filters_kept_constant=float(stats["carriers"]), filters_spared=float(stats["spared"]))
+    return report

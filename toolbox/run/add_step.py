@@ -1,0 +1,61 @@
+"""``toolbox step``: one more step for a finished run, when a new folder of images arrives.
+
+The run (started with ``--shards``, which makes it open-ended) is reopened from its directory
+under its lock; the new folder must hold exactly the run's classes; it becomes the next shard
+(``config.yaml`` records it), and the enabled plugins' phases of a middle step run on it (with
+``sst,aod,msl``: AOD on the new data, then SST + MSL so the model is ready for the next arrival).
+No earlier step's folder is read. Results, metrics, plots and the model to serve are appended as
+for any step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from toolbox.runtime import distributed
+from toolbox.data.imagefolder import class_folders
+from toolbox.errors import UsageError
+from toolbox.storage.atomic import atomic_write_text
+from toolbox.run.run import Run, resume_run
+from toolbox.run.directory import read_run_config
+
+log = logging.getLogger("toolbox")
+
+
+def check_classes(folder: Path, classes: list[str]) -> None:
+    """The new folder must hold exactly the run's classes (this toolbox learns the same classes)."""
+    found = class_folders(folder, "new image")
+    extra = [name for name in found if name not in classes]
+    if extra:
+        raise UsageError(f"The new folder {folder} has class {extra[0]!r}, which the run does not know; every step "
+                         f"learns the same {len(classes)} classes, so remove that class folder.")
+    missing = [name for name in classes if name not in found]
+    if missing:
+        raise UsageError(f"The new folder {folder} has no folder for class {missing[0]!r}; every step learns the "
+                         f"same {len(classes)} classes, so add its images.")
+
+
+def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = None) -> Run:
+    """Reopen the finished run in ``run_dir``, append ``data`` as its next step and return the
+    run, ready for :meth:`Run.execute` (which trains just the new step)."""
+    run_dir, data = Path(run_dir), Path(data).expanduser().resolve()
+    values = distributed.run_on_main(read_run_config, run_dir)
+    if not values.get("shards"):
+        raise UsageError(f"{run_dir} was not started with --shards, so it has no folders to add to; start the run "
+                         "with `toolbox run --shards DIR1,DIR2 --test DIR` to add steps later.")
+    check_classes(data, list(values.get("classes") or []))
+    run = resume_run(run_dir, progress)
+    pending = [item for item in run.phase_order() if item not in run.state.done]
+    if pending:
+        raise UsageError(f"{run_dir} has unfinished phases (step {pending[0][0]} {pending[0][1]}); finish them with "
+                         f"`toolbox run --resume {run_dir}` before adding a step.")
+    run.options.shards = [*run.options.shards, str(data)]
+    run.options.steps = len(run.options.shards)
+    distributed.run_on_main(atomic_write_text, run_dir / "config.yaml",
+                            yaml.safe_dump(run.options.to_dict(), sort_keys=False))
+    log.info("Adding step %d to %s with %s.", run.options.steps, run_dir, data)
+    return run

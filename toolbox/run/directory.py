@@ -1,0 +1,96 @@
+"""The run directory: its first files, its checkpoints, its metric lines, its disk space.
+
+``RUN_DIR/config.yaml`` (every option), ``shards.json`` (the images of every step),
+``metrics.jsonl`` (one line per epoch and per evaluation), ``checkpoints/step{k}_{phase}.pt``
+after every phase and ``checkpoints/partial.pt`` during one, ``results.json``/``results.md`` and
+plots, ``data.json`` (class names, normalization, skipped images), ``serve/step{k}.pt``; also
+``run.log`` and TensorBoard's ``tb/`` (:mod:`toolbox.run.logs`). In a multi-process run only
+rank 0 calls these.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from toolbox.storage import checkpoint as ckpt
+from toolbox.data import ImageData
+from toolbox.errors import UsageError
+from toolbox.storage.atomic import append_line, atomic_write_json, atomic_write_text
+from toolbox.options import RunOptions, read_mapping
+
+log = logging.getLogger("toolbox")
+
+
+def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Tensor],
+                      validation: torch.Tensor | None, data: ImageData) -> None:
+    """Create the run directory and write config.yaml, shards.json, data.json (class names,
+    normalization, images left out by ``--skip-bad-images``) and an empty metrics.jsonl."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"Cannot write the run directory {run_dir} ({exc.strerror}); pass a writable --out.") from None
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(options.to_dict(), sort_keys=False))
+    atomic_write_json(run_dir / "shards.json",
+                      {"seed": options.seed, "per_class": options.per_class,
+                       "shards": [s.tolist() for s in shards],
+                       "validation": None if validation is None else validation.tolist()})
+    atomic_write_json(run_dir / "data.json", {"dataset": data.name, "source": data.source, "classes": data.classes,
+                                              "mean": list(data.mean), "std": list(data.std),
+                                              "skipped_images": list(data.skipped)})
+    atomic_write_text(run_dir / "metrics.jsonl", "")
+
+
+def append_metrics(run_dir: Path, line: str) -> None:
+    """Append one line to metrics.jsonl (one write; a torn line is dropped on resume)."""
+    append_line(run_dir / "metrics.jsonl", line)
+
+
+def holds_run(run_dir: Path, phases: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``run_dir`` already holds a run's checkpoints."""
+    return (ckpt.partial_checkpoint_path(run_dir).exists()
+            or any(ckpt.phase_checkpoint_path(run_dir, 1, p).exists() for p in phases))
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The options in ``run_dir/config.yaml``; a folder without one is one sentence."""
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise UsageError(f"{run_dir} has no config.yaml, so it is not a run directory; pass the --out of an earlier run.")
+    return read_mapping(config)
+
+
+def save_phase(run_dir: Path, step: int, phase: str, data: dict[str, Any], results: dict[str, Any]) -> None:
+    """The checkpoint at the end of a phase, then results.json; drop ``partial.pt``."""
+    ckpt.save_checkpoint(ckpt.phase_checkpoint_path(run_dir, step, phase), data)
+    atomic_write_json(run_dir / "results.json", results)
+    ckpt.partial_checkpoint_path(run_dir).unlink(missing_ok=True)
+
+
+def estimate_checkpoint_bytes(model: nn.Module, options: RunOptions, phases: int) -> int:
+    """Disk a run's checkpoints need: one per phase (weights, optimizer state when kept), plus
+    ``partial.pt`` with the optimizer and a temp copy of the largest file during a write."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    per_phase = weights * (1 if options.reset_optimizer else 2)
+    return phases * per_phase + 2 * (2 * weights) + (1 << 20)
+
+
+def check_disk_space(run_dir: Path, model: nn.Module, options: RunOptions, phases: int) -> None:
+    """Warn when the run directory's disk has less free space than the run's checkpoints need."""
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return
+    needed = estimate_checkpoint_bytes(model, options, phases)
+    if free < needed:
+        log.warning("Only %.0f MB are free on the disk of %s but this run's checkpoints need about %.0f MB; "
+                    "free some space or pass another --out.", free / 1e6, run_dir, needed / 1e6)

@@ -1,0 +1,156 @@
+"""The data of a run: the dataset, its validation split and step shards, and each process's loaders.
+
+Under ``torchrun`` every process trains on its share of every global batch and evaluates its part
+of the test (and validation) images; on one process the loaders see everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from toolbox.runtime import distributed
+from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset, split_shards,
+                          with_normalization)
+from toolbox.run.engine import evaluate
+from toolbox.data import shard_folders
+from toolbox.data.auto import load_run_dataset
+from toolbox.data.imagefolder import FolderImages
+from toolbox.errors import UsageError
+from toolbox.options import RunOptions
+
+log = logging.getLogger("toolbox")
+
+
+def load_run_data(options: RunOptions) -> ImageData:
+    """Load the run's dataset; ``auto`` means Fashion-MNIST where present or downloadable, else
+    synthetic, and ``synthetic`` is sized for the shards (:func:`toolbox.data.auto.load_run_dataset`).
+
+    ``options.dataset`` is set to the name actually used, so config.yaml records it;
+    ``--mean/--std`` replace the dataset's normalization.
+    """
+    try:
+        if options.dataset in ("auto", "synthetic"):
+            data = load_run_dataset(options.dataset, options.data_root, options.steps, options.per_class,
+                                    options.val_per_class)
+            options.dataset = data.name
+        elif options.dataset == "imagefolder":
+            from toolbox.data.imagefolder import load_imagefolder  # Pillow only when needed
+
+            data = load_imagefolder(options.data_root, options.train, options.test, options.image_size,
+                                    options.channels, options.skip_bad_images)
+        else:
+            data = load_dataset(options.dataset, options.data_root)
+        return with_normalization(data, options.mean, options.std)
+    except DatasetNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def split_validation_and_shards(labels: torch.Tensor, options: RunOptions) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Hold out ``val_per_class`` training images per class (for choosing hyper-parameters), then
+    split the rest into the step shards. Both come from the run's seed."""
+    if not options.val_per_class:
+        return None, split_shards(labels, options.steps, options.seed, options.per_class)
+    (validation,) = split_shards(labels, 1, options.seed + 7919, options.val_per_class)
+    rest = torch.ones(labels.numel(), dtype=torch.bool)
+    rest[validation] = False
+    remaining = rest.nonzero().flatten()
+    shards = split_shards(labels[remaining], options.steps, options.seed, options.per_class)
+    return validation, [remaining[s] for s in shards]
+
+
+def eval_part(indices: torch.Tensor | None, total: int) -> torch.Tensor | None:
+    """The evaluation images of this process: all of them on one process, else its part."""
+    if not distributed.active():
+        return indices
+    return distributed.shard(torch.arange(total) if indices is None else indices)
+
+
+class RunData:
+    """The dataset of a run with its validation split and shards, and the loaders over them."""
+
+    def __init__(self, options: RunOptions, device: torch.device) -> None:
+        self.options = options
+        self.device = device
+        self.steps: dict[int, FolderImages] = {}
+        if options.shards:  # one folder per step, decoded when the step trains
+            shard_folders.check_shard_options(options)
+            shard_folders.fix_shared_settings(options)
+            self.data: ImageData = shard_folders.load_shard_run_data(options)
+            self.validation, self.shards = None, []
+            return
+        self.data = load_run_data(options)
+        try:
+            self.validation, self.shards = split_validation_and_shards(self.data.train_y, options)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def training_set(self, step: int, chosen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(images, labels, indices)`` a phase of ``step`` trains on: the step's shard, or what a
+        ``toolbox_data_schedule`` plugin chose (``chosen``, indices into the training set)."""
+        if not self.options.shards:
+            data = self.data
+            return data.train_x, data.train_y, self.shards[step - 1] if chosen is None else chosen
+        if chosen is not None:
+            raise UsageError("A plugin chose a step's data from the earlier steps (toolbox_data_schedule), but a "
+                             "--shards run keeps no earlier folders; run it on a single dataset instead.")
+        if step not in self.steps:
+            self.steps = {step: shard_folders.load_step(self.options, step)}  # the previous step's map is dropped
+        images = self.steps[step]
+        return images.x, images.y, None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the images."""
+        return (self.data.in_chans, self.data.image_size, self.data.image_size)
+
+    def train_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None, seed: int) -> BatchLoader:
+        """Augmented training batches of ``x[indices]`` (all of ``x`` when ``None``); each process gets
+        its share of every global batch."""
+        data, options = self.data, self.options
+        return BatchLoader(x, y, indices, options.batch_size, data.mean, data.std, train=True,
+                           seed=seed, device=self.device, channels_last=options.channels_last,
+                           rank=distributed.rank(), world_size=distributed.world_size())
+
+    def plain_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None) -> BatchLoader:
+        """Every image of ``x[indices]`` once, unaugmented, in stored order, ``--batch-size`` per batch,
+        on every process (``ctx.train_batches()``)."""
+        data, options = self.data, self.options
+        return BatchLoader(x, y, indices, options.batch_size, data.mean, data.std, train=False,
+                           device=self.device, channels_last=options.channels_last)
+
+    def test_loader(self) -> BatchLoader:
+        """The test set, unaugmented (each process gets its part of it)."""
+        data = self.data
+        return self._eval_loader(data.test_x, data.test_y, None)
+
+    def validation_loader(self) -> BatchLoader:
+        """The held-out validation images (from the training set), unaugmented."""
+        data = self.data
+        return self._eval_loader(data.train_x, data.train_y, self.validation)
+
+    def _eval_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None) -> BatchLoader:
+        data, options = self.data, self.options
+        return BatchLoader(x, y, eval_part(indices, y.numel()), options.eval_batch_size, data.mean, data.std,
+                           train=False, seed=0, device=self.device, channels_last=options.channels_last)
+
+    def evaluate(self, model: nn.Module, precision: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(test scores, record fields)``: top-1/top-5 and loss on the test set (summed over the
+        processes) and, with a validation split, its top-1 and loss."""
+        test = evaluate(model, self.test_loader(), self.device, precision, across_processes=True)
+        scores = {"top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"]}
+        if self.validation is not None:
+            val = evaluate(model, self.validation_loader(), self.device, precision, across_processes=True)
+            scores.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+        broken = [name for name in ("test_loss", "val_loss") if name in scores and not math.isfinite(scores[name])]
+        if broken:
+            log.warning("The model's %s is not finite: it outputs NaN or inf on some images (diverged weights "
+                        "or BatchNorm statistics?); its top-1 is not meaningful.", " and ".join(broken))
+        return test, scores
+

@@ -1,0 +1,239 @@
+"""Results tables (md/csv/json) and top-1 plots of a run and of several runs side by side."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+from toolbox.storage.atomic import atomic_savefig, atomic_write_json, atomic_write_text
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    """A table cell: numbers rounded, missing values as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def run_markdown(results: dict[str, Any]) -> str:
+    """Markdown summary of one run: a row per step, then a row per phase."""
+    config = results["config"]
+    lines = [
+        f"# Run: {config['arch']} on {config['dataset']}, plugins: {', '.join(config['plugins']) or 'none'}",
+        "",
+        f"Data: {results.get('dataset_source', '?')}; {config['steps']} steps, seed {config['seed']}.",
+        "",
+        "| step | top-1 % | top-5 % | train s | params | MMACs | sparsity |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for step in results["steps"]:
+        lines.append(
+            f"| {step['step']} | {_fmt(step.get('top1'))} | {_fmt(step.get('top5'))} | "
+            f"{_fmt(step.get('train_seconds'), 1)} | {step.get('params', '-')} | "
+            f"{_fmt(step['macs'] / 1e6 if step.get('macs') else None, 1)} | {_fmt(step.get('sparsity'), 3)} |"
+        )
+    lines += ["", "| step | phase | epochs | images | top-1 % | top-5 % | train s |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
+    for step in results["steps"]:
+        for phase in step["phases"]:
+            lines.append(
+                f"| {step['step']} | {phase['phase']} | {phase['epochs']} | {phase['images']} | "
+                f"{_fmt(phase['top1'])} | {_fmt(phase['top5'])} | {_fmt(phase['train_seconds'], 1)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_top1(results: dict[str, Any], path: Path) -> None:
+    """Save a plot of top-1 after every step (and after every phase, as small markers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    steps = results["steps"]
+    ax.plot([s["step"] for s in steps], [s["top1"] for s in steps], marker="o", label="end of step")
+    for s in steps:
+        n = len(s["phases"])
+        xs = [s["step"] - 0.5 + (i + 1) / n * 0.5 for i in range(n)]
+        ax.scatter(xs, [p["top1"] for p in s["phases"]], s=10, color="gray")
+    ax.set_xlabel("step")
+    ax.set_ylabel("top-1 on the full test set (%)")
+    ax.set_xticks([s["step"] for s in steps])
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def write_run_report(run_dir: Path, results: dict[str, Any]) -> None:
+    """Write results.json, results.md and top1_per_step.png into ``run_dir``."""
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_text(run_dir / "results.md", run_markdown(results))
+    if results["steps"]:
+        plot_top1(results, run_dir / "top1_per_step.png")
+
+
+# --------------------------------------------------------------------- across runs and seeds
+IGNORED_KEYS = {"seed", "seeds", "out", "data_root", "device", "threads"}
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories (holding results.json) at or below each of ``paths``."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "results.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.rglob("results.json")))
+    return sorted(set(found))
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    """The recorded config without what varies between seeds of one experiment."""
+    import json
+
+    return json.dumps({k: v for k, v in config.items() if k not in IGNORED_KEYS}, sort_keys=True, default=str)
+
+
+def group_runs(run_dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Results of each run grouped by experiment (same recorded config but the seed), labelled."""
+    import json
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run_dir in run_dirs:
+        results = json.loads((run_dir / "results.json").read_text())
+        groups.setdefault(_config_key(results["config"]), []).append(results)
+    labelled: dict[str, list[dict[str, Any]]] = {}
+    configs = {key: runs[0]["config"] for key, runs in groups.items()}
+    for key, runs in groups.items():
+        config = configs[key]
+        label = ",".join(config.get("plugins") or []) or "plain"
+        clashes = [other for k, other in configs.items() if k != key
+                   and (",".join(other.get("plugins") or []) or "plain") == label]
+        if clashes:
+            differing = sorted({k for other in clashes for k, v in config.items()
+                                if k not in IGNORED_KEYS and other.get(k) != v})
+            label += " (" + ", ".join(f"{k}={config[k]}" for k in differing) + ")"
+        labelled[label] = runs
+    return labelled
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method and step: top-1 mean/std over seeds and the step's costs."""
+    rows = []
+    for label, runs in groups.items():
+        steps = min(len(r["steps"]) for r in runs)
+        for index in range(steps):
+            records = [r["steps"][index] for r in runs]
+            top1, top1_std = mean_std([s["top1"] for s in records])
+            seconds, _ = mean_std([s["train_seconds"] for s in records])
+            sparsity = [s["sparsity"] for s in records if s.get("sparsity") is not None]
+            rows.append({"method": label, "step": records[0]["step"], "seeds": len(records),
+                         "seed_list": sorted(r["config"]["seed"] for r in runs),
+                         "top1_mean": top1, "top1_std": top1_std,
+                         "top5_mean": mean_std([s["top5"] for s in records])[0],
+                         "params": records[0].get("params"), "macs": records[0].get("macs"),
+                         "sparsity": mean_std(sparsity)[0] if sparsity else None,
+                         "train_seconds": seconds})
+    return rows
+
+
+def rows_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table per step of the summary rows."""
+    lines = []
+    for step in sorted({r["step"] for r in rows}):
+        lines += [f"### Step {step}", "",
+                  "| method | seeds | top-1 % (mean ± std) | top-5 % | params | MMACs | sparsity | train s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in rows if r["step"] == step):
+            lines.append(
+                f"| {r['method']} | {r['seeds']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
+                f"{r['top5_mean']:.2f} | {r['params'] or '-'} | {_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | "
+                f"{_fmt(r['sparsity'], 3)} | {r['train_seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def steps_markdown(rows: list[dict[str, Any]]) -> str:
+    """One table for all steps: a line per step, a column per method, cells "top-1 mean ± std
+    (train s)"; the best mean of each step in bold."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["step"]): r for r in rows}
+    lines = ["| step | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for step in sorted({r["step"] for r in rows}):
+        best = max(r["top1_mean"] for r in rows if r["step"] == step)
+        cells = []
+        for method in methods:
+            r = cell.get((method, step))
+            if r is None:
+                cells.append("-")
+                continue
+            text = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+            cells.append(f"{f'**{text}**' if r['top1_mean'] == best else text} ({r['train_seconds']:.0f} s)")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
+    """Top-1 vs step, one line per method, with a ±std band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["step"])
+        xs = [r["step"] for r in mine]
+        mean = [r["top1_mean"] for r in mine]
+        std = [r["top1_std"] for r in mine]
+        ax.plot(xs, mean, marker="o", label=f"{method} (n={mine[0]['seeds']})")
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("top-1 on the full test set (%)")
+    ax.set_xticks(sorted({r["step"] for r in rows}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def write_comparison(paths: list[Path], out: Path) -> list[dict[str, Any]]:
+    """Build report.md/.csv/.json and top1_vs_step.png in ``out`` from run directories alone."""
+    import csv
+    import io
+
+    from toolbox.errors import UsageError
+
+    run_dirs = find_runs(paths)
+    if not run_dirs:
+        raise UsageError(f"No results.json found under {', '.join(map(str, paths))}; pass run directories.")
+    rows = summarize(group_runs(run_dirs))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", {"runs": [str(p) for p in run_dirs], "rows": rows})
+    atomic_write_text(out / "report.md", f"# Comparison of {len(run_dirs)} runs\n\n" + rows_markdown(rows))
+    buffer = io.StringIO()
+    fields = [k for k in rows[0] if k != "seed_list"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "report.csv", buffer.getvalue())
+    plot_methods(rows, out / "top1_vs_step.png")
+    return rows

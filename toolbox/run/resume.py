@@ -1,0 +1,181 @@
+"""Continuing a killed run: the last complete phase, the unfinished phase's epochs, the RNG.
+
+A run directory holds a checkpoint after every phase (``checkpoints/step{k}_{phase}.pt``) and,
+while a phase trains, ``checkpoints/partial.pt`` after every epoch but the last.
+:func:`restore` loads the newest readable phase checkpoint and, when it continues the very next
+phase, the partial one; metric lines of work that will be trained again are dropped, so the
+resumed run's files equal an uninterrupted run's. Every random draw of a phase comes from
+generators seeded by (seed, step, phase) and the global RNG state is saved with each epoch, so a
+resumed run trains exactly as an uninterrupted one would on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from toolbox.storage import checkpoint as ckpt
+from toolbox.runtime import distributed
+from toolbox.errors import CheckpointError
+from toolbox.storage.atomic import atomic_write_text, remove_temp_files
+from toolbox.plugin_host.manager import load_plugin_states
+from toolbox.run.state import RunState
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
+    from toolbox.run.run import Run
+
+log = logging.getLogger("toolbox")
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG state (CPU, and every CUDA device once CUDA is in use)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"cpu": torch.get_rng_state(), "cuda": list(cuda)}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (CUDA states only where the same number of devices is present)."""
+    torch.set_rng_state(state["cpu"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def restore(run: "Run") -> str | None:
+    """Load the last complete phase's checkpoint and, when it belongs to the next phase,
+    ``partial.pt`` into ``run``; return where the run continues (``None``: from the very beginning)."""
+    distributed.run_on_main(_remove_temp_files, run.run_dir)
+    order = run.phase_order()
+    last = _restore_complete(run, order)
+    run.partial = _find_partial(run, order)
+    distributed.run_on_main(trim_metrics, run.run_dir / "metrics.jsonl", run.state.done, run.partial)
+    if run.partial is not None:
+        return (f"step {run.partial['step']} {run.partial['phase']}, epoch "
+                f"{run.partial['epochs_done'] + 1} of {run.partial['epochs']}")
+    return None if last is None else f"after step {last[0]} {last[1]}"
+
+
+def _remove_temp_files(run_dir: Path) -> None:
+    """Delete the temp files of writes that a kill interrupted."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in remove_temp_files(folder):
+            log.info("Removed %s, the temp file of a write that a kill interrupted.", tmp)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | CheckpointError | None:
+    """The checkpoint at ``path`` (rank 0 reads it, every process gets it): ``None`` when there
+    is none, the :class:`CheckpointError` when it cannot be read."""
+    def read() -> dict[str, Any] | CheckpointError | None:
+        if not path.exists():
+            return None
+        try:
+            return ckpt.load_checkpoint(path)
+        except CheckpointError as exc:
+            return exc
+
+    return distributed.run_on_main(read)
+
+
+def _restore_complete(run: "Run", order: list[tuple[int, str]]) -> tuple[int, str] | None:
+    """Load the newest readable phase checkpoint (a truncated one is skipped with a warning)."""
+    for step, phase in reversed(order):
+        path = ckpt.phase_checkpoint_path(run.run_dir, step, phase)
+        data = read_checkpoint(path)
+        if data is None:
+            continue
+        if isinstance(data, CheckpointError):
+            log.warning("Ignoring checkpoint %s: %s", path, data)
+            continue
+        run.load_model_state(data, f"checkpoint {path}")
+        run.state = RunState(results=data["results"], masks=data["masks"], records=data["records"],
+                             optimizer_state=data.get("optimizer"),
+                             done={(int(s), str(p)) for s, p in data["done"]})
+        return step, phase
+    return None
+
+
+def _find_partial(run: "Run", order: list[tuple[int, str]]) -> dict[str, Any] | None:
+    """``partial.pt`` when it continues the phase right after the restored one; else ``None``
+    (a truncated, stale or foreign one is ignored with a warning)."""
+    path = ckpt.partial_checkpoint_path(run.run_dir)
+    data = read_checkpoint(path)
+    if data is None:
+        return None
+    if isinstance(data, CheckpointError):
+        log.warning("Ignoring the unfinished phase's checkpoint %s: %s", path, data)
+        return None
+    done = run.state.done
+    key = (int(data.get("step", 0)), str(data.get("phase")))
+    if key in done:
+        distributed.run_on_main(path.unlink, missing_ok=True)  # its phase completed after it was written
+        return None
+    pending = [item for item in order if item not in done]
+    done_then = {(int(s), str(p)) for s, p in data.get("done", [])}
+    epochs_done = int(data.get("epochs_done", 0))
+    if (not data.get("partial") or not pending or key != pending[0] or done_then != done
+            or not 0 < epochs_done < run.options.epochs_for(key[1])):
+        log.warning("Ignoring %s: it does not continue the phase after the last complete checkpoint; "
+                    "that phase restarts from its beginning.", path)
+        return None
+    data["path"] = str(path)
+    return data
+
+
+def trim_metrics(path: Path, done: set[tuple[int, str]], partial: dict[str, Any] | None) -> None:
+    """Keep the metric lines of complete phases and of the partial phase's saved epochs; drop
+    the rest (they will be trained again) and torn lines (a kill during an append), with a warning."""
+    if not path.exists():
+        return
+    unfinished = None if partial is None else (int(partial["step"]), str(partial["phase"]))
+    epochs = 0 if partial is None else int(partial["epochs_done"])
+    kept, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if not isinstance(item, dict):
+            torn += 1
+            continue
+        key = (item.get("step"), item.get("phase"))
+        if key in done or (key == unfinished and "epoch" in item and item["epoch"] <= epochs):
+            kept.append(line)
+    if torn:
+        log.warning("Dropped %d torn line(s) of %s (written when the run was killed).", torn, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def continue_phase(run: "Run", ctx: "Context", partial: dict[str, Any]) -> torch.optim.Optimizer:
+    """A phase from ``partial.pt``: no model surgery (the saved model already had it); model,
+    masks, records, optimizer, plugin states and the torch RNG as the last epoch left them."""
+    _load_partial_model(run, ctx, partial)
+    ctx.masks, ctx.records = dict(partial["masks"]), dict(partial["records"])
+    ctx.phase_metrics = dict(partial.get("phase_metrics") or {})
+    ctx.global_batch = int(partial.get("global_batch", 0))
+    ctx.epoch = ctx.start_epoch
+    optimizer = run.new_optimizer()
+    optimizer.load_state_dict(partial["optimizer"])
+    ctx.optimizer = optimizer
+    load_plugin_states(run.pm, ctx, partial.get("plugins") or {})
+    set_rng_state(partial["rng"])
+    log.info("Continuing step %d %s at epoch %d of %d from %s.", ctx.step, ctx.phase, ctx.start_epoch + 1,
+             ctx.epochs, partial["path"])
+    return optimizer
+
+
+def _load_partial_model(run: "Run", ctx: "Context", partial: dict[str, Any]) -> None:
+    """Load the partial checkpoint's weights, rebuilding the model when a pruner changed its shape."""
+    saved = partial["state_dict"]
+    current = run.model.state_dict()
+    if saved.keys() != current.keys() or any(saved[k].shape != current[k].shape for k in saved):
+        run.model = run.fresh_model()
+        ctx.model = run.model
+        run.load_model_state(partial, partial["path"])
+    else:
+        run.load_weights(partial, partial["path"])
