@@ -51,7 +51,8 @@ import yaml
 
 from toolbox.storage import checkpoint as ckpt
 from toolbox.storage import atomic as tbio
-from toolbox.plugin_host.manager import declared_options, load_plugins
+from toolbox.plugin_host.calls import declared_options
+from toolbox.plugin_host.manager import load_plugins
 from toolbox.run.results import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
 from toolbox.options import read_mapping
 from toolbox.run.run import resume_run, start_run

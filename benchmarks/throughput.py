@@ -61,7 +61,9 @@ from toolbox.runtime.device import autocast_context  # noqa: E402
 from toolbox.run.engine import Trainer, build_optimizer  # noqa: E402
 from toolbox.hookspecs import hookimpl  # noqa: E402
 from toolbox.options import build_options  # noqa: E402
-from toolbox.plugin_host.manager import chain_model_surgery, declared_options, load_plugins, make_manager  # noqa: E402
+from toolbox.plugin_host import calls  # noqa: E402
+from toolbox.plugin_host.calls import declared_options, model_surgery  # noqa: E402
+from toolbox.plugin_host.manager import load_plugins, make_manager  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainFn = Callable[[Iterable[Batch]], None]  # trains one pass over the given batches
@@ -101,10 +103,6 @@ class NoOpPlugin:
 
     @hookimpl
     def toolbox_model_surgery(self, ctx: Any, model: Any) -> None:
-        return None
-
-    @hookimpl
-    def toolbox_prune(self, ctx: Any, model: Any) -> None:  # the deprecated alias is a hook too
         return None
 
     @hookimpl
@@ -187,7 +185,7 @@ def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last
         pm.register(plugin)
     options = build_options({"plugins": names, "lr": 0.05, "precision": precision, "channels_last": channels_last,
                              "compact_teacher": compact_teacher}, declared_options(pm))
-    pm.hook.toolbox_configure(options=options)
+    calls.configure(pm, options)
     input_size = (data.in_chans, data.image_size, data.image_size)
     masks = sst_state(model, input_size) if sst_teacher else {}
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if names else None
@@ -199,8 +197,8 @@ def engine_loop(model: nn.Module, data: ImageData, precision: str, channels_last
         batches = [(x.contiguous(memory_format=torch.channels_last) if channels_last else x, y) for x, y in batches]
         if "optimizer" not in state:
             ctx.batches_per_epoch = len(batches)
-            pm.hook.toolbox_phase_start(ctx=ctx)
-            ctx.model = chain_model_surgery(pm, ctx, ctx.model)
+            calls.phase_start(pm, ctx)
+            ctx.model = model_surgery(pm, ctx, ctx.model)
             state["optimizer"] = ctx.optimizer = build_optimizer(ctx.model, options)
         Trainer(pm, ctx).train(state["optimizer"], lambda epoch: batches, len(batches))
 

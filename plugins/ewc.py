@@ -24,20 +24,19 @@ from toolbox.runtime import distributed
 from toolbox.plugin_host import capabilities as cap
 from toolbox.methods.ewc import TARGETS, diagonal_fisher, ewc_penalty, online_update
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption
+from toolbox.options import PluginOption, PluginSettings
 
 PENALIZED_PHASES = ("learn", "sparsify")
 
 
-class EWC:
+class EWC(PluginSettings):
     """Pull parameters that mattered for earlier steps towards their values then."""
 
     provides = frozenset({cap.ANCHOR_PREVIOUS, cap.WARM_START})
     conflicts = frozenset({cap.FRESH_MODEL})
 
     def __init__(self) -> None:
-        """Start with the defaults; :meth:`toolbox_configure` reads the options."""
-        self.strength, self.gamma, self.targets = 1.0, 1.0, "labels"
+        """No Fisher estimate yet; :meth:`toolbox_configure` reads the options."""
         self.fisher: dict[str, torch.Tensor] | None = None
         self.anchor: dict[str, torch.Tensor] | None = None
 
@@ -53,18 +52,15 @@ class EWC:
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Read the options; refuse ``scratch`` (a fresh model has nothing to consolidate)."""
-        self.strength = float(options.plugin.get("ewc_lambda", 1.0))
-        self.gamma = float(options.plugin.get("ewc_gamma", 1.0))
-        self.targets = str(options.plugin.get("ewc_fisher", "labels"))
-        cap.check_names(options.plugins, {"ewc": self})
+        """Read (and so validate) the options."""
+        self.configure_settings(options.plugin)
 
     @hookimpl
     def toolbox_phase_start(self, ctx: Any) -> None:
         """Load the running Fisher and the anchor (saved in the run's records) onto the device."""
         state = ctx.records.get("ewc")
         self.fisher = self.anchor = None
-        if state and ctx.phase in PENALIZED_PHASES and self.strength > 0:
+        if state and ctx.phase in PENALIZED_PHASES and self.settings(ctx).ewc_lambda > 0:
             self.fisher = {n: t.to(ctx.device) for n, t in state["fisher"].items()}
             self.anchor = {n: t.to(ctx.device) for n, t in state["anchor"].items()}
 
@@ -73,7 +69,8 @@ class EWC:
         """``ewc_penalty`` once an earlier step left a Fisher estimate."""
         if self.fisher is None or self.anchor is None:
             return None
-        return {"ewc_penalty": ewc_penalty(ch.unwrap(ctx.model), self.fisher, self.anchor, self.strength)}
+        return {"ewc_penalty": ewc_penalty(ch.unwrap(ctx.model), self.fisher, self.anchor,
+                                            self.settings(ctx).ewc_lambda)}
 
     @hookimpl(trylast=True)
     def toolbox_phase_end(self, ctx: Any) -> None:
@@ -85,9 +82,9 @@ class EWC:
             return
         model = ch.unwrap(ctx.model)
         distributed.broadcast_module(model)  # multi-process: rank 0's BN statistics, so every Fisher is equal
-        new = {n: t.cpu() for n, t in diagonal_fisher(model, ctx.train_batches(), self.targets).items()}
+        new = {n: t.cpu() for n, t in diagonal_fisher(model, ctx.train_batches(), self.settings(ctx).ewc_fisher).items()}
         earlier = ctx.records.get("ewc")
-        fisher = online_update(earlier["fisher"] if earlier else None, new, self.gamma)
+        fisher = online_update(earlier["fisher"] if earlier else None, new, self.settings(ctx).ewc_gamma)
         anchor = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if n in fisher}
         steps = (earlier["steps"] if earlier else []) + [ctx.step]
         ctx.records["ewc"] = {"fisher": fisher, "anchor": anchor, "steps": steps}

@@ -7,8 +7,6 @@ tables show it) and refuses combinations that would make it something else.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from toolbox.plugin_host import capabilities as cap
@@ -20,11 +18,6 @@ class FineTune:
 
     provides = frozenset({cap.DATA_SCHEDULE, cap.WARM_START})
     conflicts = frozenset({cap.DATA_SCHEDULE})
-
-    @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
-        """Refuse another plugin that chooses a step's data (``joint`` trains on the old shards too)."""
-        cap.check_names(options.plugins, {"finetune": self})
 
     @hookimpl
     def toolbox_data_schedule(self, step: int, shards: list[torch.Tensor]) -> torch.Tensor:

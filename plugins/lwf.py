@@ -13,21 +13,17 @@ import torch
 from toolbox.plugin_host import capabilities as cap
 from toolbox.methods.distillation import alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption, option_values
+from toolbox.options import PluginOption, PluginSettings
 
 if TYPE_CHECKING:
     from toolbox.context import Context
 
 
-class LwF:
+class LwF(PluginSettings):
     """Distill from the previous step's model while learning the new shard."""
 
     provides = frozenset({cap.DISTILL_PREVIOUS})
     conflicts = frozenset({cap.DISTILL_PREVIOUS})
-
-    def __init__(self) -> None:
-        """Start with the default ``T`` and ``alpha``; :meth:`toolbox_configure` reads the options."""
-        self.T, self.alpha, self.teacher_bn = 4.0, 1.0, "running"
 
     @hookimpl
     def toolbox_options(self) -> list[PluginOption]:
@@ -36,14 +32,13 @@ class LwF:
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Validate T, alpha and teacher_bn; refuse another plugin that distills from the previous model (aod)."""
-        values = option_values(self.toolbox_options(), options.plugin)
-        self.T, self.alpha, self.teacher_bn = values["T"], values["alpha"], values["teacher_bn"]
-        cap.check_names(options.plugins, {"lwf": self})
+        """Read (and so validate) ``T``, ``alpha`` and ``teacher_bn``."""
+        self.configure_settings(options.plugin)
 
     @hookimpl
     def toolbox_loss(self, ctx: "Context", batch: Any, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """``lwf_kd`` in learn phases of steps > 1."""
-        if ctx.phase != "learn" or ctx.step < 2 or ctx.teacher is None or self.alpha == 0:
+        cfg = self.settings(ctx)
+        if ctx.phase != "learn" or ctx.step < 2 or ctx.teacher is None or cfg.alpha == 0:
             return None
-        return {"lwf_kd": self.alpha * kd_loss(logits, ctx.teacher_logits(batch[0], bn=self.teacher_bn), self.T)}
+        return {"lwf_kd": cfg.alpha * kd_loss(logits, ctx.teacher_logits(batch[0], bn=cfg.teacher_bn), cfg.T)}

@@ -32,13 +32,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MSLSettings:
-    """MSL's options (validated by their :class:`PluginOption` declarations)."""
+    """MSL's options (their defaults and checks live in the :class:`PluginOption` declarations)."""
 
-    T: float = 4.0
-    weight: float = 1.0
-    teachers: str = "previous"
-    first_step: bool = False
-    teacher_bn: str = "running"
+    T: float
+    weight: float
+    teachers: str
+    first_step: bool
+    teacher_bn: str
 
 
 def msl_options() -> list[PluginOption]:
@@ -94,9 +94,8 @@ class MSL(PluginSettings):
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Validate; refuse running without a sparsity plugin (msl acts in its sparsify phases)."""
+        """Read (and so validate) the options."""
         self.configure_settings(options.plugin)
-        cap.check_names(options.plugins, {"msl": self})
 
     @hookimpl
     def toolbox_phase_start(self, ctx: "Context") -> None:

@@ -32,7 +32,7 @@ from toolbox.pruning.cost import compaction_report
 from toolbox.pruning.prune_file import checkpoint_input_size
 from toolbox.storage.structure import merge_structures
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption, option_values
+from toolbox.options import PluginOption, PluginSettings
 
 if TYPE_CHECKING:
     from toolbox.context import Context
@@ -70,7 +70,7 @@ def run_input_size(ctx: "Context", model: Any) -> tuple[int, int, int]:
     return checkpoint_input_size(fake, model)
 
 
-class Prune:
+class Prune(PluginSettings):
     """Compaction at the last step; the plugin's state lives on this object."""
 
     provides = frozenset({cap.COMPACT})
@@ -78,9 +78,6 @@ class Prune:
 
     def __init__(self) -> None:
         """Start unconfigured; :meth:`toolbox_configure` reads the options."""
-        self.ratio = 0.0
-        self.repeats = 5
-        self.round_to = 1
         self.report: dict[str, float] = {}
 
     @hookimpl
@@ -91,11 +88,13 @@ class Prune:
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
         """Validate the ratio and set the compact phase's epochs (``phase_epochs`` wins if set)."""
-        plugin = option_values(prune_options(), options.plugin)
-        self.ratio = plugin["prune_ratio"]
-        self.repeats = plugin["compact_latency_repeats"]
-        self.round_to = plugin["compact_round_to"]
-        options.phase_epochs.setdefault(PHASE, plugin["compact_epochs"])
+        cfg = self.configure_settings(options.plugin)
+        options.phase_epochs.setdefault(PHASE, cfg.compact_epochs)
+
+    @hookimpl
+    def toolbox_preflight_ratio(self) -> float | None:
+        """``--prune-ratio`` when given (the dry run then removes that fraction), else None."""
+        return self.cfg.prune_ratio if self.cfg is not None and self.cfg.prune_ratio > 0 else None
 
     @hookimpl
     def toolbox_phases(self, step: int, num_steps: int) -> list[str] | None:
@@ -108,22 +107,23 @@ class Prune:
         if ctx.phase != PHASE:
             return None
         self.report = {}
-        use_ratio = self.ratio > 0
+        cfg = self.settings(ctx)
+        use_ratio = cfg.prune_ratio > 0
         masks = {k: v for k, v in (ctx.masks or {}).items() if bool(v.any())}
         if not use_ratio and not masks:
             ctx.logger.warning("prune: no masks and --prune-ratio 0; nothing to compact.")
             return None
         if use_ratio and masks:
-            ctx.logger.info("prune: --prune-ratio %g given; ignoring the sst masks.", self.ratio)
+            ctx.logger.info("prune: --prune-ratio %g given; ignoring the sst masks.", cfg.prune_ratio)
         size = run_input_size(ctx, model)
         example = cp.example_batch(model, size)
         small, structure = cp.compact(model, masks=None if use_ratio else masks,
-                                      ratio=self.ratio if use_ratio else None, example_inputs=example,
-                                      round_to=self.round_to)
+                                      ratio=cfg.prune_ratio if use_ratio else None, example_inputs=example,
+                                      round_to=cfg.compact_round_to)
         ctx.records["structure"] = merge_structures(ctx.records.get("structure"), structure)
         ctx.masks = {}
         stats = structure["compactions"][-1]
-        self.report = compaction_report(model, small, size, repeats=self.repeats, batch_sizes=BATCH_SIZES)
+        self.report = compaction_report(model, small, size, repeats=cfg.compact_latency_repeats, batch_sizes=BATCH_SIZES)
         self.report.update(filters=float(stats["filters"]), filters_removed=float(stats["removed"]),
                            filters_kept_constant=float(stats["carriers"]), filters_spared=float(stats["spared"]))
         ctx.logger.info("prune: removed %d of %d filters; MACs x%.3f, params x%.3f.", stats["removed"],

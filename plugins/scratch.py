@@ -26,11 +26,6 @@ class Scratch:
                            cap.ANCHOR_PREVIOUS})
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
-        """Refuse plugins that build on the previous step's model (joint is fine: scratch on all data)."""
-        cap.check_names(options.plugins, {"scratch": self})
-
-    @hookimpl
     def toolbox_model_surgery(self, ctx: Any, model: nn.Module) -> nn.Module | None:
         """Learn phases after step 1: a freshly initialized model replaces the trained one."""
         if ctx.phase != "learn" or ctx.step < 2:

@@ -18,21 +18,18 @@ from toolbox.methods import bn_statistics as batchnorm
 from toolbox.sparsity import channels as ch
 from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption
+from toolbox.options import PluginOption, PluginSettings
 from toolbox.methods.shrink_perturb import shrink_perturb_
 
 BN_CHOICES = ("reestimate", "reset")
 
 
-class ShrinkPerturb:
+class ShrinkPerturb(PluginSettings):
     """Shrink the previous model's weights, add a little fresh initialization, fix BN statistics."""
 
     provides = frozenset({cap.EDIT_WEIGHTS, cap.WARM_START})
     conflicts = frozenset({cap.EDIT_WEIGHTS, cap.REINIT, cap.FRESH_MODEL})
 
-    def __init__(self) -> None:
-        """Start with the authors' defaults; :meth:`toolbox_configure` reads the options."""
-        self.shrink, self.perturb, self.bn = 0.4, 0.1, "reestimate"
 
     @hookimpl
     def toolbox_options(self) -> list[PluginOption]:
@@ -45,28 +42,26 @@ class ShrinkPerturb:
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Read the options; refuse ``aod`` and ``scratch``, which change the weights at the same moment."""
-        self.shrink = float(options.plugin.get("sp_shrink", 0.4))
-        self.perturb = float(options.plugin.get("sp_perturb", 0.1))
-        self.bn = str(options.plugin.get("sp_bn", "reestimate"))
-        cap.check_names(options.plugins, {"shrink_perturb": self})
+        """Read (and so validate) the options."""
+        self.configure_settings(options.plugin)
 
     @hookimpl
     def toolbox_model_surgery(self, ctx: Any, model: nn.Module) -> None:
         """Learn phases after step 1: shrink and perturb in place, then re-estimate or reset BN statistics."""
         if ctx.phase != "learn" or ctx.step < 2:
             return None
+        cfg = self.settings(ctx)
         net = ch.unwrap(model)
-        count = shrink_perturb_(net, ctx.create_model(), self.shrink, self.perturb)
-        if self.bn == "reestimate":
+        count = shrink_perturb_(net, ctx.create_model(), cfg.sp_shrink, cfg.sp_perturb)
+        if cfg.sp_bn == "reestimate":
             batches = batchnorm.reestimate(net, ctx.train_batches())
         else:
             batchnorm.reset(net)
             batches = 0
         ctx.records.setdefault("shrink_perturb", {})[f"step{ctx.step}"] = {
-            "shrink": self.shrink, "perturb": self.perturb, "parameters": count, "bn": self.bn,
+            "shrink": cfg.sp_shrink, "perturb": cfg.sp_perturb, "parameters": count, "bn": cfg.sp_bn,
             "bn_batches": batches}
         ctx.logger.info("shrink_perturb: %d parameters <- %g * theta + %g * fresh; BN statistics %s.",
-                        count, self.shrink, self.perturb,
-                        f"re-estimated on {batches} batches" if self.bn == "reestimate" else "reset")
+                        count, cfg.sp_shrink, cfg.sp_perturb,
+                        f"re-estimated on {batches} batches" if cfg.sp_bn == "reestimate" else "reset")
         return None

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from toolbox.plugin_host import capabilities as cap
+from toolbox.plugin_host.entry_points import load_installed
 from toolbox.errors import UsageError
 from toolbox.plugin_host.phases import declared_phases, installed_phases
 from toolbox.sparsity.target_schedule import TargetSchedule
@@ -38,7 +39,7 @@ def test_installed_plugins_are_recognized_by_capability() -> None:
     assert cap.providers(["sst", "aod", "prune", "lwf"], cap.COMPACT) == ["prune"]
     assert cap.providers(["aod", "lwf"], cap.DISTILL_PREVIOUS) == ["aod", "lwf"]
     with pytest.raises(UsageError, match="finetune and joint both choose the data"):
-        cap.check_names(["finetune", "joint"])
+        cap.check_combination(load_installed(["finetune", "joint"]))
 
 
 def test_phases_come_from_the_plugins_that_declare_them() -> None:

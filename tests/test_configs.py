@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from toolbox.options import build_options, load_config_file
-from toolbox.plugin_host.manager import declared_options, dormant_options, load_plugins
+from toolbox.plugin_host.calls import declared_options
+from toolbox.plugin_host.manager import dormant_options, load_plugins
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml")
                  if not p.name.startswith("space_"))

@@ -43,7 +43,8 @@ from toolbox.data import BatchLoader
 from toolbox.run.engine import Trainer, build_optimizer, evaluate
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.plugin_host.manager import chain_model_surgery, declared_options, load_plugins
+from toolbox.plugin_host.calls import declared_options, model_surgery
+from toolbox.plugin_host.manager import load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Largest difference in test top-1 (percentage points, on the synthetic set's 200 test images)
@@ -249,7 +250,7 @@ def train_phase(plugins: str, phase: str, step: int, overrides: dict[str, Any], 
                   epochs=1, batches_per_epoch=len(batches), teacher=teacher)
     torch.manual_seed(7)
     pm.hook.toolbox_phase_start(ctx=ctx)
-    assert chain_model_surgery(pm, ctx, model) is model  # aod re-initializes in place
+    assert model_surgery(pm, ctx, model) is model  # aod re-initializes in place
     optimizer = build_optimizer(model, options)
     ctx.optimizer = optimizer
     metrics: dict[str, float] = {}

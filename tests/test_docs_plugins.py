@@ -13,7 +13,8 @@ import pytest
 
 from toolbox import hookspecs
 from toolbox.context import Context
-from toolbox.plugin_host.manager import _load_entry_point, available_plugins, hooks_of, instantiate
+from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
+from toolbox.plugin_host.manager import hooks_of
 from toolbox.run.run import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def my_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 def test_the_guides_examples_install_and_run(my_plugins: Path, tiny_values: dict[str, Any]) -> None:
     info = available_plugins()["confidence"]
     assert info.source == "my-plugins 0.1.0"
-    hooks = [h.removeprefix("toolbox_") for h in hooks_of(instantiate(_load_entry_point("confidence")))]
+    hooks = [h.removeprefix("toolbox_") for h in hooks_of(instantiate(load_entry_point("confidence")))]
     assert f"confidence   my-plugins 0.1.0   {', '.join(hooks)}" in DOC  # the `plugins list` line shown
     values = {**tiny_values, "steps": 2, "plugins": "log_sparsity,aod,msl,confidence", "cp_beta": "0.2"}
     results = start_run(values).execute()

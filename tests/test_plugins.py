@@ -13,7 +13,9 @@ import torch
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption
-from toolbox.plugin_host.manager import available_plugins, chain_model_surgery, declared_options, load_plugins, make_manager, register
+from toolbox.plugin_host.calls import declared_options, model_surgery
+from toolbox.plugin_host.entry_points import available_plugins
+from toolbox.plugin_host.manager import load_plugins, make_manager, register
 from toolbox.run.run import start_run
 
 
@@ -45,7 +47,7 @@ class MockPlugin:
         self.calls.append(("phase_start", ctx.step, ctx.phase, ctx.teacher is not None))
 
     @hookimpl
-    def toolbox_prune(self, ctx: Any, model: Any) -> None:
+    def toolbox_model_surgery(self, ctx: Any, model: Any) -> None:
         self.calls.append(("prune", ctx.step, ctx.phase))
 
     @hookimpl
@@ -176,7 +178,16 @@ def test_prune_calls_are_chained_in_plugin_order() -> None:
         def toolbox_prune(self, ctx: Any, model: Any) -> Any:
             return model + [self.tag]
 
+    class Surgery:
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+
+        @hookimpl
+        def toolbox_model_surgery(self, ctx: Any, model: Any) -> Any:
+            return model + [self.tag]
+
     pm = make_manager()
-    register(pm, Wrap("first"), "first")
-    register(pm, Wrap("second"), "second")
-    assert chain_model_surgery(pm, None, []) == ["first", "second"]
+    with pytest.warns(DeprecationWarning, match="toolbox_prune is deprecated"):  # the alias still works, and says so
+        register(pm, Wrap("first"), "first")
+    register(pm, Surgery("second"), "second")
+    assert model_surgery(pm, None, []) == ["first", "second"]

@@ -36,7 +36,7 @@ from toolbox.models import build_model
 from toolbox.cli.commands import app
 from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
-from toolbox.plugin_host.manager import _load_entry_point, available_plugins, instantiate
+from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
 from toolbox.run.run import resume_run, start_run
 
 runner = CliRunner()
@@ -478,7 +478,7 @@ def plugin_cases() -> Iterator[tuple[str, str, str]]:
     for name, info in available_plugins().items():
         if info.source != "built-in":
             continue
-        plugin = instantiate(_load_entry_point(name))
+        plugin = instantiate(load_entry_point(name))
         declare = getattr(plugin, "toolbox_options", None)
         for opt in (declare() if callable(declare) else None) or []:
             bad = {float: ["abc", "nan", "inf"], int: ["abc", "1.5"], bool: ["maybe"]}.get(opt.type, [])

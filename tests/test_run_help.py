@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from toolbox.cli.commands import app
 from toolbox.cli.help import plugin_options, requested_plugins
-from toolbox.plugin_host.manager import available_plugins
+from toolbox.plugin_host.entry_points import available_plugins
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}

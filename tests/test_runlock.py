@@ -19,7 +19,7 @@ from toolbox.cli.commands import app
 runner = CliRunner()
 TINY = ["--dataset", "synthetic", "--arch", "cifar_resnet20", "--steps", "1", "--epochs", "1", "--batch-size", "64",
         "--device", "cpu", "--threads", "1"]
-HOLD = ("import sys, time; from toolbox import runlock; runlock.acquire(sys.argv[1]); "
+HOLD = ("import sys, time; from toolbox.run import lock as runlock; runlock.acquire(sys.argv[1]); "
         "print('held', flush=True); time.sleep(120)")
 
 

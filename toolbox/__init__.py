@@ -9,7 +9,7 @@ __version__ = "0.2.0"
 from toolbox import _legacy  # noqa: E402
 from toolbox import models  # noqa: E402,F401  (registers the CIFAR backbones in timm)
 
-_legacy.install()  # the flat import paths of 0.2 (toolbox.channels, ...), with a DeprecationWarning
+_legacy.install()  # the flat import paths of 0.2, with a DeprecationWarning
 
 if TYPE_CHECKING:
     from torch import nn

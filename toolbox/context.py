@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from toolbox.pruning.compact_teacher import distillation_teacher
 from toolbox.runtime.device import autocast_context
 from toolbox.options import RunOptions
 
@@ -96,6 +95,8 @@ class Context:
         if self.teacher is None:
             return None
         if self._distilled is None or self._distilled[0] is not self.teacher:
+            from toolbox.pruning.compact_teacher import distillation_teacher  # only distilling runs need it
+
             module = distillation_teacher(self.teacher, self.masks, self.input_size,
                                           enabled=self.options.compact_teacher, logger=self.logger)
             self._distilled = (self.teacher, module)

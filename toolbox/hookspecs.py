@@ -8,6 +8,7 @@ Order of calls in a run (see ``toolbox.run.run``)::
 
     toolbox_options()                      once, when the plugin is loaded
     toolbox_configure(options)             once, before training
+    toolbox_preflight_ratio()              once, for the preflight's dry run (first answer)
     for step in 1..N:
         toolbox_phases(step, num_steps)    which phases this step runs
         for phase in phases:
@@ -30,6 +31,8 @@ A phase continued from ``partial.pt`` after a kill (``toolbox run --resume``) ca
 ``toolbox_phase_start(ctx)`` (same teacher, ``ctx.start_epoch`` > 0), skips ``toolbox_model_surgery`` (the
 saved model is already pruned), restores model, masks, records, optimizer and the torch RNG, calls
 ``toolbox_load_state_dict(ctx, state)``, then trains epochs ``ctx.start_epoch ..`` as above.
+
+The core calls these only through :mod:`toolbox.plugin_host.calls`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from toolbox.context import Context
+    from toolbox.options import PluginOption, RunOptions
 
 PROJECT = "toolbox"
 
@@ -48,7 +55,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def toolbox_options() -> list[Any]:
+def toolbox_options() -> list[PluginOption]:
     """Declare the plugin's command-line / config options.
 
     Return a list of :class:`toolbox.options.PluginOption`. Each becomes a ``--name VALUE``
@@ -59,12 +66,22 @@ def toolbox_options() -> list[Any]:
 
 
 @hookspec
-def toolbox_configure(options: Any) -> None:
+def toolbox_configure(options: RunOptions) -> None:
     """Receive the validated run options once, before any training.
 
     ``options`` is the run's :class:`toolbox.options.RunOptions`. Store what you need on the
     plugin object. Raise :class:`toolbox.errors.UsageError` with one sentence for a value or a
     plugin combination that cannot work (it is reported with exit code 2 before training).
+    Combinations declared through capabilities (``provides``/``conflicts``/``requires``) are
+    already checked when the plugins load.
+    """
+
+
+@hookspec(firstresult=True)
+def toolbox_preflight_ratio() -> float | None:
+    """The fraction of filters this plugin will select or remove, for the preflight's dry run
+    (called after :func:`toolbox_configure`); ``None`` when it selects none. First answer wins;
+    with no answer the dry run uses 0.5.
     """
 
 
@@ -72,13 +89,14 @@ def toolbox_configure(options: Any) -> None:
 def toolbox_phases(step: int, num_steps: int) -> list[str] | None:
     """Name the extra phases step ``step`` (1-based, of ``num_steps``) must run.
 
-    The engine always runs ``learn``; the union of all returned names is run in the canonical
-    order ``learn, sparsify, compact``. Return ``None`` or ``[]`` to add nothing.
+    The engine always runs ``learn``; the union of all returned names is run in the order of
+    the places the plugins declare (``phases = {"sparsify": 1}``; see
+    :mod:`toolbox.plugin_host.phases`). Return ``None`` or ``[]`` to add nothing.
     """
 
 
 @hookspec(firstresult=True)
-def toolbox_data_schedule(step: int, phase: str, shards: list[Any]) -> Any | None:
+def toolbox_data_schedule(step: int, phase: str, shards: list[torch.Tensor]) -> torch.Tensor | None:
     """Choose the training indices for ``phase`` of ``step``.
 
     ``shards`` is the list of index tensors (0-based list; ``shards[step - 1]`` is the new
@@ -88,7 +106,7 @@ def toolbox_data_schedule(step: int, phase: str, shards: list[Any]) -> Any | Non
 
 
 @hookspec
-def toolbox_phase_start(ctx: "Context") -> None:
+def toolbox_phase_start(ctx: Context) -> None:
     """A phase is about to train.
 
     ``ctx`` (:class:`toolbox.context.Context`) holds step, phase, the model, ``ctx.teacher``
@@ -98,7 +116,7 @@ def toolbox_phase_start(ctx: "Context") -> None:
 
 
 @hookspec
-def toolbox_model_surgery(ctx: "Context", model: Any) -> Any | None:
+def toolbox_model_surgery(ctx: Context, model: nn.Module) -> nn.Module | None:
     """Change the model between phases; return the new model or ``None`` to keep it.
 
     Called after :func:`toolbox_phase_start` and before the optimizer is built, so a plugin
@@ -112,17 +130,18 @@ def toolbox_model_surgery(ctx: "Context", model: Any) -> Any | None:
 
 @hookspec(warn_on_impl=DeprecationWarning("toolbox_prune is deprecated: rename the hook implementation to "
                                           "toolbox_model_surgery (same arguments); the alias goes in the next release."))
-def toolbox_prune(ctx: "Context", model: Any) -> Any | None:
+def toolbox_prune(ctx: Context, model: nn.Module) -> nn.Module | None:
     """Deprecated alias of :func:`toolbox_model_surgery` (chained with it, in ``--plugins`` order)."""
 
 
 @hookspec
-def toolbox_epoch_start(ctx: "Context") -> None:
+def toolbox_epoch_start(ctx: Context) -> None:
     """An epoch is about to start (``ctx.epoch`` is 0-based)."""
 
 
 @hookspec
-def toolbox_loss(ctx: "Context", batch: Any, logits: Any) -> dict[str, Any] | None:
+def toolbox_loss(ctx: Context, batch: tuple[torch.Tensor, torch.Tensor],
+                 logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
     """Return extra loss terms for this batch as ``{name: scalar tensor}``, or ``None``.
 
     ``batch`` is ``(inputs, targets)`` on the device; ``logits`` the student's output. The
@@ -132,7 +151,7 @@ def toolbox_loss(ctx: "Context", batch: Any, logits: Any) -> dict[str, Any] | No
 
 
 @hookspec
-def toolbox_regularize(ctx: "Context", model: Any) -> None:
+def toolbox_regularize(ctx: Context, model: nn.Module) -> None:
     """Modify gradients after backward and before the optimizer step.
 
     Gradients are true gradients here (after ``GradScaler.unscale_`` when one is used), so a
@@ -143,17 +162,17 @@ def toolbox_regularize(ctx: "Context", model: Any) -> None:
 
 
 @hookspec
-def toolbox_batch_end(ctx: "Context", model: Any) -> None:
+def toolbox_batch_end(ctx: Context, model: nn.Module) -> None:
     """Called after each optimizer step (proximal updates, EMA teachers, ...)."""
 
 
 @hookspec
-def toolbox_epoch_end(ctx: "Context", metrics: dict[str, float]) -> None:
+def toolbox_epoch_end(ctx: Context, metrics: dict[str, float]) -> None:
     """An epoch ended; ``metrics`` (train loss terms, lr, ...) may be extended in place."""
 
 
 @hookspec
-def toolbox_state_dict(ctx: "Context") -> dict[str, Any] | None:
+def toolbox_state_dict(ctx: Context) -> dict[str, Any] | None:
     """Return what the plugin needs to continue the current phase mid-way, or ``None``.
 
     Called after every epoch of a phase except its last (after :func:`toolbox_epoch_end`); the
@@ -166,19 +185,19 @@ def toolbox_state_dict(ctx: "Context") -> dict[str, Any] | None:
 
 
 @hookspec
-def toolbox_load_state_dict(ctx: "Context", state: dict[str, Any]) -> None:
+def toolbox_load_state_dict(ctx: Context, state: dict[str, Any]) -> None:
     """Restore what :func:`toolbox_state_dict` returned when a phase continues after a kill.
 
     Called once, after :func:`toolbox_phase_start` (``ctx.start_epoch`` > 0 there) and instead of
     :func:`toolbox_model_surgery`, which is not called again: the model, ``ctx.masks``, ``ctx.records``,
     ``ctx.phase_metrics`` and ``ctx.optimizer`` already hold their values at the end of epoch
-    ``ctx.start_epoch``. A plugin whose prune hook keeps state on itself restores it here. Tensors
+    ``ctx.start_epoch``. A plugin whose model-surgery hook keeps state on itself restores it here. Tensors
     arrive on the CPU; move them to ``ctx.device``. Only called for plugins that saved a state.
     """
 
 
 @hookspec
-def toolbox_phase_end(ctx: "Context") -> None:
+def toolbox_phase_end(ctx: Context) -> None:
     """The phase finished training, before evaluation and the checkpoint.
 
     Store anything that must survive a resume in ``ctx.masks`` (bool tensors per BN layer) or

@@ -13,6 +13,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 import yaml
@@ -397,8 +398,10 @@ class PluginSettings:
     cfg: Any = None
 
     def read_settings(self, values: dict[str, Any]) -> Any:
-        """The plugin's settings from the run's plugin option values (override)."""
-        raise NotImplementedError
+        """The plugin's settings from the run's plugin option values. By default every option the
+        plugin declares (``toolbox_options``), parsed and checked, as an attribute of its name
+        (``cfg.ewc_lambda``); override to build a dataclass of your own."""
+        return SimpleNamespace(**option_values(self.toolbox_options(), values))  # type: ignore[attr-defined]
 
     def configure_settings(self, values: dict[str, Any]) -> Any:
         """Read (and so validate) the settings now; return them."""

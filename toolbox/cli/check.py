@@ -191,9 +191,9 @@ def dry_run_table(report: PreflightReport) -> Any:
 
 def default_check_plugins() -> list[str]:
     """The installed plugins with a structural capability (sparsify, re-initialize, compact)."""
-    from toolbox.plugin_host.manager import available_plugins
+    from toolbox.plugin_host.entry_points import available_plugins, load_installed
 
     names = list(available_plugins())
-    plugins = cap.installed(names)
+    plugins = load_installed(names)
     return [name for name in names if cap.capabilities_of(plugins.get(name))[0] & cap.STRUCTURAL]
 

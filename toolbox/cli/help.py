@@ -134,7 +134,7 @@ def _flag_values(raw_args: list[str]) -> dict[str, str]:
 def plugin_params(names: list[str] | None) -> list[Any]:
     """One panel of typed options per plugin (``names``, or every installed plugin); a plugin that
     fails to load or is unknown gets a panel saying so."""
-    from toolbox.plugin_host.manager import available_plugins
+    from toolbox.plugin_host.entry_points import available_plugins
 
     installed = available_plugins()
     params: list[Any] = []
@@ -153,10 +153,10 @@ def plugin_params(names: list[str] | None) -> list[Any]:
 
 def plugin_options(name: str) -> list[PluginOption]:
     """The options installed plugin ``name`` declares (its ``toolbox_options`` hook)."""
-    from toolbox.plugin_host.manager import _load_entry_point, instantiate
+    from toolbox.plugin_host.calls import plugin_options as declared_by
+    from toolbox.plugin_host.entry_points import instantiate, load_entry_point
 
-    declare = getattr(instantiate(_load_entry_point(name)), "toolbox_options", None)
-    return list(declare() or []) if callable(declare) else []
+    return declared_by(instantiate(load_entry_point(name)))
 
 
 def _notice(panel: str, text: str) -> list[Any]:
@@ -214,12 +214,13 @@ def show_plugin(name: str, console: Any) -> None:
     from rich.table import Table
 
     from toolbox.errors import UsageError
-    from toolbox.plugin_host.manager import _load_entry_point, available_plugins, hooks_of, instantiate
+    from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
+    from toolbox.plugin_host.manager import hooks_of
 
     installed = available_plugins()
     if name not in installed:
         raise UsageError(f"Unknown plugin {name!r}; known plugins: {', '.join(installed) or 'none installed'}.")
-    obj = _load_entry_point(name)
+    obj = load_entry_point(name)
     plugin = instantiate(obj)
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
     say(f"{name} ({installed[name].source}: {installed[name].value})")

@@ -129,14 +129,15 @@ def report_command(
 @user_errors
 def plugins_list() -> None:
     """Installed plugins: name, source (built-in or package version), hooks implemented."""
-    from toolbox.plugin_host.manager import _load_entry_point, available_plugins, hooks_of, instantiate
+    from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
+    from toolbox.plugin_host.manager import hooks_of
 
     table = Table(title="toolbox plugins")
     for column in ("name", "source", "hooks"):
         table.add_column(column)
     for name, info in available_plugins().items():
         try:
-            hooks = ", ".join(h.removeprefix("toolbox_") for h in hooks_of(instantiate(_load_entry_point(name))))
+            hooks = ", ".join(h.removeprefix("toolbox_") for h in hooks_of(instantiate(load_entry_point(name))))
         except Exception as exc:  # a broken third-party plugin must not hide the others
             hooks = f"(failed to load: {exc})"
         table.add_row(name, info.source, hooks)

@@ -17,12 +17,10 @@ plugins; the plugin manager runs it when plugins are loaded.
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any, Iterable
 
 from toolbox.errors import UsageError
-
-ENTRY_POINT_GROUP = "toolbox.plugins"
+from toolbox.plugin_host.entry_points import load_installed
 
 SPARSIFY = "sparsify"
 REINIT = "reinit"
@@ -74,26 +72,11 @@ def capabilities_of(plugin: Any) -> tuple[frozenset[str], frozenset[str], frozen
             frozenset(getattr(plugin, "requires", ()) or ()))
 
 
-def installed(names: Iterable[str]) -> dict[str, Any]:
-    """The installed plugin objects behind ``names`` (entry points; unknown or broken ones left out)."""
-    entry_points = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    found: dict[str, Any] = {}
-    for name in names:
-        ep = entry_points.get(name)
-        if ep is None:
-            continue
-        try:
-            found[name] = ep.load()
-        except Exception:  # noqa: BLE001 - a broken plugin is reported when it is loaded, not here
-            continue
-    return found
-
-
 def providers(names: Iterable[str], capability: str, plugins: dict[str, Any] | None = None) -> list[str]:
     """The names among ``names`` whose plugin provides ``capability`` (``plugins``: name -> object,
     default: the installed ones)."""
     names = list(names)
-    plugins = installed(names) if plugins is None else plugins
+    plugins = load_installed(names) if plugins is None else plugins
     return [name for name in names if name in plugins and capability in capabilities_of(plugins[name])[0]]
 
 
@@ -114,9 +97,3 @@ def check_combination(plugins: dict[str, Any]) -> None:
                 need = NEED.get(capability, f"a plugin that provides {capability}; add one to --plugins")
                 raise UsageError(f"{name} needs {need}.")
 
-
-def check_names(names: Iterable[str], extra: dict[str, Any] | None = None) -> None:
-    """:func:`check_combination` for plugins given by name (installed ones), plus ``extra`` objects."""
-    plugins = installed(names)
-    plugins.update(extra or {})
-    check_combination(plugins)

@@ -12,8 +12,9 @@ from typing import Any, Iterable
 
 import pluggy
 
-from toolbox.plugin_host import capabilities as cap
 from toolbox.errors import UsageError
+from toolbox.plugin_host import calls
+from toolbox.plugin_host.entry_points import load_all_installed
 
 LEARN = "learn"
 
@@ -32,10 +33,7 @@ def declared_phases(plugins: Iterable[Any]) -> dict[str, int]:
 
 def installed_phases() -> dict[str, int]:
     """The phases of every installed plugin (what a config's ``phase_epochs`` may name)."""
-    from importlib import metadata
-
-    names = [ep.name for ep in metadata.entry_points(group=cap.ENTRY_POINT_GROUP)]
-    return declared_phases(cap.installed(names).values())
+    return declared_phases(load_all_installed().values())
 
 
 def phase_seed(seed: int, step: int, place: int) -> int:
@@ -55,10 +53,9 @@ def plan_phases(pm: pluggy.PluginManager, step: int, num_steps: int,
     """``learn`` plus the phases plugins ask for, in their declared order."""
     known = run_phases(pm) if known is None else known
     wanted = {LEARN}
-    for extra in pm.hook.toolbox_phases(step=step, num_steps=num_steps):
-        for name in extra or []:
-            if name not in known:
-                raise UsageError(f"A plugin asked for phase {name!r}, which no plugin declares; phases "
-                                 f"are {', '.join(known)} (declare it in the plugin's `phases`).")
-            wanted.add(name)
+    for name in calls.wanted_phases(pm, step, num_steps):
+        if name not in known:
+            raise UsageError(f"A plugin asked for phase {name!r}, which no plugin declares; phases "
+                             f"are {', '.join(known)} (declare it in the plugin's `phases`).")
+        wanted.add(name)
     return [p for p in known if p in wanted]

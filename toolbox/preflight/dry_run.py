@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from toolbox.sparsity import channels as ch
 from toolbox.storage import checkpoint as ckpt
 from toolbox.methods import reinit
-from toolbox.bn_l1 import select, zero_chosen_
+from toolbox.sparsity.bn_l1 import select, zero_chosen_
 from toolbox.pruning.compaction import compact
 from toolbox.errors import UsageError
 

@@ -20,7 +20,7 @@ from toolbox.runtime import distributed
 from toolbox.context import Context
 from toolbox.runtime.device import autocast_context
 from toolbox.options import RunOptions
-from toolbox.plugin_host.manager import has_impl
+from toolbox.plugin_host import calls
 
 
 class NumericError(RuntimeError):
@@ -149,12 +149,11 @@ class Trainer:
         self.pm = pm
         self.ctx = ctx
         self.forward = forward if forward is not None else ctx.model
-        self.hook = pm.hook
-        self.has_loss = has_impl(pm, "toolbox_loss")
-        self.has_regularize = has_impl(pm, "toolbox_regularize")
-        self.has_batch_end = has_impl(pm, "toolbox_batch_end")
-        self.has_epoch_start = has_impl(pm, "toolbox_epoch_start")
-        self.has_epoch_end = has_impl(pm, "toolbox_epoch_end")
+        self.has_loss = calls.implements(pm, "toolbox_loss")
+        self.has_regularize = calls.implements(pm, "toolbox_regularize")
+        self.has_batch_end = calls.implements(pm, "toolbox_batch_end")
+        self.has_epoch_start = calls.implements(pm, "toolbox_epoch_start")
+        self.has_epoch_end = calls.implements(pm, "toolbox_epoch_end")
         self.skipped = 0
 
     def train(self, optimizer: torch.optim.Optimizer,
@@ -171,7 +170,7 @@ class Trainer:
         for epoch in range(start_epoch, ctx.epochs):
             ctx.epoch = epoch
             if self.has_epoch_start:
-                self.hook.toolbox_epoch_start(ctx=ctx)
+                calls.epoch_start(self.pm, ctx)
             stats = EpochStats(device)
             started = time.perf_counter()
             for index, (inputs, targets) in enumerate(batches_for_epoch(epoch)):
@@ -193,7 +192,7 @@ class Trainer:
             metrics.update(lr=optimizer.param_groups[0]["lr"], seconds=seconds,
                            images_per_second=stats.images / max(seconds, 1e-9))
             if self.has_epoch_end:
-                self.hook.toolbox_epoch_end(ctx=ctx, metrics=metrics)
+                calls.epoch_end(self.pm, ctx, metrics)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
 
@@ -215,11 +214,9 @@ class Trainer:
         terms = {"ce": ce}
         loss = ce
         if self.has_loss:
-            for extra in self.hook.toolbox_loss(ctx=ctx, batch=(inputs, targets), logits=logits):
-                if extra:
-                    for name, value in extra.items():
-                        terms[name] = value
-                        loss = loss + value
+            for name, value in calls.loss_terms(self.pm, ctx, (inputs, targets), logits):
+                terms[name] = value
+                loss = loss + value
         optimizer.zero_grad(set_to_none=True)
         if not self._finite(loss, "loss", terms):
             return None
@@ -229,7 +226,7 @@ class Trainer:
         else:
             loss.backward()
         if self.has_regularize:
-            self.hook.toolbox_regularize(ctx=ctx, model=model)
+            calls.regularize(self.pm, ctx, model)
         if scaler is None and not self._finite(gradient_norm(optimizer), "gradient norm", terms):
             optimizer.zero_grad(set_to_none=True)
             return None
@@ -239,7 +236,7 @@ class Trainer:
         else:
             optimizer.step()
         if self.has_batch_end:
-            self.hook.toolbox_batch_end(ctx=ctx, model=model)
+            calls.batch_end(self.pm, ctx, model)
         terms["loss"] = loss
         correct = (logits.detach().argmax(dim=1) == targets).sum()
         return terms, correct

@@ -22,7 +22,7 @@ from toolbox.storage import checkpoint as ckpt
 from toolbox.runtime import distributed
 from toolbox.errors import CheckpointError
 from toolbox.storage.atomic import atomic_write_text, remove_temp_files
-from toolbox.plugin_host.manager import load_plugin_states
+from toolbox.plugin_host.calls import load_plugin_states
 from toolbox.run.state import RunState
 
 if TYPE_CHECKING:

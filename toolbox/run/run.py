@@ -42,7 +42,9 @@ from toolbox.storage.atomic import KILL_ENV, kill_point
 from toolbox.models import build_model
 from toolbox.options import RunOptions, build_options, plugin_names
 from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
-from toolbox.plugin_host.manager import chain_model_surgery, declared_options, dormant_options, load_plugins, plugin_states
+from toolbox.plugin_host import calls
+from toolbox.plugin_host.calls import declared_options
+from toolbox.plugin_host.manager import dormant_options, load_plugins
 from toolbox.preflight.analysis import check_run
 from toolbox.run.inputs import RunData
 from toolbox.run.logs import RunLogs
@@ -103,9 +105,9 @@ class Run:
         self.partial: dict[str, Any] | None = None
         self.initialized = False
         self.logs = RunLogs(self.run_dir, options)  # run.log and tb/ (rank 0)
-        self.pm.hook.toolbox_configure(options=options)
+        calls.configure(self.pm, options)
         check_run(options.arch, options.model_kwargs, self.data.num_classes, self.data.in_chans,
-                  self.data.image_size, options.plugins, float(options.plugin.get("ratio", 0.5)))
+                  self.data.image_size, options.plugins, calls.preflight_ratio(self.pm))
         distributed.check_same("options and dataset", {
             **options.to_dict(), "train images": int(self.data.train_y.numel()),
             "test images": int(self.data.test_y.numel()), "classes": self.data.num_classes})
@@ -215,7 +217,7 @@ class Run:
         partial = self._take_partial(step, phase)
         seed = phase_seed(self.options.seed, step, self.phases[phase])
         torch.manual_seed(seed)
-        chosen = self.pm.hook.toolbox_data_schedule(step=step, phase=phase, shards=self.shards)
+        chosen = calls.data_schedule(self.pm, step, phase, self.shards)
         x, y, indices = self.inputs.training_set(step, chosen)
         ctx = self._phase_context(step, phase, self._frozen_copy() if has_previous else None)
         loader = self.inputs.train_loader(x, y, indices, seed)
@@ -223,7 +225,7 @@ class Run:
         ctx.step_phases = tuple(step_phases or (phase,))
         ctx.batch_source = lambda: self.inputs.plain_loader(x, y, indices)
         ctx.start_epoch = 0 if partial is None else int(partial["epochs_done"])
-        self.pm.hook.toolbox_phase_start(ctx=ctx)
+        calls.phase_start(self.pm, ctx)
         if partial is None:
             optimizer, before = self._begin_phase(ctx), 0.0
         else:
@@ -257,7 +259,7 @@ class Run:
     def _begin_phase(self, ctx: Context) -> torch.optim.Optimizer:
         """A phase from its start: the plugins' model surgery chain, then the optimizer."""
         state = self.state
-        model = chain_model_surgery(self.pm, ctx, self.model)
+        model = calls.model_surgery(self.pm, ctx, self.model)
         if model is not self.model:
             self.model = self.to_device(model)
             ctx.model = self.model
@@ -304,7 +306,7 @@ class Run:
                       train_seconds: float) -> None:
         """Phase end hooks, evaluation, the phase's record and checkpoint; drop ``partial.pt``."""
         options, state, step, phase = self.options, self.state, ctx.step, ctx.phase
-        self.pm.hook.toolbox_phase_end(ctx=ctx)
+        calls.phase_end(self.pm, ctx)
         distributed.broadcast_module(self.model)  # BN running statistics: rank 0's on every process
         ctx.masks = distributed.broadcast_masks(ctx.masks)
         state.masks, state.records = ctx.masks, ctx.records
@@ -362,7 +364,7 @@ class Run:
         """``checkpoints/partial.pt``: everything needed to continue the phase after ``epochs_done`` epochs."""
         data = self._checkpoint(ctx.step, ctx.phase, ctx.masks, ctx.records, optimizer.state_dict())
         data.update(partial=True, epochs_done=int(epochs_done), epochs=int(ctx.epochs), rng=resume.rng_state(),
-                    plugins=plugin_states(self.pm, ctx), train_seconds=float(train_seconds),
+                    plugins=calls.plugin_states(self.pm, ctx), train_seconds=float(train_seconds),
                     phase_metrics=dict(ctx.phase_metrics), global_batch=int(ctx.global_batch))
         ckpt.save_checkpoint(ckpt.partial_checkpoint_path(self.run_dir), data)
 

@@ -18,7 +18,8 @@ from toolbox.run import lock as runlock
 from toolbox.errors import UsageError
 from toolbox.storage.atomic import atomic_write_text
 from toolbox.options import build_options, plugin_names, read_mapping
-from toolbox.plugin_host.manager import declared_options, dormant_options, load_plugins
+from toolbox.plugin_host.calls import declared_options
+from toolbox.plugin_host.manager import dormant_options, load_plugins
 from toolbox.run.run import Run, default_run_dir, resume_run, start_run
 
 EXPERIMENT_FILE = "experiment.yaml"

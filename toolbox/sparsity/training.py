@@ -41,7 +41,7 @@ from torch import nn
 from toolbox.sparsity import channels as ch
 from toolbox.runtime import distributed
 from toolbox.plugin_host import capabilities as cap
-from toolbox.bn_l1 import achieved, add_subgradient, max_chosen_gamma, soft_threshold_, zero_chosen_
+from toolbox.sparsity.bn_l1 import achieved, add_subgradient, max_chosen_gamma, soft_threshold_, zero_chosen_
 from toolbox.sparsity.plots import plot_controller, plot_gamma_histogram
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
@@ -101,13 +101,13 @@ class Units:
 class SparsitySettings:
     """The options of a sparsity plugin (``s`` is its strength option, whatever its name)."""
 
-    ratio: float = 0.5
-    s: float = 1e-4
-    mode: str = "target"
-    select: str = "global"
-    rerank: str = "epoch"
-    threshold: float = 1e-2
-    target_at: float = 0.5  # chosen on validation data: BENCHMARKS.md, "SST schedule"
+    ratio: float
+    s: float
+    mode: str
+    select: str
+    rerank: str
+    threshold: float
+    target_at: float
 
 
 def sparsity_plugins(names: Iterable[str]) -> list[str]:
@@ -126,7 +126,7 @@ class SparsityTraining(PluginSettings):
 
     It is longer than a plugin class should be because it is the whole shared machinery of the
     sparsify phase (selection, the three modes, masks, records, resume state); the maths it drives
-    are plain functions (:mod:`toolbox.bn_l1`, :mod:`toolbox.sparsity.target_schedule`).
+    are plain functions (:mod:`toolbox.sparsity.bn_l1`, :mod:`toolbox.sparsity.target_schedule`).
     """
 
     provides: ClassVar[frozenset[str]] = frozenset({cap.SPARSIFY})
@@ -173,6 +173,7 @@ class SparsityTraining(PluginSettings):
             PluginOption(f"{p}_mode", str, cls.modes[0], cls.mode_help, choices=cls.modes),
             PluginOption(f"{p}_select", str, "global", cls.select_help, choices=SELECTS),
             PluginOption(f"{p}_rerank", str, "epoch", cls.rerank_help, choices=RERANKS),
+            # 0.5 was chosen on validation data: BENCHMARKS.md, "SST schedule"
             PluginOption("sparsity_target_at", float, 0.5, "target mode: fraction of the phase by which the "
                          "selected filters reach 0; they are then held at 0 (frozen selection) while the rest "
                          "of the network recovers", check=lambda v: None if 0 < v <= 1 else "must lie in (0, 1]."),
@@ -229,9 +230,13 @@ class SparsityTraining(PluginSettings):
 
     @hookimpl
     def toolbox_configure(self, options: Any) -> None:
-        """Validate the options; refuse a second sparsity plugin (both would write the masks)."""
+        """Read (and so validate) the options (a combination is checked when plugins load)."""
         self.configure_settings(options.plugin)
-        cap.check_names(options.plugins, {self.name: self})
+
+    @hookimpl
+    def toolbox_preflight_ratio(self) -> float | None:
+        """The target ratio of unimportant filters (the dry run selects that many)."""
+        return self.cfg.ratio if self.cfg is not None else None
 
     @hookimpl
     def toolbox_phases(self, step: int, num_steps: int) -> list[str] | None:
