@@ -142,7 +142,7 @@ class AOD(PluginSettings):
             source = "sparsity plugin"
         else:
             source = "aod (|gamma| ranking)"
-            selection = ch.select_smallest(ch.unit_importance(net, graph), cfg.ratio)
+            selection = ch.select_smallest_gamma(net, graph, cfg.ratio)
             ctx.masks = ch.selection_to_masks(net, graph, selection)
             ctx.records.setdefault("aod", {})["own_masks"] = {k: v.clone() for k, v in ctx.masks.items()}
         count = reinitialize(net, graph, selection, cfg.reinit, cfg.reinit_gamma, cfg.reinit_next)

@@ -24,6 +24,7 @@ from toolbox.plugin_host import capabilities as cap
 from toolbox.pruning.compact_teacher import distillation_teacher
 from toolbox.methods.distillation import kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
+from toolbox.models.modules import freeze
 from toolbox.options import PluginOption, PluginSettings, option_values
 
 if TYPE_CHECKING:
@@ -111,9 +112,7 @@ class MSL(PluginSettings):
             ctx.logger.warning("msl: no run directory to load earlier models from; using the current teacher only.")
             return
         for step in range(1, ctx.step):
-            model = loader(ctx.run_dir, step, "sparsify").to(ctx.device).eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
+            model = freeze(loader(ctx.run_dir, step, "sparsify").to(ctx.device))
             compact = ctx.options.compact_teacher and cfg.teacher_bn == "running"  # exact with running statistics
             self.extra.append(distillation_teacher(model, None, ctx.input_size, compact, ctx.logger,
                                                    name=f"msl: step {step}'s model"))

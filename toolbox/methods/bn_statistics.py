@@ -16,12 +16,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from toolbox.models.modules import batchnorms
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     """Every BatchNorm layer of ``model`` that keeps running statistics."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    return list(batchnorms(model, running_stats=True).values())
 
 
 @torch.no_grad()

@@ -54,6 +54,7 @@ from toolbox.preflight.dry_run import (BATCH, COMPACTION_STAGES, DRY_RUN_STAGES,
                             run_stages)
 from toolbox.errors import UsageError
 from toolbox.models import build_model
+from toolbox.models.modules import batchnorms, dummy_input
 
 log = logging.getLogger("toolbox")
 
@@ -161,11 +162,6 @@ def stage_of(model: nn.Module, name: str) -> str:
     return ".".join(parts[:2]) if numbered and (nested or parts[0] in STAGE_CONTAINERS) else parts[0]
 
 
-def affine_bns(model: nn.Module) -> dict[str, _BatchNorm]:
-    """The BatchNorm layers with a learnable scale, by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.affine}
-
-
 # ----------------------------------------------------------------------------- static analysis
 def summarize_stages(model: nn.Module, graph: ch.ChannelGraph) -> list[StageSummary]:
     """Per stage: BN layers and channels, how many are prunable, the groups and filters.
@@ -175,7 +171,7 @@ def summarize_stages(model: nn.Module, graph: ch.ChannelGraph) -> list[StageSumm
     """
     stages: dict[str, StageSummary] = {}
     covered = set(graph.bn_names())
-    for name, bn in affine_bns(model).items():
+    for name, bn in batchnorms(model, affine=True).items():
         row = stages.setdefault(stage_of(model, name), StageSummary(stage_of(model, name)))
         row.bn_layers += 1
         row.channels += bn.num_features
@@ -236,7 +232,7 @@ def convs_without_bn(model: nn.Module, graph: ch.ChannelGraph, inputs: torch.Ten
 
 def analyze(model: nn.Module, graph: ch.ChannelGraph, inputs: torch.Tensor, report: PreflightReport) -> None:
     """Fill the static part of ``report`` (stages, uncovered BNs, grouped convs, convs without BN)."""
-    bns = affine_bns(model)
+    bns = batchnorms(model, affine=True)
     covered = set(graph.bn_names())
     report.bn_layers = len(bns)
     report.convs = sum(isinstance(m, _ConvNd) for m in model.modules())
@@ -358,7 +354,7 @@ def preflight(arch: str, num_classes: int = 10, in_chans: int = 3, image_size: i
         report = PreflightReport(arch=arch, model_kwargs=kwargs, input_size=size, num_classes=num_classes,
                                  plugins=names, ratio=ratio, relevant=needs_check(names))
         generator = torch.Generator().manual_seed(seed)
-        inputs = torch.randn((BATCH, *size), generator=generator)
+        inputs = dummy_input(size, BATCH, generator=generator)
         graph = trace(model, inputs, report)
         if graph is not None:
             analyze(model, graph, inputs[:1], report)
@@ -381,7 +377,7 @@ def trace(model: nn.Module, inputs: torch.Tensor, report: PreflightReport) -> ch
     try:
         return ch.channel_groups(model, example_inputs=inputs[:1])
     except Exception as exc:  # e.g. a forward that fails at this input size
-        report.bn_layers = len(affine_bns(model))
+        report.bn_layers = len(batchnorms(model, affine=True))
         report.issues.append(Issue(REFUSE, f"Tracing {report.arch} with torch-pruning on "
                                            f"{report.input_size} images failed ({error_sentence(exc)}); check the "
                                            "image size (--dataset) or pick another backbone."))

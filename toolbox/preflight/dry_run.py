@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from toolbox.sparsity import channels as ch
 from toolbox.storage import checkpoint as ckpt
@@ -27,6 +26,7 @@ from toolbox.methods import reinit
 from toolbox.sparsity.bn_l1 import select, zero_chosen_
 from toolbox.pruning.compaction import compact
 from toolbox.errors import UsageError
+from toolbox.models.modules import batchnorms
 
 
 #: Dummy-batch size of the dry run.
@@ -86,7 +86,7 @@ def randomize_bns_(model: nn.Module, inputs: torch.Tensor, generator: torch.Gene
     constants matter (what compaction folds); calibrated statistics keep the outputs of
     order 1 in deep nets, so the tolerance means something.
     """
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    bns = list(batchnorms(model).values())
     with torch.no_grad():
         for bn in bns:
             if bn.affine:

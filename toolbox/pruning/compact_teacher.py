@@ -20,13 +20,13 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from toolbox.sparsity import channels as ch
 from toolbox.pruning import compaction as cp
 from toolbox.pruning.fold_batchnorm import fold_batchnorm, is_channels_last
 from toolbox.pruning.cost import cost
 from toolbox.errors import UsageError
+from toolbox.models.modules import batchnorms, dummy_input, freeze
 
 log = logging.getLogger("toolbox")
 
@@ -37,11 +37,10 @@ PROBE_TOLERANCE = 1e-4
 def zero_scale_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Per BN name, the channels whose scale (gamma) is exactly 0 (only BNs that have any)."""
     masks = {}
-    for name, m in ch.unwrap(model).named_modules():
-        if isinstance(m, _BatchNorm) and m.weight is not None:
-            zero = (m.weight.detach() == 0).cpu()
-            if bool(zero.any()):
-                masks[name] = zero
+    for name, m in batchnorms(ch.unwrap(model), affine=True).items():
+        zero = (m.weight.detach() == 0).cpu()
+        if bool(zero.any()):
+            masks[name] = zero
     return masks
 
 
@@ -59,8 +58,7 @@ def nonzero_masked_units(model: nn.Module, graph: ch.ChannelGraph, selection: li
 
 def _probe(model: nn.Module, input_size: Sequence[int], device: torch.device) -> torch.Tensor:
     """Two random images of ``input_size`` (fixed private seed: the run's random streams stay untouched)."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((2, *input_size), generator=generator).to(device)
+    x = dummy_input(input_size, 2, seed=0, device=device)
     return x.contiguous(memory_format=torch.channels_last) if is_channels_last(model) else x
 
 
@@ -117,11 +115,10 @@ def compact_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
         stats = structure["compactions"][-1]
         if stats["unfolded"]:
             return None, f"the removed filters' constants cannot be folded into {', '.join(stats['unfolded'][:3])}"
-        small = small.to(device).eval()
+        small = small.to(device)
         if is_channels_last(model):
             small = small.to(memory_format=torch.channels_last)
-        for p in small.parameters():
-            p.requires_grad_(False)
+        freeze(small)
         x = _probe(model, example.shape[1:], device)
         with torch.no_grad():
             expected, got = model.eval()(x).float(), small(x).float()
@@ -134,7 +131,7 @@ def compact_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | None,
 def inference_copy(module: nn.Module, input_size: Sequence[int] | None) -> tuple[nn.Module | None, str]:
     """``module`` with its BatchNorms folded into the layers before them (:func:`toolbox.pruning.fold_batchnorm.fold_batchnorm`),
     checked on a probe batch like :func:`compact_teacher`'s copy; ``(None, reason)`` where nothing folds."""
-    if any(m.training for m in module.modules() if isinstance(m, _BatchNorm)):
+    if any(m.training for m in batchnorms(module).values()):
         return None, "its BatchNorms are in train mode (batch statistics)"
     try:
         shape = ch.example_input(module, input_size).shape[1:]

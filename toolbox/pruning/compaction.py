@@ -23,6 +23,7 @@ from torch import nn
 
 from toolbox.sparsity import channels as ch
 from toolbox.errors import UsageError
+from toolbox.models.modules import dummy_input
 from toolbox.pruning.fold_constants import GroupPlan, capture_inputs, fold_constants_, plan_group, round_width_
 from toolbox.storage.structure import STRUCTURE_FORMAT
 
@@ -136,15 +137,13 @@ def _example_inputs(model: nn.Module, example_inputs: torch.Tensor | None) -> to
             shape = tuple(ch.example_input(model).shape[1:])
     else:
         shape = tuple(example_inputs.shape[1:])
-    generator = torch.Generator().manual_seed(0)
-    device = next(model.parameters()).device
-    return torch.randn((2, *shape), generator=generator).to(device)
+    return dummy_input(shape, 2, seed=0, device=next(model.parameters()).device)
 
 
 def example_batch(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
     """A one-image zero batch of ``input_size`` (C, H, W) on the model's device (fixes the traced shape)."""
     param = next(model.parameters(), None)
-    return torch.zeros((1, *input_size), device=param.device if param is not None else "cpu")
+    return dummy_input(input_size, 1, device=param.device if param is not None else "cpu", zeros=True)
 
 
 def compact(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, ratio: float | None = None,

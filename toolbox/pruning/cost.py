@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from toolbox.models.modules import dummy_input
 from toolbox.sparsity import channels as ch
 
 
@@ -24,7 +25,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     import torch_pruning as tp
 
     device = next(model.parameters()).device
-    example = torch.zeros(1, *input_size, device=device)
+    example = dummy_input(input_size, 1, device=device, zeros=True)
     was_training = model.training
     model.eval()
     macs, _ = tp.utils.count_ops_and_params(model, example)
@@ -41,7 +42,7 @@ def latency(model: nn.Module, input_size: Sequence[int], batch_size: int, repeat
     ``min(3, repeats)``, at least 1) run first. Uses the current ``torch.get_num_threads()``.
     """
     timed = copy.deepcopy(ch.unwrap(model)).cpu().eval()
-    x = torch.randn((batch_size, *input_size), generator=torch.Generator().manual_seed(0))
+    x = dummy_input(input_size, batch_size, seed=0)
     if channels_last:
         timed, x = timed.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     for _ in range(max(1, min(3, repeats) if warmup is None else warmup)):

@@ -18,12 +18,13 @@ import copy
 import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from toolbox.models.modules import batchnorms, freeze
 
 
 def count_batchnorms(model: nn.Module) -> int:
     """How many BatchNorm modules ``model`` holds."""
-    return sum(isinstance(m, _BatchNorm) for m in model.modules())
+    return len(batchnorms(model))
 
 
 def is_channels_last(model: nn.Module) -> bool:
@@ -54,5 +55,5 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module | None, str]:
         return None, "no BatchNorm directly follows a conv or linear layer"
     if is_channels_last(model):
         folded = folded.to(memory_format=torch.channels_last)
-    folded.eval().requires_grad_(False)
+    freeze(folded)
     return folded, f"folded {before - after} of {before} BatchNorms"

@@ -40,6 +40,7 @@ from toolbox.run.engine import Trainer, build_optimizer
 from toolbox.errors import UsageError
 from toolbox.storage.atomic import KILL_ENV, kill_point
 from toolbox.models import build_model
+from toolbox.models.modules import freeze
 from toolbox.options import RunOptions, build_options, plugin_names
 from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
 from toolbox.plugin_host import calls
@@ -242,10 +243,7 @@ class Run:
 
     def _frozen_copy(self) -> nn.Module:
         """The teacher: a frozen, eval-mode copy of the model as the previous phase left it."""
-        teacher = copy.deepcopy(self.model).eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
-        return teacher
+        return freeze(copy.deepcopy(self.model))
 
     def _phase_context(self, step: int, phase: str, teacher: nn.Module | None) -> Context:
         """The phase's :class:`Context` (masks and records carried over from the last phase)."""

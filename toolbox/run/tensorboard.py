@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from toolbox.preflight.analysis import affine_bns
+from toolbox.models.modules import batchnorms
 
 TB_DIR = "tb"
 # record keys renamed for TensorBoard: the record's top1/top5 are the test set's
@@ -172,7 +172,7 @@ class RunBoard:
     def bn_gamma_histograms(self, model: nn.Module, x: int) -> None:
         """Histograms of |gamma| of every BatchNorm layer, one per layer and ``bn_gamma/all``."""
         gammas = []
-        for name, bn in affine_bns(model).items():
+        for name, bn in batchnorms(model, affine=True).items():
             gamma = bn.weight.detach().abs().float().cpu()
             gammas.append(gamma)
             self.writer.add_histogram(f"bn_gamma/{name}", gamma, x)

@@ -15,9 +15,8 @@ from torch import nn
 from toolbox.sparsity import channels as ch
 
 
-def select(model: nn.Module, graph: ch.ChannelGraph, ratio: float, layerwise: bool = False) -> list[torch.Tensor]:
-    """The ``ratio`` of filters with the smallest mean |gamma| (one bool tensor per group)."""
-    return ch.select_smallest(ch.unit_importance(model, graph), ratio, layerwise=layerwise)
+#: The ``ratio`` of filters with the smallest mean |gamma| (:func:`toolbox.sparsity.channels.select_smallest_gamma`).
+select = ch.select_smallest_gamma
 
 
 def add_subgradient(model: nn.Module, chosen: dict[str, torch.Tensor], s: float) -> None:

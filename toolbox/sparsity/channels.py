@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from toolbox.errors import UsageError
+from toolbox.models.modules import dummy_input
 from toolbox.options import PluginOption
 
 
@@ -95,8 +96,7 @@ def example_input(model: nn.Module, input_size: Sequence[int] | None = None) -> 
     device = param.device if param is not None else torch.device("cpu")
     # a private generator: tracing must not move the run's global RNG, or a resumed run (whose
     # first trace happens in a fresh process) would draw different numbers than an uninterrupted one
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, *input_size, generator=generator).to(device)
+    return dummy_input(input_size, 1, seed=0, device=device)
 
 
 def classifier_of(model: nn.Module) -> nn.Module | None:
@@ -212,6 +212,13 @@ def unit_importance(model: nn.Module, graph: ChannelGraph) -> list[torch.Tensor]
 def unit_max_gamma(model: nn.Module, graph: ChannelGraph) -> list[torch.Tensor]:
     """Per group, the largest |gamma| of each unit over its coupled BN channels."""
     return [_unit_gammas(model, g).amax(0) for g in graph.groups]
+
+
+def select_smallest_gamma(model: nn.Module, graph: ChannelGraph, ratio: float,
+                          layerwise: bool = False) -> list[torch.Tensor]:
+    """The ``ratio`` of filters with the smallest mean |gamma| (one bool tensor per group, see
+    :func:`select_smallest`)."""
+    return select_smallest(unit_importance(model, graph), ratio, layerwise=layerwise)
 
 
 def select_smallest(importance: list[torch.Tensor], ratio: float, layerwise: bool = False,

@@ -22,6 +22,7 @@ from toolbox.runtime import distributed
 from toolbox.errors import CheckpointError
 from toolbox.storage.atomic import atomic_write_bytes
 from toolbox.models import build_model
+from toolbox.models.modules import freeze
 from toolbox.storage.structure import apply_structure
 
 FORMAT = "toolbox-checkpoint/1"
@@ -165,7 +166,4 @@ def load_phase_model(run_dir: Path, step: int, phase: str) -> nn.Module:
     every process).
     """
     data = distributed.run_on_main(load_checkpoint, phase_checkpoint_path(run_dir, step, phase))
-    model = model_from_checkpoint(data)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
+    return freeze(model_from_checkpoint(data))
