@@ -30,6 +30,7 @@ from toolbox.methods.teachers import EMATeacher, MutualPeer
 
 if TYPE_CHECKING:
     from toolbox.context import Context
+    from toolbox.options import RunOptions
 
 ADAPT = ("confidence", "accuracy", "constant")
 TEACHERS = ("frozen", "ema", "mutual")
@@ -107,7 +108,7 @@ class AOD(PluginSettings):
         return aod_options()
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
+    def toolbox_configure(self, options: "RunOptions") -> None:
         """Read (and so validate) the options."""
         self.configure_settings(options.plugin)
 

@@ -15,7 +15,7 @@ one (the Laplace approximation's weight for equal shards); tune it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +25,10 @@ from toolbox.plugin_host import capabilities as cap
 from toolbox.methods.ewc import TARGETS, diagonal_fisher, ewc_penalty, online_update
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
+    from toolbox.options import RunOptions
 
 PENALIZED_PHASES = ("learn", "sparsify")
 
@@ -51,12 +55,12 @@ class EWC(PluginSettings):
                              "the model's own predictions", choices=TARGETS)]
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
+    def toolbox_configure(self, options: "RunOptions") -> None:
         """Read (and so validate) the options."""
         self.configure_settings(options.plugin)
 
     @hookimpl
-    def toolbox_phase_start(self, ctx: Any) -> None:
+    def toolbox_phase_start(self, ctx: "Context") -> None:
         """Load the running Fisher and the anchor (saved in the run's records) onto the device."""
         state = ctx.records.get("ewc")
         self.fisher = self.anchor = None
@@ -65,7 +69,7 @@ class EWC(PluginSettings):
             self.anchor = {n: t.to(ctx.device) for n, t in state["anchor"].items()}
 
     @hookimpl
-    def toolbox_loss(self, ctx: Any) -> dict[str, torch.Tensor] | None:
+    def toolbox_loss(self, ctx: "Context") -> dict[str, torch.Tensor] | None:
         """``ewc_penalty`` once an earlier step left a Fisher estimate."""
         if self.fisher is None or self.anchor is None:
             return None
@@ -73,7 +77,7 @@ class EWC(PluginSettings):
                                             self.settings(ctx).ewc_lambda)}
 
     @hookimpl(trylast=True)
-    def toolbox_phase_end(self, ctx: Any) -> None:
+    def toolbox_phase_end(self, ctx: "Context") -> None:
         """At the end of a step's last phase (not the run's last step): update Fisher and anchor.
         Called after the other plugins' phase ends (``trylast``), so the anchor is the final model."""
         self.fisher = self.anchor = None

@@ -17,6 +17,7 @@ from toolbox.options import PluginOption, PluginSettings
 
 if TYPE_CHECKING:
     from toolbox.context import Context
+    from toolbox.options import RunOptions
 
 
 class LwF(PluginSettings):
@@ -31,7 +32,7 @@ class LwF(PluginSettings):
         return [temperature_option(), alpha_option(), teacher_bn_option()]
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
+    def toolbox_configure(self, options: "RunOptions") -> None:
         """Read (and so validate) ``T``, ``alpha`` and ``teacher_bn``."""
         self.configure_settings(options.plugin)
 

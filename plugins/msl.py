@@ -1,7 +1,7 @@
 """``msl``: multi-step loss, distillation during SST so sparsifying keeps accumulated knowledge.
 
 It acts in the ``sparsify`` phases a sparsity plugin adds (``sst``, or any plugin whose class
-declares ``provides_sparsify = True``: ``slimming``, ``polarization``, ``group_lasso``, ...).
+declares ``provides = {"sparsify"}``: ``slimming``, ``polarization``, ``group_lasso``, ...).
 
 In ``sparsify`` phases of steps > 1 (and at step 1 with ``--msl-first-step true``) the term
 ``msl_kd = msl_weight * kd_loss(student, teacher, T)`` pulls the model being sparsified towards
@@ -29,6 +29,7 @@ from toolbox.options import PluginOption, PluginSettings, option_values
 
 if TYPE_CHECKING:
     from toolbox.context import Context
+    from toolbox.options import RunOptions
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class MSL(PluginSettings):
                            teacher_bn=v["teacher_bn"])
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
+    def toolbox_configure(self, options: "RunOptions") -> None:
         """Read (and so validate) the options."""
         self.configure_settings(options.plugin)
 

@@ -29,13 +29,15 @@ from toolbox.plugin_host import capabilities as cap
 from toolbox.sparsity import channels as ch
 from toolbox.pruning import compaction as cp
 from toolbox.pruning.cost import compaction_report
-from toolbox.pruning.prune_file import checkpoint_input_size
 from toolbox.storage.structure import merge_structures
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from toolbox.context import Context
+    from toolbox.options import RunOptions
 
 log = logging.getLogger("toolbox")
 PHASE = "compact"
@@ -67,7 +69,7 @@ def run_input_size(ctx: "Context", model: Any) -> tuple[int, int, int]:
     first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
     in_chans = int(getattr(first, "in_channels", 3))
     fake = {"in_chans": in_chans, "options": {"dataset": ctx.options.dataset}}
-    return checkpoint_input_size(fake, model)
+    return cp.checkpoint_input_size(fake, model)
 
 
 class Prune(PluginSettings):
@@ -86,7 +88,7 @@ class Prune(PluginSettings):
         return prune_options()
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
+    def toolbox_configure(self, options: "RunOptions") -> None:
         """Validate the ratio and set the compact phase's epochs (``phase_epochs`` wins if set)."""
         cfg = self.configure_settings(options.plugin)
         options.phase_epochs.setdefault(PHASE, cfg.compact_epochs)
@@ -102,7 +104,7 @@ class Prune(PluginSettings):
         return [PHASE] if step == num_steps else None
 
     @hookimpl
-    def toolbox_model_surgery(self, ctx: "Context", model: Any) -> Any | None:
+    def toolbox_model_surgery(self, ctx: "Context", model: nn.Module) -> nn.Module | None:
         """In ``compact``: remove the filters, record the structure, empty the masks."""
         if ctx.phase != PHASE:
             return None

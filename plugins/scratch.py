@@ -8,12 +8,15 @@ optimizer). With ``joint`` it retrains from scratch on all data seen so far.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
 
 # plugins whose point is to carry knowledge from the previous model, which scratch throws away
 
@@ -26,7 +29,7 @@ class Scratch:
                            cap.ANCHOR_PREVIOUS})
 
     @hookimpl
-    def toolbox_model_surgery(self, ctx: Any, model: nn.Module) -> nn.Module | None:
+    def toolbox_model_surgery(self, ctx: "Context", model: nn.Module) -> nn.Module | None:
         """Learn phases after step 1: a freshly initialized model replaces the trained one."""
         if ctx.phase != "learn" or ctx.step < 2:
             return None

@@ -10,7 +10,7 @@ model sat at chance, FINDINGS 12), so they are re-estimated on the new phase's t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -20,6 +20,10 @@ from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings
 from toolbox.methods.shrink_perturb import shrink_perturb_
+
+if TYPE_CHECKING:
+    from toolbox.context import Context
+    from toolbox.options import RunOptions
 
 BN_CHOICES = ("reestimate", "reset")
 
@@ -41,12 +45,12 @@ class ShrinkPerturb(PluginSettings):
                              "on the new training images, or reset to mean 0 / variance 1", choices=BN_CHOICES)]
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
+    def toolbox_configure(self, options: "RunOptions") -> None:
         """Read (and so validate) the options."""
         self.configure_settings(options.plugin)
 
     @hookimpl
-    def toolbox_model_surgery(self, ctx: Any, model: nn.Module) -> None:
+    def toolbox_model_surgery(self, ctx: "Context", model: nn.Module) -> None:
         """Learn phases after step 1: shrink and perturb in place, then re-estimate or reset BN statistics."""
         if ctx.phase != "learn" or ctx.step < 2:
             return None

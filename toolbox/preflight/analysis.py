@@ -401,11 +401,3 @@ def check_run(arch: str, model_kwargs: dict[str, Any] | None, num_classes: int, 
     log.info("preflight: %s in %.1f s.", report.reason if report.verdict == OK else f"{arch} checked",
              report.seconds)
     return report
-
-
-# ----------------------------------------------------------------------------- toolbox check
-
-
-# ----------------------------------------------------------------------------- rendering
-
-

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from toolbox.sparsity import channels as ch
+from toolbox.data import known_shape
 from toolbox.errors import UsageError
 from toolbox.models.modules import dummy_input
 from toolbox.pruning.fold_constants import GroupPlan, capture_inputs, fold_constants_, plan_group, round_width_
@@ -146,6 +147,20 @@ def example_batch(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
     return dummy_input(input_size, 1, device=param.device if param is not None else "cpu", zeros=True)
 
 
+def checkpoint_input_size(checkpoint: dict[str, Any], model: nn.Module) -> tuple[int, int, int]:
+    """The (C, H, W) images a checkpoint was trained on (recorded), else its dataset's known size,
+    else the model's timm cfg."""
+    if checkpoint.get("input_size"):
+        return tuple(int(v) for v in checkpoint["input_size"])  # type: ignore[return-value]
+    options = checkpoint.get("options") or {}
+    shape = known_shape(str(options.get("dataset")))
+    size = None if shape is None else shape[1]
+    if size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        size = int((cfg.get("input_size") or (3, 32, 32))[-1])
+    return int(checkpoint["in_chans"]), size, size
+
+
 def compact(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, ratio: float | None = None,
             example_inputs: torch.Tensor | None = None, exact: bool = True,
             round_to: int = 1) -> tuple[nn.Module, dict[str, Any]]:
@@ -200,11 +215,3 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, rati
     log.info("compact: removed %d of %d filters (%d kept as constant carriers).", stats["removed"],
              stats["filters"], stats["carriers"])
     return work, {"format": STRUCTURE_FORMAT, "ops": ops, "compactions": [stats]}
-
-
-# ----------------------------------------------------------------------------- cost
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
-from torch import nn
 
 from toolbox.storage import checkpoint as ckpt
 from toolbox.sparsity.channels import require_ratio
-from toolbox.pruning.compaction import compact, example_batch
+from toolbox.pruning.compaction import checkpoint_input_size, compact, example_batch
 from toolbox.pruning.cost import compaction_report
-from toolbox.data import known_shape
 from toolbox.errors import UsageError
 from toolbox.storage.structure import merge_structures
-
-
-#: Image sizes of the built-in datasets (the models' timm cfg is the fallback).
-
-
-def checkpoint_input_size(checkpoint: dict[str, Any], model: nn.Module) -> tuple[int, int, int]:
-    """The (C, H, W) images a checkpoint was trained on (recorded), else its dataset's known size,
-    else the model's timm cfg."""
-    if checkpoint.get("input_size"):
-        return tuple(int(v) for v in checkpoint["input_size"])  # type: ignore[return-value]
-    options = checkpoint.get("options") or {}
-    shape = known_shape(str(options.get("dataset")))
-    size = None if shape is None else shape[1]
-    if size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-        size = int((cfg.get("input_size") or (3, 32, 32))[-1])
-    return int(checkpoint["in_chans"]), size, size
 
 
 def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = None,

@@ -1,6 +1,6 @@
 """A run: steps (one per data shard) × phases (learn, and those plugins add), with checkpoints.
 
-:class:`Run` reads like the loop in DESIGN.md: for every step, for every phase the plugins plan,
+:class:`Run` reads like the loop of the design: for every step, for every phase the plugins plan,
 train the phase (plugins' model surgery, the engine's epochs, the phase-end hooks), evaluate on
 the test (and validation) images, record accuracy and cost, write the phase's checkpoint.
 The run directory's files are :mod:`toolbox.run.directory`'s; continuing a killed run is

@@ -49,12 +49,10 @@ from toolbox.sparsity.target_schedule import TargetSchedule
 
 if TYPE_CHECKING:
     from toolbox.context import Context
+    from toolbox.options import RunOptions
 
 SELECTS = ("global", "layerwise")
 RERANKS = ("epoch", "once")
-
-
-# ----------------------------------------------------------------------------- L1 maths on gammas
 
 
 # ----------------------------------------------------------------------------- unit sets
@@ -229,7 +227,7 @@ class SparsityTraining(PluginSettings):
         return self.declare_options()
 
     @hookimpl
-    def toolbox_configure(self, options: Any) -> None:
+    def toolbox_configure(self, options: "RunOptions") -> None:
         """Read (and so validate) the options (a combination is checked when plugins load)."""
         self.configure_settings(options.plugin)
 
