@@ -14,12 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolbox.data.datasets import (
-    DatasetFormatError,
-    DatasetNotFoundError,
-    ImageData,
-    not_found_message,
-)
+from toolbox.data.datasets import DatasetFormatError, ImageData, find_or_download
 
 FOLDER = "cifar-100-python"
 NUM_CLASSES = 100
@@ -90,6 +85,7 @@ def _split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _present(folder: Path) -> bool:
+    """Whether ``folder`` holds the ``train`` and ``test`` pickles."""
     return (folder / "train").is_file() and (folder / "test").is_file()
 
 
@@ -107,22 +103,7 @@ def _try_download(root: Path) -> None:
 def load(root: Path, download: bool = True) -> ImageData:
     """Load CIFAR-100 from ``root/cifar-100-python`` (train 50000, test 10000, 3 x 32 x 32)."""
     folder = root / FOLDER
-    if not _present(folder) and download:
-        _try_download(root)
-    if not _present(folder):
-        raise DatasetNotFoundError(
-            not_found_message("CIFAR-100", folder, download, "the official cifar-100-python folder")
-        )
-    train_x, train_y = _split(folder / "train")
-    test_x, test_y = _split(folder / "test")
-    return ImageData(
-        name="cifar100",
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
-        num_classes=NUM_CLASSES,
-        mean=MEAN,
-        std=STD,
-        source=str(folder),
-    )
+    find_or_download("CIFAR-100", folder, "the official cifar-100-python folder",
+                     lambda: folder if _present(folder) else None, lambda: _try_download(root), download)
+    return ImageData.from_splits("cifar100", _split(folder / "train"), _split(folder / "test"),
+                                 NUM_CLASSES, MEAN, STD, str(folder))

@@ -11,7 +11,7 @@ import importlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -22,6 +22,8 @@ DATA_ENV = "TOOLBOX_DATA"
 
 #: Where datasets live when neither ``--data-root`` nor ``$TOOLBOX_DATA`` says otherwise.
 DEFAULT_DATA_SUBDIR = Path(".cache") / "toolbox" / "data"
+
+_Found = TypeVar("_Found")
 
 
 class DatasetNotFoundError(UsageError, FileNotFoundError):
@@ -62,6 +64,13 @@ class ImageData:
     source: str
     classes: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_splits(cls, name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                    num_classes: int, mean: tuple[float, ...], std: tuple[float, ...], source: str) -> ImageData:
+        """The dataset from the ``(images, labels)`` pairs of its training and test splits."""
+        return cls(name=name, train_x=train[0], train_y=train[1], test_x=test[0], test_y=test[1],
+                   num_classes=num_classes, mean=mean, std=std, source=source)
 
     @property
     def in_chans(self) -> int:
@@ -170,3 +179,20 @@ def not_found_message(title: str, folder: Path | str, download: bool, what: str)
         f"and pass --data-root DIR or set {DATA_ENV}."
     )
 
+
+def find_or_download(title: str, where: Path | str, what: str, find: Callable[[], _Found | None],
+                     fetch: Callable[[], object], download: bool) -> _Found:
+    """What ``find()`` returns; when that is ``None`` and ``download`` is true, ``fetch()`` first
+    and ``find()`` again.
+
+    Raises:
+        DatasetNotFoundError: still nothing found; the message is :func:`not_found_message` of
+            ``title``, ``where`` and ``what``.
+    """
+    found = find()
+    if found is None and download:
+        fetch()
+        found = find()
+    if found is None:
+        raise DatasetNotFoundError(not_found_message(title, where, download, what))
+    return found

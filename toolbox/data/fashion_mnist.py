@@ -21,12 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolbox.data.datasets import (
-    DatasetFormatError,
-    DatasetNotFoundError,
-    ImageData,
-    not_found_message,
-)
+from toolbox.data.datasets import DatasetFormatError, ImageData, find_or_download
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -176,34 +171,29 @@ def _remove_corrupt(folder: Path) -> None:
             (folder / archive.stem).unlink(missing_ok=True)
 
 
+def _download(root: Path) -> None:
+    """:func:`fetch_files`, logging why it failed (a failure is reported as "not found" later)."""
+    problem = fetch_files(root)
+    if problem is not None:
+        log.warning("Fashion-MNIST could not be downloaded into %s: %s", root / "FashionMNIST" / "raw", problem)
+
+
 def load(root: Path, download: bool = True) -> ImageData:
     """Load Fashion-MNIST (train 60000, test 10000, 1 x 32 x 32 after padding)."""
-    files = find_files(root)
-    if files is None and download:
-        problem = fetch_files(root)
-        if problem is not None:
-            log.warning("Fashion-MNIST could not be downloaded into %s: %s", root / "FashionMNIST" / "raw", problem)
-        files = find_files(root)
-    if files is None:
-        elsewhere = ", ".join(str(p) for p in [root / "FashionMNIST" / "raw", root, *system_dirs()])
-        raise DatasetNotFoundError(
-            not_found_message(
-                "Fashion-MNIST",
-                f"{root / 'fashion_mnist'} (nor {elsewhere})",
-                download,
-                "the four official idx files (gzipped or not) in a fashion_mnist folder",
-            )
-        )
+    elsewhere = ", ".join(str(p) for p in [root / "FashionMNIST" / "raw", root, *system_dirs()])
+    files = find_or_download(
+        "Fashion-MNIST",
+        f"{root / 'fashion_mnist'} (nor {elsewhere})",
+        "the four official idx files (gzipped or not) in a fashion_mnist folder",
+        lambda: find_files(root),
+        lambda: _download(root),
+        download,
+    )
     train_x = _images(files["train_x"])
     test_x = _images(files["test_x"])
-    return ImageData(
-        name="fashion_mnist",
-        train_x=train_x,
-        train_y=_labels(files["train_y"], train_x.shape[0]),
-        test_x=test_x,
-        test_y=_labels(files["test_y"], test_x.shape[0]),
-        num_classes=NUM_CLASSES,
-        mean=MEAN,
-        std=STD,
-        source=str(files["train_x"].parent),
+    return ImageData.from_splits(
+        "fashion_mnist",
+        (train_x, _labels(files["train_y"], train_x.shape[0])),
+        (test_x, _labels(files["test_y"], test_x.shape[0])),
+        NUM_CLASSES, MEAN, STD, str(files["train_x"].parent),
     )

@@ -121,23 +121,13 @@ def sizes_for_run(steps: int, per_class: int | None, val_per_class: int = 0) -> 
 def generate(train_per_class: int = TRAIN_PER_CLASS, test_per_class: int = TEST_PER_CLASS) -> ImageData:
     """Build the dataset (identical on every call with the same sizes; the test set depends only
     on ``test_per_class``)."""
-    train_x, train_y = _split(train_per_class, SEED)
-    test_x, test_y = _split(test_per_class, TEST_SEED)
-    mean = tuple(round(v, 4) for v in (train_x.float().mean(dim=(0, 2, 3)) / 255).tolist())
-    std = tuple(round(v, 4) for v in (train_x.float().std(dim=(0, 2, 3)) / 255).tolist())
+    train = _split(train_per_class, SEED)
+    mean = tuple(round(v, 4) for v in (train[0].float().mean(dim=(0, 2, 3)) / 255).tolist())
+    std = tuple(round(v, 4) for v in (train[0].float().std(dim=(0, 2, 3)) / 255).tolist())
     sizes = (train_per_class, test_per_class) != (TRAIN_PER_CLASS, TEST_PER_CLASS)
-    return ImageData(
-        name="synthetic",
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
-        num_classes=NUM_CLASSES,
-        mean=mean,
-        std=std,
-        source=f"synthetic (generated, {train_per_class} train + {test_per_class} test images per class)"
-        if sizes else SOURCE,
-    )
+    source = f"synthetic (generated, {train_per_class} train + {test_per_class} test images per class)"
+    return ImageData.from_splits("synthetic", train, _split(test_per_class, TEST_SEED), NUM_CLASSES, mean, std,
+                                 source if sizes else SOURCE)
 
 
 def load(root: Path, download: bool = True) -> ImageData:

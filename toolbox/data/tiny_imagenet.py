@@ -23,12 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolbox.data.datasets import (
-    DatasetFormatError,
-    DatasetNotFoundError,
-    ImageData,
-    not_found_message,
-)
+from toolbox.data.datasets import DatasetFormatError, ImageData, find_or_download
 
 FOLDER = "tiny-imagenet-200"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -42,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def _present(folder: Path) -> bool:
+    """Whether ``folder`` holds ``wnids.txt``, ``train/`` and the val annotations."""
     return (
         (folder / "wnids.txt").is_file()
         and (folder / "train").is_dir()
@@ -173,14 +169,8 @@ def _try_download(root: Path) -> None:
 def load(root: Path, download: bool = True) -> ImageData:
     """Load Tiny ImageNet from ``root/tiny-imagenet-200`` (train 100000, test = val 10000)."""
     folder = root / FOLDER
-    if not _present(folder) and download:
-        _try_download(root)
-    if not _present(folder):
-        raise DatasetNotFoundError(
-            not_found_message(
-                "Tiny ImageNet", folder, download, "the official tiny-imagenet-200 folder"
-            )
-        )
+    find_or_download("Tiny ImageNet", folder, "the official tiny-imagenet-200 folder",
+                     lambda: folder if _present(folder) else None, lambda: _try_download(root), download)
     wnids = read_wnids(folder)
     key = _cache_key(folder, wnids)
     cached = _load_cache(folder, key)
@@ -195,14 +185,5 @@ def load(root: Path, download: bool = True) -> ImageData:
             "test_y": torch.tensor(val_labels, dtype=torch.int64),
         }
         _save_cache(folder, cached)
-    return ImageData(
-        name="tiny_imagenet",
-        train_x=cached["train_x"],
-        train_y=cached["train_y"],
-        test_x=cached["test_x"],
-        test_y=cached["test_y"],
-        num_classes=len(wnids),
-        mean=MEAN,
-        std=STD,
-        source=str(folder),
-    )
+    return ImageData.from_splits("tiny_imagenet", (cached["train_x"], cached["train_y"]),
+                                 (cached["test_x"], cached["test_y"]), len(wnids), MEAN, STD, str(folder))

@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 # consume_timm_kwargs is also imported from here (examples/register_architecture.py)
 from .timm_api import consume_timm_kwargs, make_global_pool
+from .timm_features import TimmFeatureModel, small_image_cfg
 
 __all__ = ["BasicBlock", "CifarResNet", "SHORTCUT_OPTIONS"]
 
@@ -116,13 +116,15 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(TimmFeatureModel):
     """ResNet-(6n+2) for 32x32 inputs with a timm-compatible interface.
 
     Module names: ``conv1, bn1, act1, layer1, layer2, layer3, global_pool, fc``; blocks are
     ``layer{1,2,3}.{i}`` (e.g. ``layer1.0.bn1``).  Feature levels (``feature_info``,
     ``forward_intermediates``): 0 the stem, 1-3 the stages.
     """
+
+    classifier_name = "fc"
 
     def __init__(
         self,
@@ -183,7 +185,7 @@ class CifarResNet(nn.Module):
 
         self.num_features = self.head_hidden_size = widths[2]
         self.global_pool = make_global_pool(type(self).__name__, global_pool)
-        self.fc = self._make_fc(num_classes)
+        self.fc = self._make_classifier(num_classes)
         self._init_weights()
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
@@ -195,10 +197,6 @@ class CifarResNet(nn.Module):
         blocks += [BasicBlock(width, width, 1, shortcut) for _ in range(num_blocks - 1)]
         return nn.Sequential(*blocks)
 
-    def _make_fc(self, num_classes: int) -> nn.Module:
-        """Linear classifier on the pooled features, or identity when ``num_classes == 0``."""
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def _init_weights(self) -> None:
         """Kaiming-normal convs, BN weight 1 / bias 0 (linear keeps PyTorch's default)."""
         for module in self.modules():
@@ -208,64 +206,25 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward pass (saves memory) when ``enable``."""
-        self.grad_checkpointing = enable
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        """Linear classifier on the pooled features, or identity when ``num_classes == 0``."""
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        """Return the classifier module (or its attribute name ``"fc"``)."""
-        return "fc" if name_only else self.fc
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``fc`` to the pooled features."""
+        return self.fc(x)
 
-    def _last_width(self) -> int:
+    def _head_width(self) -> Optional[int]:
         """Channels of the last feature map, read from the network (pruning may have changed it)."""
         for layer in (self.layer3, self.layer2, self.layer1):
             if len(layer):
                 return layer[-1].bn2.num_features
         return self.bn1.num_features
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace ``fc`` by a freshly initialised classifier with ``num_classes`` outputs.
-
-        ``num_features`` is re-read from the network first, so this also works after
-        torch-pruning has removed channels of the last stage.
-
-        Args:
-            num_classes: New number of outputs (0 for no classifier).
-            global_pool: ``"avg"``, ``""`` (no pooling) or ``None`` (keep the current one).
-        """
-        if global_pool is not None:
-            self.global_pool = make_global_pool(type(self).__name__, global_pool)
-        ref = next(self.parameters())
-        self.num_features = self.head_hidden_size = self._last_width()
-        self.num_classes = num_classes
-        self.fc = self._make_fc(num_classes).to(device=ref.device, dtype=ref.dtype)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """timm's feature API: the feature maps of the levels in ``feature_info`` (0 stem, 1-3 stages).
-
-        Args:
-            x: Input images.
-            indices: Levels to return: all (``None``), the last ``n`` (int) or a list.
-            norm: Unused (no final norm layer); accepted for timm compatibility.
-            stop_early: Skip the stages after the last requested level.
-            output_fmt: Only ``"NCHW"``.
-            intermediates_only: Return only the list of feature maps.
-
-        Returns:
-            ``(forward_features(x), maps)``, or ``maps`` alone with ``intermediates_only``.
-        """
-        assert output_fmt == "NCHW", "Output shape must be NCHW."
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+    def _intermediates(
+        self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Stem, then the stages (up to level ``max_index`` with ``stop_early``), collecting maps."""
         intermediates = []
         x = self.act1(self.bn1(self.conv1(x)))
         if 0 in take_indices:
@@ -275,27 +234,12 @@ class CifarResNet(nn.Module):
             x = checkpoint_seq(layer, x) if self.grad_checkpointing else layer(x)
             if level in take_indices:
                 intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
+        return x, intermediates
 
-    def prune_intermediate_layers(
-        self,
-        indices: Union[int, List[int]] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages after the last requested level (and the head); return the kept levels.
-
-        Args:
-            indices: Levels to keep, as in :meth:`forward_intermediates`.
-            prune_norm: Unused (no final norm layer).
-            prune_head: Also remove the classifier and pooling.
-        """
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+    def _drop_after(self, max_index: int) -> None:
+        """Replace the stages after level ``max_index`` by empty ``nn.Sequential`` s."""
         for name in ("layer1", "layer2", "layer3")[max_index:]:
             setattr(self, name, nn.Sequential())
-        if prune_head or max_index < len(self.feature_info) - 1:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the last feature map, shape ``(B, num_features, H/4, W/4)``."""
@@ -306,36 +250,11 @@ class CifarResNet(nn.Module):
         x = self.layer2(x)
         return self.layer3(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (unless ``global_pool=""``), apply dropout and (unless ``pre_logits``) the classifier."""
-        x = self.global_pool(x)
-        if self.drop_rate > 0.0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    """Default (weight-less) pretrained cfg of the CIFAR ResNets."""
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (3, 32, 32),
-        "pool_size": (8, 8),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": CIFAR10_MEAN,
-        "std": CIFAR10_STD,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({f"cifar_resnet{d}": _cfg() for d in (20, 32, 44, 56, 110)})
+default_cfgs = generate_default_cfgs({
+    f"cifar_resnet{d}": small_image_cfg("conv1", "fc", (8, 8), mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    for d in (20, 32, 44, 56, 110)
+})
 
 
 def _create_cifar_resnet(variant: str, depth: int, pretrained: bool = False, **kwargs: Any) -> CifarResNet:

@@ -32,12 +32,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
 from .timm_api import consume_timm_kwargs, make_global_pool
+from .timm_features import TimmFeatureModel, small_image_cfg
 
 __all__ = ["InvertedResidual", "MobileNetV2", "CIFAR_SETTING", "TINYIMAGENET_SETTING"]
 
@@ -103,7 +102,7 @@ class InvertedResidual(nn.Module):
         return out + x if self.has_skip else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(TimmFeatureModel):
     """MobileNetV2 with a configurable stem stride and block setting, timm-compatible.
 
     Module names: ``conv_stem, bn1, act1, blocks, conv_head, bn2, act2, global_pool,
@@ -111,6 +110,8 @@ class MobileNetV2(nn.Module):
     Feature levels (``feature_info``, ``forward_intermediates``): the last stage at each
     resolution, then the head conv's output.
     """
+
+    classifier_name = "classifier"
 
     def __init__(
         self,
@@ -204,58 +205,18 @@ class MobileNetV2(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward pass (saves memory) when ``enable``."""
-        self.grad_checkpointing = enable
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``classifier`` to the pooled features."""
+        return self.classifier(x)
 
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        """Return the classifier module (or its attribute name ``"classifier"``)."""
-        return "classifier" if name_only else self.classifier
+    def _head_width(self) -> Optional[int]:
+        """Channels of the head conv's BN, or None once ``prune_intermediate_layers`` removed it."""
+        return self.bn2.num_features if isinstance(self.bn2, nn.BatchNorm2d) else None
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace ``classifier`` by a freshly initialised one with ``num_classes`` outputs.
-
-        ``num_features`` is re-read from the network first, so this also works after
-        torch-pruning has removed channels of the head conv.
-
-        Args:
-            num_classes: New number of outputs (0 for no classifier).
-            global_pool: ``"avg"``, ``""`` (no pooling) or ``None`` (keep the current one).
-        """
-        if global_pool is not None:
-            self.global_pool = make_global_pool(type(self).__name__, global_pool)
-        ref = next(self.parameters())
-        if isinstance(self.bn2, nn.BatchNorm2d):  # absent after prune_intermediate_layers
-            self.num_features = self.head_hidden_size = self.bn2.num_features
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """timm's feature API: the feature maps of the levels in ``feature_info``.
-
-        Args:
-            x: Input images.
-            indices: Levels to return: all (``None``), the last ``n`` (int) or a list.
-            norm: Unused (no final norm layer); accepted for timm compatibility.
-            stop_early: Skip the layers after the last requested level.
-            output_fmt: Only ``"NCHW"``.
-            intermediates_only: Return only the list of feature maps.
-
-        Returns:
-            ``(forward_features(x), maps)``, or ``maps`` alone with ``intermediates_only``.
-        """
-        assert output_fmt == "NCHW", "Output shape must be NCHW."
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+    def _intermediates(
+        self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Stem, stages and head conv (up to level ``max_index`` with ``stop_early``), collecting maps."""
         take_stages = [self.stage_ends[i] for i in take_indices if i < len(self.stage_ends)]
         head_level = len(self.stage_ends)
         last_stage = self.stage_ends[max_index] if stop_early and max_index < head_level else len(self.blocks) - 1
@@ -269,29 +230,14 @@ class MobileNetV2(nn.Module):
             x = self.act2(self.bn2(self.conv_head(x)))
             if head_level in take_indices:
                 intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
+        return x, intermediates
 
-    def prune_intermediate_layers(
-        self,
-        indices: Union[int, List[int]] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the layers after the last requested level (and the head); return the kept levels.
-
-        Args:
-            indices: Levels to keep, as in :meth:`forward_intermediates`.
-            prune_norm: Unused (no final norm layer).
-            prune_head: Also remove the classifier and pooling.
-        """
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+    def _drop_after(self, max_index: int) -> None:
+        """Cut the blocks after level ``max_index`` and remove the head conv (unless it is the last level)."""
         if max_index < len(self.stage_ends):
             self.blocks = self.blocks[: self.stage_ends[max_index] + 1]
             self.conv_head, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or max_index < len(self.stage_ends):
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the feature map after the 1280-channel head conv (4x4 for the default inputs)."""
@@ -302,39 +248,12 @@ class MobileNetV2(nn.Module):
             x = self.blocks(x)
         return self.act2(self.bn2(self.conv_head(x)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (unless ``global_pool=""``), apply dropout and (unless ``pre_logits``) the classifier."""
-        x = self.global_pool(x)
-        if self.drop_rate > 0.0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
-
-
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    """Default (weight-less) pretrained cfg of the small-image MobileNetV2s."""
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (3, 32, 32),
-        "pool_size": (4, 4),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": CIFAR10_MEAN,
-        "std": CIFAR10_STD,
-        "first_conv": "conv_stem",
-        "classifier": "classifier",
-        **kwargs,
-    }
-
 
 default_cfgs = generate_default_cfgs({
-    "cifar_mobilenetv2": _cfg(),
-    "tinyimagenet_mobilenetv2": _cfg(
-        num_classes=200, input_size=(3, 64, 64), mean=TINYIMAGENET_MEAN, std=TINYIMAGENET_STD
+    "cifar_mobilenetv2": small_image_cfg("conv_stem", "classifier", (4, 4), mean=CIFAR10_MEAN, std=CIFAR10_STD),
+    "tinyimagenet_mobilenetv2": small_image_cfg(
+        "conv_stem", "classifier", (4, 4),
+        num_classes=200, input_size=(3, 64, 64), mean=TINYIMAGENET_MEAN, std=TINYIMAGENET_STD,
     ),
 })
 
