@@ -21,6 +21,7 @@ from toolbox.methods.ewc import diagonal_fisher, ewc_penalty, online_update
 from toolbox.options import RunOptions
 from toolbox.run.run import start_run
 from toolbox_plugins.ewc import EWC
+from toolbox.plugin_host.manager import load_plugins
 
 
 def tiny_net() -> nn.Module:
@@ -122,7 +123,7 @@ def test_the_plugin_estimates_at_each_steps_end_and_penalizes_later_steps() -> N
 
 def test_scratch_is_refused() -> None:
     with pytest.raises(UsageError, match="ewc and scratch cannot run together: scratch starts every step"):
-        EWC().toolbox_configure(options=RunOptions(plugins=["ewc", "scratch"]))
+        load_plugins(["ewc", "scratch"])  # the combination is refused when the plugins load
 
 
 EWC_RUN = {"plugins": "ewc", "ewc_lambda": 5.0, "ewc_gamma": 0.5, "dataset": "synthetic", "arch": "cifar_resnet20",

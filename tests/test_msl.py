@@ -15,6 +15,7 @@ from toolbox.methods.distillation import kd_loss
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox_plugins.msl import MSL
+from toolbox.plugin_host.manager import load_plugins
 
 
 def make(step: int, phase: str, loader: Any = None, **extra: Any) -> tuple[MSL, Context]:
@@ -77,6 +78,6 @@ def test_all_teachers_equal_weights_summing_to_msl_weight() -> None:
 
 def test_refuses_without_sst() -> None:
     with pytest.raises(UsageError, match="sparsify"):
-        MSL().toolbox_configure(options=RunOptions(plugins=["msl", "aod"]))
+        load_plugins(["msl", "aod"])  # the combination is refused when the plugins load
     with pytest.raises(UsageError):
         MSL().toolbox_configure(options=RunOptions(plugins=["sst", "msl"], plugin={"T": -1.0}))

@@ -19,6 +19,7 @@ from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
 from toolbox.run.run import start_run
 from toolbox_plugins.scratch import Scratch
+from toolbox.plugin_host.manager import load_plugins
 
 
 class Probe:
@@ -71,8 +72,8 @@ def test_scratch_replaces_the_model_at_learn_phases_after_step_one() -> None:
 @pytest.mark.parametrize("other", ["finetune", "aod", "lwf", "ewc", "shrink_perturb"])
 def test_plugins_that_carry_the_previous_model_are_refused(other: str) -> None:
     with pytest.raises(UsageError, match=f"scratch and {other} cannot run together"):
-        Scratch().toolbox_configure(options=RunOptions(plugins=["scratch", other]))
-    Scratch().toolbox_configure(options=RunOptions(plugins=["scratch", "joint"]))
+        load_plugins(["scratch", other])  # the combination is refused when the plugins load
+    load_plugins(["scratch", "joint"])  # scratch on all the data: accepted
 
 
 class Meddle:

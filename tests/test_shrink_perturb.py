@@ -20,6 +20,7 @@ from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox.methods.shrink_perturb import shrink_perturb_
 from toolbox_plugins.shrink_perturb import ShrinkPerturb
+from toolbox.plugin_host.manager import load_plugins
 
 PROTOTYPES = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -114,7 +115,7 @@ def test_the_plugin_acts_at_learn_phases_after_step_one(trained: nn.Module, bn: 
 @pytest.mark.parametrize("other", ["aod", "scratch"])
 def test_conflicts_are_one_sentence(other: str) -> None:
     with pytest.raises(UsageError, match=f"shrink_perturb and {other}"):
-        ShrinkPerturb().toolbox_configure(options=RunOptions(plugins=["shrink_perturb", other]))
+        load_plugins(["shrink_perturb", other])  # the combination is refused when the plugins load
 
 
 def test_two_steps_through_the_cli(tiny_values: dict[str, Any]) -> None:
