@@ -50,3 +50,35 @@ def test_the_project_uses_no_old_path() -> None:
                 text = path.read_text()
                 offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in OLD_PATH.finditer(text)]
     assert offenders == []
+
+
+def test_a_plugin_written_against_the_old_paths_runs(tmp_path: Path, tiny_values: dict) -> None:
+    """A third-party plugin module of 0.2 (flat imports) loads with a warning and trains."""
+    (tmp_path / "old_style_plugin.py").write_text(
+        "import torch\n"
+        "from toolbox.hookspecs import hookimpl\n"
+        "from toolbox.channels import unwrap\n"
+        "from toolbox.distill import kd_loss\n"
+        "from toolbox import distributed\n\n"
+        "class OldStyle:\n"
+        "    calls = 0\n\n"
+        "    @hookimpl\n"
+        "    def toolbox_loss(self, ctx, batch, logits):\n"
+        "        OldStyle.calls += 1\n"
+        "        assert unwrap(ctx.model) is ctx.model and distributed.is_main()\n"
+        "        return {'old_kd': 0.0 * kd_loss(logits, logits.detach(), 4.0)}\n")
+    sys.path.insert(0, str(tmp_path))
+    for old in _legacy.MOVED:
+        sys.modules.pop(f"toolbox.{old}", None)  # imported by another test: warn again
+    try:
+        with pytest.warns(DeprecationWarning, match="is deprecated and goes away") as caught:
+            module = importlib.import_module("old_style_plugin")
+        assert {str(w.message).split()[0] for w in caught} == {"toolbox.channels", "toolbox.distill",
+                                                               "toolbox.distributed"}
+        from toolbox.run import start_run
+
+        results = start_run({**tiny_values, "steps": 2}, extra_plugins={"old_style": module.OldStyle()}).execute()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("old_style_plugin", None)
+    assert module.OldStyle.calls > 0 and len(results["steps"]) == 2
