@@ -104,7 +104,8 @@ class AOD(PluginSettings):
 
     @hookimpl
     def toolbox_options(self) -> list[PluginOption]:
-        """Declare ``--ratio --reinit --reinit-gamma --reinit-next --T --alpha --adapt --teacher --ema-decay``."""
+        """Declare ``--ratio --reinit --reinit-gamma --reinit-next --T --alpha --adapt --teacher
+        --ema-decay --teacher-bn``."""
         return aod_options()
 
     @hookimpl

@@ -85,7 +85,7 @@ class MSL(PluginSettings):
 
     @hookimpl
     def toolbox_options(self) -> list[PluginOption]:
-        """Declare ``--T --msl-weight --msl-teachers --msl-first-step``."""
+        """Declare ``--T --msl-weight --msl-teachers --msl-first-step --teacher-bn``."""
         return msl_options()
 
     def read_settings(self, values: dict[str, Any]) -> MSLSettings:

@@ -223,7 +223,8 @@ class SparsityTraining(PluginSettings):
     # ------------------------------------------------------------------ hooks
     @hookimpl
     def toolbox_options(self) -> list[PluginOption]:
-        """Declare ``--ratio``, the strength, ``--<prefix>-mode/-select/-rerank``, ``--sparsity-threshold``."""
+        """Declare ``--ratio``, the strength, ``--<prefix>-mode/-select/-rerank``, ``--sparsity-target-at``
+        and ``--sparsity-threshold``."""
         return self.declare_options()
 
     @hookimpl
