@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from toolbox.plugin_host import capabilities as cap
-from toolbox.sparsity import channels as ch
-from toolbox.runtime import distributed
-from toolbox.methods.distillation import adaptive_weight, alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption, PluginSettings, option_values
+from toolbox.methods.distillation import adaptive_weight, alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.methods.reinit import DEFAULT_GAMMA, DEFAULT_NEXT, DEFAULT_STRATEGY, NEXT, STRATEGIES, reinitialize
 from toolbox.methods.teachers import EMATeacher, MutualPeer
+from toolbox.options import PluginOption, PluginSettings, option_values
+from toolbox.plugin_host import capabilities as cap
+from toolbox.runtime import distributed
+from toolbox.sparsity import channels as ch
 
 if TYPE_CHECKING:
     from toolbox.context import Context

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from toolbox.sparsity import channels as ch
-from toolbox.runtime import distributed
-from toolbox.plugin_host import capabilities as cap
-from toolbox.methods.ewc import TARGETS, diagonal_fisher, ewc_penalty, online_update
 from toolbox.hookspecs import hookimpl
+from toolbox.methods.ewc import TARGETS, diagonal_fisher, ewc_penalty, online_update
 from toolbox.options import PluginOption, PluginSettings
+from toolbox.plugin_host import capabilities as cap
+from toolbox.runtime import distributed
+from toolbox.sparsity import channels as ch
 
 if TYPE_CHECKING:
     from toolbox.context import Context

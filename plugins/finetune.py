@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
+from toolbox.plugin_host import capabilities as cap
 
 
 class FineTune:

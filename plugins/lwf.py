@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from toolbox.plugin_host import capabilities as cap
-from toolbox.methods.distillation import alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
+from toolbox.methods.distillation import alpha_option, kd_loss, teacher_bn_option, temperature_option
 from toolbox.options import PluginOption, PluginSettings
+from toolbox.plugin_host import capabilities as cap
 
 if TYPE_CHECKING:
     from toolbox.context import Context

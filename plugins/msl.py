@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from toolbox.plugin_host import capabilities as cap
-from toolbox.pruning.compact_teacher import distillation_teacher
-from toolbox.methods.distillation import kd_loss, teacher_bn_option, temperature_option
 from toolbox.hookspecs import hookimpl
+from toolbox.methods.distillation import kd_loss, teacher_bn_option, temperature_option
 from toolbox.models.modules import freeze
 from toolbox.options import PluginOption, PluginSettings, option_values
+from toolbox.plugin_host import capabilities as cap
+from toolbox.pruning.compact_teacher import distillation_teacher
 
 if TYPE_CHECKING:
     from toolbox.context import Context

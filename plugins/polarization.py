@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolbox.sparsity import channels as ch
 from toolbox.options import PluginOption
+from toolbox.sparsity import channels as ch
 from toolbox.sparsity.training import SparsityTraining, Units
 
 

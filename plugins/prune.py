@@ -25,13 +25,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from toolbox.plugin_host import capabilities as cap
-from toolbox.sparsity import channels as ch
-from toolbox.pruning import compaction as cp
-from toolbox.pruning.cost import compaction_report
-from toolbox.storage.structure import merge_structures
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings
+from toolbox.plugin_host import capabilities as cap
+from toolbox.pruning import compaction as cp
+from toolbox.pruning.cost import compaction_report
+from toolbox.sparsity import channels as ch
+from toolbox.storage.structure import merge_structures
 
 if TYPE_CHECKING:
     from torch import nn

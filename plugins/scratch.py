@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
+from toolbox.plugin_host import capabilities as cap
 
 if TYPE_CHECKING:
     from toolbox.context import Context

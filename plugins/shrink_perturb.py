@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from toolbox.methods import bn_statistics as batchnorm
-from toolbox.sparsity import channels as ch
-from toolbox.plugin_host import capabilities as cap
 from toolbox.hookspecs import hookimpl
-from toolbox.options import PluginOption, PluginSettings
+from toolbox.methods import bn_statistics as batchnorm
 from toolbox.methods.shrink_perturb import shrink_perturb_
+from toolbox.options import PluginOption, PluginSettings
+from toolbox.plugin_host import capabilities as cap
+from toolbox.sparsity import channels as ch
 
 if TYPE_CHECKING:
     from toolbox.context import Context

@@ -11,16 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolbox.sparsity import channels as ch
 from toolbox.context import Context
-from toolbox.methods.distillation import kd_loss
 from toolbox.errors import UsageError
-from toolbox.options import RunOptions
-from toolbox.methods.distillation import adaptive_weight
+from toolbox.methods.distillation import adaptive_weight, kd_loss
 from toolbox.methods.reinit import draw_filters
 from toolbox.methods.teachers import ema_update
-from toolbox_plugins.aod import AOD
+from toolbox.options import RunOptions
 from toolbox.plugin_host.manager import load_plugins
+from toolbox.sparsity import channels as ch
+from toolbox_plugins.aod import AOD
 
 
 class Net(nn.Module):

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from toolbox.methods import bn_statistics as batchnorm
 from toolbox.cli.commands import app
 from toolbox.context import Context
+from toolbox.methods import bn_statistics as batchnorm
 from toolbox.methods.distillation import kd_loss
 from toolbox.options import RunOptions
 from toolbox_plugins.aod import aod_options

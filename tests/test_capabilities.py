@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from toolbox.errors import UsageError
 from toolbox.plugin_host import capabilities as cap
 from toolbox.plugin_host.entry_points import load_installed
-from toolbox.errors import UsageError
 from toolbox.plugin_host.phases import declared_phases, installed_phases
 from toolbox.sparsity.target_schedule import TargetSchedule
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from toolbox.sparsity import channels as ch
 from toolbox.errors import UsageError
+from toolbox.sparsity import channels as ch
 
 
 class ResNet(nn.Module):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolbox.storage import checkpoint as ckpt
-from toolbox.storage import atomic as tbio
-from toolbox.models import build_model
 from toolbox.errors import CheckpointError
+from toolbox.models import build_model
+from toolbox.storage import atomic as tbio
+from toolbox.storage import checkpoint as ckpt
 
 
 def _checkpoint(model: torch.nn.Module, arch: str = "cifar_resnet20") -> dict:

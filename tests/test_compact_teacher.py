@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
+from toolbox.context import Context
+from toolbox.options import RunOptions
+from toolbox.pruning import compact_teacher as tt
+from toolbox.pruning import compaction as cp
+from toolbox.pruning.cost import cost
+from toolbox.pruning.fold_batchnorm import count_batchnorms
 from toolbox.sparsity import bn_l1
 from toolbox.sparsity import channels as ch
-from toolbox.pruning import compaction as cp
-from toolbox.pruning import compact_teacher as tt
-from toolbox.pruning.fold_batchnorm import count_batchnorms
-from toolbox.context import Context
-from toolbox.pruning.cost import cost
-from toolbox.options import RunOptions
 from toolbox_plugins.aod import AOD
 from toolbox_plugins.msl import MSL
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fabricate import write_cifar100 as _write_cifar
+from fabricate import write_fashion_mnist as _write_fashion
 
 import toolbox.data.fashion_mnist as fashion_mnist
 import toolbox.data.tiny_imagenet as tiny_imagenet
@@ -30,9 +32,6 @@ from toolbox.data import (
     split_shards,
 )
 from toolbox.errors import UsageError
-
-from fabricate import write_cifar100 as _write_cifar
-from fabricate import write_fashion_mnist as _write_fashion
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

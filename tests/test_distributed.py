@@ -30,21 +30,21 @@ from typing import Any, Callable
 import pytest
 import torch
 import torch.multiprocessing as mp
+from nets import Net
+from run_compare import comparable, metric_lines
 from typer.testing import CliRunner
 
-from run_compare import comparable, metric_lines
-from nets import Net
-from toolbox.storage import checkpoint as ckpt
-from toolbox.storage import atomic as tbio
-from toolbox.runtime import distributed
 from toolbox.cli.commands import app
 from toolbox.context import Context
 from toolbox.data import BatchLoader
-from toolbox.run.engine import Trainer, build_optimizer, evaluate
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox.plugin_host.calls import declared_options, model_surgery
 from toolbox.plugin_host.manager import load_plugins
+from toolbox.run.engine import Trainer, build_optimizer, evaluate
+from toolbox.runtime import distributed
+from toolbox.storage import atomic as tbio
+from toolbox.storage import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Largest difference in test top-1 (percentage points, on the synthetic set's 200 test images)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from toolbox.run.engine import evaluate, lr_at, topk_correct
 from toolbox.options import RunOptions
+from toolbox.run.engine import evaluate, lr_at, topk_correct
 
 
 def test_cosine_schedule_with_warmup() -> None:

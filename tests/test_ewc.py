@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from run_compare import comparable, metric_lines
+from test_reliability import run_with_kills
 from torch import nn
 from typer.testing import CliRunner
 
-from run_compare import comparable, metric_lines
-from test_reliability import run_with_kills
 from toolbox.cli.commands import app
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.methods.ewc import diagonal_fisher, ewc_penalty, online_update
 from toolbox.options import RunOptions
+from toolbox.plugin_host.manager import load_plugins
 from toolbox.run.run import start_run
 from toolbox_plugins.ewc import EWC
-from toolbox.plugin_host.manager import load_plugins
 
 
 def tiny_net() -> nn.Module:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from fabricate import write_fashion_mnist
 from typer.testing import CliRunner
 
 import toolbox.data.fashion_mnist as fashion_mnist
 from toolbox.cli.commands import app
 from toolbox.data import DatasetNotFoundError, load_dataset, synthetic
 from toolbox.data.auto import FALLBACK_SOURCE, load_run_dataset
-
-from fabricate import write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "configs" / "demo.yaml"

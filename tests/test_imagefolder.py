@@ -15,14 +15,14 @@ from fabricate import truncate_file, write_image, write_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolbox.storage import checkpoint as ckpt
-from toolbox.storage import atomic as tbio
 from toolbox.cli.commands import app
 from toolbox.data import BatchLoader
 from toolbox.data.decoded_cache import CACHE_DIRNAME, CACHE_ENV
 from toolbox.data.image_decode import decode_image
 from toolbox.data.imagefolder import load_image_folders, load_imagefolder
 from toolbox.errors import UsageError
+from toolbox.storage import atomic as tbio
+from toolbox.storage import checkpoint as ckpt
 
 runner = CliRunner()
 TINY_RUN = ["--arch", "cifar_resnet20", "--steps", "1", "--epochs", "1", "--batch-size", "8",

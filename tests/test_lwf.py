@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from toolbox.context import Context
-from toolbox.methods.distillation import kd_loss
 from toolbox.errors import UsageError
+from toolbox.methods.distillation import kd_loss
 from toolbox.options import RunOptions
-from toolbox_plugins.lwf import LwF
 from toolbox.plugin_host.manager import load_plugins
+from toolbox_plugins.lwf import LwF
 
 
 def test_term_only_in_learn_phases_after_step_one() -> None:

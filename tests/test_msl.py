@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from toolbox.context import Context
-from toolbox.methods.distillation import kd_loss
 from toolbox.errors import UsageError
+from toolbox.methods.distillation import kd_loss
 from toolbox.options import RunOptions
-from toolbox_plugins.msl import MSL
 from toolbox.plugin_host.manager import load_plugins
+from toolbox_plugins.msl import MSL
 
 
 def make(step: int, phase: str, loader: Any = None, **extra: Any) -> tuple[MSL, Context]:

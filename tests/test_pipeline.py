@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 from toolbox.errors import UsageError
 from toolbox.run.run import resume_run, start_run
+from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 
 
 def _strip_time(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

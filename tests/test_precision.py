@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from toolbox.runtime import device
-from toolbox.runtime.device import autocast_context
 from toolbox.errors import UsageError
 from toolbox.options import build_options
+from toolbox.runtime import device
+from toolbox.runtime.device import autocast_context
 
 CPU = torch.device("cpu")
 

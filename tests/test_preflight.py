@@ -14,9 +14,9 @@ from timm.models import register_model
 from torch import nn
 
 from toolbox.cli import check as chk
-from toolbox.preflight import dry_run as dryrun
-from toolbox.preflight import analysis as pf
 from toolbox.errors import UsageError
+from toolbox.preflight import analysis as pf
+from toolbox.preflight import dry_run as dryrun
 
 PIPELINE = ["sst", "aod", "msl", "prune"]
 STAGES = [name for name, _ in dryrun.DRY_RUN_STAGES]

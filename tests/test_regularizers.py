@@ -10,19 +10,19 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import Net
 from torch import nn
 
-from toolbox.sparsity import channels as ch
-from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
 from toolbox.run.run import start_run
+from toolbox.sparsity import channels as ch
 from toolbox.sparsity.training import SparsityTraining, Units, sparsity_plugins
+from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 from toolbox_plugins.group_lasso import GroupLasso, add_group_lasso_grad_, block_soft_threshold_, group_norms
 from toolbox_plugins.polarization import Polarization, polarization_grad, polarization_penalty
 from toolbox_plugins.slimming import Slimming
-from nets import Net
 
 MODE_KEY = {"slimming": "slimming_mode", "polarization": "polar_mode", "group_lasso": "gl_mode"}
 

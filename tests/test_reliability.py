@@ -27,17 +27,17 @@ from typing import Any, Iterator
 
 import pytest
 import torch
+from run_compare import comparable, metric_lines
 from typer.testing import CliRunner
 
-from run_compare import comparable, metric_lines
-from toolbox.storage import checkpoint as ckpt
-from toolbox.storage import atomic as tbio
-from toolbox.models import build_model
 from toolbox.cli.commands import app
 from toolbox.hookspecs import hookimpl
+from toolbox.models import build_model
 from toolbox.options import RunOptions
 from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
 from toolbox.run.run import resume_run, start_run
+from toolbox.storage import atomic as tbio
+from toolbox.storage import checkpoint as ckpt
 
 runner = CliRunner()
 KILL_RUN = {"plugins": "sst,aod,msl", "dataset": "synthetic", "arch": "cifar_resnet20", "steps": 3,

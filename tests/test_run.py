@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 from toolbox.errors import UsageError
 from toolbox.run.run import resume_run, start_run
+from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 
 
 def test_multistep_run_writes_its_directory(tiny_values: dict[str, Any]) -> None:

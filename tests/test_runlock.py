@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from toolbox.run import lock as runlock
 from toolbox.cli.commands import app
+from toolbox.run import lock as runlock
 
 runner = CliRunner()
 TINY = ["--dataset", "synthetic", "--arch", "cifar_resnet20", "--steps", "1", "--epochs", "1", "--batch-size", "64",

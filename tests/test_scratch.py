@@ -11,15 +11,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from toolbox.storage import checkpoint as ckpt
 from toolbox.cli.commands import app
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
-from toolbox.run.run import start_run
-from toolbox_plugins.scratch import Scratch
 from toolbox.plugin_host.manager import load_plugins
+from toolbox.run.run import start_run
+from toolbox.storage import checkpoint as ckpt
+from toolbox_plugins.scratch import Scratch
 
 
 class Probe:

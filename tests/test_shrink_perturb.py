@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from toolbox.methods import bn_statistics as batchnorm
 from toolbox.cli.commands import app
 from toolbox.context import Context
 from toolbox.errors import UsageError
-from toolbox.options import RunOptions
+from toolbox.methods import bn_statistics as batchnorm
 from toolbox.methods.shrink_perturb import shrink_perturb_
-from toolbox_plugins.shrink_perturb import ShrinkPerturb
+from toolbox.options import RunOptions
 from toolbox.plugin_host.manager import load_plugins
+from toolbox_plugins.shrink_perturb import ShrinkPerturb
 
 PROTOTYPES = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 

@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import Net
 from torch import nn
 
-from toolbox.sparsity import channels as ch
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
+from toolbox.sparsity import channels as ch
 from toolbox.sparsity.training import achieved
 from toolbox_plugins.sst import SST
-from nets import Net
 
 
 def make(mode: str = "target", ratio: float = 0.5, **extra: Any) -> tuple[SST, Context]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import timm
 import torch
+from fabricate import write_image_folder
 from typer.testing import CliRunner
 
 import toolbox
-from fabricate import write_image_folder
 from toolbox.cli.commands import app
 
 runner = CliRunner()

@@ -19,9 +19,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
+from test_reliability import cli_flags, toolbox_cli
 from typer.testing import CliRunner
 
-from test_reliability import cli_flags, toolbox_cli
 from toolbox.cli.commands import app
 from toolbox.run.run import resume_run, start_run
 from toolbox.run.tensorboard import TB_DIR, RunBoard, hparam_values, phase_offsets

@@ -32,12 +32,12 @@ import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from toolbox.storage import checkpoint as ckpt
-from toolbox.storage.atomic import KILL_ENV
 from toolbox.cli.commands import app
 from toolbox.errors import UsageError
 from toolbox.options import PluginOption, option_types
 from toolbox.run.run import resume_run
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage.atomic import KILL_ENV
 from toolbox.tune.search_space import Param, parse_space
 from toolbox.tune.storage import HeartbeatJournalStorage, open_storage
 from toolbox.tune.study import StudySpec, objective_value, with_params

@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
 
-from toolbox import _legacy  # noqa: E402
-from toolbox import models  # noqa: E402,F401  (registers the CIFAR backbones in timm)
+from toolbox import (
+    _legacy,  # noqa: E402
+    models,  # noqa: E402,F401  (registers the CIFAR backbones in timm)
+)
 
 _legacy.install()  # the flat import paths of 0.2, with a DeprecationWarning
 

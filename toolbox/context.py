@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from toolbox.runtime.device import autocast_context
 from toolbox.options import RunOptions
+from toolbox.runtime.device import autocast_context
 
 
 @dataclass

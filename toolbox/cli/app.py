@@ -39,10 +39,10 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from toolbox.runtime import distributed
         from toolbox.run import lock as runlock
-        from toolbox.storage.atomic import WriteError
         from toolbox.run.engine import NumericError
+        from toolbox.runtime import distributed
+        from toolbox.storage.atomic import WriteError
 
         who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
         try:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from toolbox.plugin_host import capabilities as cap
 from toolbox.errors import UsageError
+from toolbox.plugin_host import capabilities as cap
 from toolbox.preflight.analysis import FALLBACK_RATIO, INFO, OK, REFUSE, WARN, PreflightReport, name_list, preflight
-
 
 #: (in_chans, image_size, num_classes) of the built-in datasets, so ``toolbox check`` need not
 #: load them; other (registered) datasets are loaded once to read their shape.

@@ -18,9 +18,10 @@ import typer
 
 from toolbox.cli import inspect_commands as cli_inspect  # noqa: F401  (registers the inspecting commands)
 from toolbox.cli.app import EXTRA, app, merged_values, parse_extra_args, user_errors  # noqa: F401
-from toolbox.cli.help import RunHelpCommand
 from toolbox.cli.console import Progress, console, error_console, print_results, say, setup_logging
+from toolbox.cli.help import RunHelpCommand
 from toolbox.errors import UsageError
+
 
 @app.command(context_settings=EXTRA, cls=RunHelpCommand)
 @user_errors
@@ -46,9 +47,9 @@ def run(
     config keys); they are listed below, one panel per plugin (`--plugins a,b --help` shows only
     those; `toolbox plugins show NAME` describes one plugin).
     """
-    from toolbox.runtime import distributed
-    from toolbox.run.seeds import EXPERIMENT_FILE, resume_seeds, run_seeds
     from toolbox.run.run import resume_run, start_run
+    from toolbox.run.seeds import EXPERIMENT_FILE, resume_seeds, run_seeds
+    from toolbox.runtime import distributed
 
     setup_logging()
     distributed.init()
@@ -163,8 +164,8 @@ def tune_command(
     Any run option given as --name VALUE overrides the config. Rerun the same command to continue a
     killed study; start more workers (here or on other machines) with the same command and --storage.
     """
-    from toolbox.tune import study as tune
     from toolbox.tune import report as tune_report
+    from toolbox.tune import study as tune
     from toolbox.tune.workers import launch_workers
 
     setup_logging()

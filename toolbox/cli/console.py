@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from toolbox.runtime import distributed
 from toolbox.run.log_file import epoch_line, phase_line
+from toolbox.runtime import distributed
 
 console = Console(soft_wrap=True)
 error_console = Console(stderr=True, soft_wrap=True)

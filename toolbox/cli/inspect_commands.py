@@ -26,10 +26,10 @@ def eval_checkpoint(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Evaluate a checkpoint on the full test set (top-1 / top-5)."""
-    from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
     from toolbox.data import BatchLoader, load_dataset
-    from toolbox.runtime.device import select_device
     from toolbox.run.engine import evaluate
+    from toolbox.runtime.device import select_device
+    from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
 
     data_checkpoint = load_checkpoint(checkpoint)
     options = data_checkpoint.get("options") or {}
@@ -74,8 +74,8 @@ def prune(
     round_to: int = typer.Option(1, help="Keep layer widths multiples of this (faster kernels, fewer MACs removed)."),
 ) -> None:
     """Remove the unimportant channels with torch-pruning: a smaller, faster model."""
-    from toolbox.sparsity.channels import require_ratio
     from toolbox.pruning.prune_file import prune_checkpoint
+    from toolbox.sparsity.channels import require_ratio
 
     if ratio is not None:
         require_ratio(ratio)

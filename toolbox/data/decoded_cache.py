@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from toolbox.storage import atomic as tbio
 from toolbox.data.image_decode import DecodedChunk, decode_chunk, native_channels
 from toolbox.errors import UsageError
+from toolbox.storage import atomic as tbio
 
 #: Environment variable naming the cache folder (overrides the default places).
 CACHE_ENV = "TOOLBOX_CACHE_DIR"

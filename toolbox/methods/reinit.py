@@ -29,8 +29,8 @@ import math
 import torch
 from torch import nn
 
-from toolbox.sparsity import channels as ch
 from toolbox.errors import UsageError
+from toolbox.sparsity import channels as ch
 
 #: How re-initialized filters are drawn.
 STRATEGIES = ("kaiming", "orthogonal", "diverse", "none")

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolbox.sparsity import channels as ch
+from toolbox.methods.distillation import kd_loss
 from toolbox.runtime import distributed
 from toolbox.runtime.device import autocast_context
-from toolbox.methods.distillation import kd_loss
+from toolbox.sparsity import channels as ch
 
 
 @torch.no_grad()

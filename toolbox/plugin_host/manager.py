@@ -10,10 +10,10 @@ from typing import Any
 import pluggy
 
 from toolbox import hookspecs
-from toolbox.plugin_host.capabilities import check_combination
-from toolbox.plugin_host.calls import plugin_options
-from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point, load_installed
 from toolbox.errors import UsageError
+from toolbox.plugin_host.calls import plugin_options
+from toolbox.plugin_host.capabilities import check_combination
+from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point, load_installed
 
 
 def make_manager() -> pluggy.PluginManager:

@@ -48,13 +48,20 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from toolbox.plugin_host import capabilities as cap
-from toolbox.sparsity import channels as ch
-from toolbox.preflight.dry_run import (BATCH, COMPACTION_STAGES, DRY_RUN_STAGES, DryRun, StageResult, error_sentence,
-                            run_stages)
 from toolbox.errors import UsageError
 from toolbox.models import build_model
 from toolbox.models.modules import batchnorms, dummy_input
+from toolbox.plugin_host import capabilities as cap
+from toolbox.preflight.dry_run import (
+    BATCH,
+    COMPACTION_STAGES,
+    DRY_RUN_STAGES,
+    DryRun,
+    StageResult,
+    error_sentence,
+    run_stages,
+)
+from toolbox.sparsity import channels as ch
 
 log = logging.getLogger("toolbox")
 

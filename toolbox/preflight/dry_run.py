@@ -20,14 +20,13 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from toolbox.sparsity import channels as ch
-from toolbox.storage import checkpoint as ckpt
-from toolbox.methods import reinit
-from toolbox.sparsity.bn_l1 import select, zero_chosen_
-from toolbox.pruning.compaction import compact
 from toolbox.errors import UsageError
+from toolbox.methods import reinit
 from toolbox.models.modules import batchnorms
-
+from toolbox.pruning.compaction import compact
+from toolbox.sparsity import channels as ch
+from toolbox.sparsity.bn_l1 import select, zero_chosen_
+from toolbox.storage import checkpoint as ckpt
 
 #: Dummy-batch size of the dry run.
 BATCH = 4

@@ -21,12 +21,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from toolbox.sparsity import channels as ch
-from toolbox.pruning import compaction as cp
-from toolbox.pruning.fold_batchnorm import fold_batchnorm, is_channels_last
-from toolbox.pruning.cost import cost
 from toolbox.errors import UsageError
 from toolbox.models.modules import batchnorms, dummy_input, freeze
+from toolbox.pruning import compaction as cp
+from toolbox.pruning.cost import cost
+from toolbox.pruning.fold_batchnorm import fold_batchnorm, is_channels_last
+from toolbox.sparsity import channels as ch
 
 log = logging.getLogger("toolbox")
 

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from toolbox.sparsity import channels as ch
 from toolbox.data import known_shape
 from toolbox.errors import UsageError
 from toolbox.models.modules import dummy_input
 from toolbox.pruning.fold_constants import GroupPlan, capture_inputs, fold_constants_, plan_group, round_width_
+from toolbox.sparsity import channels as ch
 from toolbox.storage.structure import STRUCTURE_FORMAT
 
 log = logging.getLogger("toolbox")

@@ -40,7 +40,6 @@ from torch.nn.modules.conv import _ConvNd
 
 from toolbox.sparsity import channels as ch
 
-
 #: A carrier's constant must be at least this fraction of the largest removed constant.
 _CARRIER_MIN = 1e-3
 

@@ -7,11 +7,11 @@ from typing import Sequence
 
 import torch
 
-from toolbox.storage import checkpoint as ckpt
-from toolbox.sparsity.channels import require_ratio
+from toolbox.errors import UsageError
 from toolbox.pruning.compaction import checkpoint_input_size, compact, example_batch
 from toolbox.pruning.cost import compaction_report
-from toolbox.errors import UsageError
+from toolbox.sparsity.channels import require_ratio
+from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.structure import merge_structures
 
 

@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import yaml
 
-from toolbox.runtime import distributed
 from toolbox.data.imagefolder import class_folders
 from toolbox.errors import UsageError
-from toolbox.storage.atomic import atomic_write_text
-from toolbox.run.run import Run, resume_run
 from toolbox.run.directory import read_run_config
+from toolbox.run.run import Run, resume_run
+from toolbox.runtime import distributed
+from toolbox.storage.atomic import atomic_write_text
 
 log = logging.getLogger("toolbox")
 

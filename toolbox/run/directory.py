@@ -19,11 +19,11 @@ import torch
 import yaml
 from torch import nn
 
-from toolbox.storage import checkpoint as ckpt
 from toolbox.data import ImageData
 from toolbox.errors import UsageError
-from toolbox.storage.atomic import append_line, atomic_write_json, atomic_write_text
 from toolbox.options import RunOptions, read_mapping
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage.atomic import append_line, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("toolbox")
 

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolbox.runtime import distributed
 from toolbox.context import Context
-from toolbox.runtime.device import autocast_context
 from toolbox.options import RunOptions
 from toolbox.plugin_host import calls
+from toolbox.runtime import distributed
+from toolbox.runtime.device import autocast_context
 
 
 class NumericError(RuntimeError):

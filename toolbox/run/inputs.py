@@ -13,15 +13,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolbox.runtime import distributed
-from toolbox.data import (BatchLoader, DatasetNotFoundError, ImageData, load_dataset, split_shards,
-                          with_normalization)
-from toolbox.run.engine import evaluate
-from toolbox.data import shard_folders
+from toolbox.data import (
+    BatchLoader,
+    DatasetNotFoundError,
+    ImageData,
+    load_dataset,
+    shard_folders,
+    split_shards,
+    with_normalization,
+)
 from toolbox.data.auto import load_run_dataset
 from toolbox.data.imagefolder import FolderImages
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
+from toolbox.run.engine import evaluate
+from toolbox.runtime import distributed
 
 log = logging.getLogger("toolbox")
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from torch import nn
 
-from toolbox.runtime import distributed
 from toolbox.options import RunOptions
 from toolbox.run.log_file import RunLog
 from toolbox.run.tensorboard import PhaseKey, RunBoard
+from toolbox.runtime import distributed
 
 if TYPE_CHECKING:
     from toolbox.run.run import Run

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from toolbox.storage.atomic import atomic_savefig, atomic_write_json, atomic_write_text
 
 

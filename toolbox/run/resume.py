@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from toolbox.storage import checkpoint as ckpt
-from toolbox.runtime import distributed
 from toolbox.errors import CheckpointError
-from toolbox.storage.atomic import atomic_write_text, remove_temp_files
 from toolbox.plugin_host.calls import load_plugin_states
 from toolbox.run.state import RunState
+from toolbox.runtime import distributed
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage.atomic import atomic_write_text, remove_temp_files
 
 if TYPE_CHECKING:
     from toolbox.context import Context

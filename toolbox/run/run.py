@@ -27,30 +27,30 @@ import pluggy
 import torch
 from torch import nn
 
-from toolbox.storage import checkpoint as ckpt
-from toolbox.runtime import distributed
-from toolbox.run import results as report
-from toolbox.run import resume
-from toolbox.run import lock as runlock
-from toolbox.run import directory as files
 from toolbox.context import Context
-from toolbox.pruning.cost import count_macs, count_params
-from toolbox.runtime.device import run_precision, select_device
-from toolbox.run.engine import Trainer, build_optimizer
 from toolbox.errors import UsageError
-from toolbox.storage.atomic import KILL_ENV, kill_point
 from toolbox.models import build_model
 from toolbox.models.modules import freeze
 from toolbox.options import RunOptions, build_options, plugin_names
-from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
 from toolbox.plugin_host import calls
 from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import dormant_options, load_plugins
+from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
 from toolbox.preflight.analysis import check_run
+from toolbox.pruning.cost import count_macs, count_params
+from toolbox.run import directory as files
+from toolbox.run import lock as runlock
+from toolbox.run import results as report
+from toolbox.run import resume
+from toolbox.run.engine import Trainer, build_optimizer
 from toolbox.run.inputs import RunData
 from toolbox.run.logs import RunLogs
 from toolbox.run.serve_files import serve_checkpoint, serve_path
 from toolbox.run.state import RunState
+from toolbox.runtime import distributed
+from toolbox.runtime.device import run_precision, select_device
+from toolbox.storage import checkpoint as ckpt
+from toolbox.storage.atomic import KILL_ENV, kill_point
 
 log = logging.getLogger("toolbox")
 

@@ -12,15 +12,15 @@ from typing import Any, Callable
 
 import yaml
 
-from toolbox.runtime import distributed
-from toolbox.run import results as report
-from toolbox.run import lock as runlock
 from toolbox.errors import UsageError
-from toolbox.storage.atomic import atomic_write_text
 from toolbox.options import build_options, plugin_names, read_mapping
 from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import dormant_options, load_plugins
+from toolbox.run import lock as runlock
+from toolbox.run import results as report
 from toolbox.run.run import Run, default_run_dir, resume_run, start_run
+from toolbox.runtime import distributed
+from toolbox.storage.atomic import atomic_write_text
 
 EXPERIMENT_FILE = "experiment.yaml"
 

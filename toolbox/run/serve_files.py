@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import nn
 
-from toolbox.storage import checkpoint as ckpt
 from toolbox.pruning.compaction import compact, example_batch
+from toolbox.storage import checkpoint as ckpt
 
 log = logging.getLogger("toolbox")
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from toolbox.sparsity import channels as ch
 
-
 #: The ``ratio`` of filters with the smallest mean |gamma| (:func:`toolbox.sparsity.channels.select_smallest_gamma`).
 select = ch.select_smallest_gamma
 

@@ -12,6 +12,7 @@ from torch import nn
 from toolbox.sparsity import channels as ch
 from toolbox.storage.atomic import atomic_savefig
 
+
 def plot_gamma_histogram(model: nn.Module, graph: ch.ChannelGraph, selection: list[torch.Tensor],
                          threshold: float, path: Path, title: str) -> None:
     """Histogram of |gamma| (log scale) of selected and kept filters, written to ``path``."""

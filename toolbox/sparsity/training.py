@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 import torch
 from torch import nn
 
-from toolbox.sparsity import channels as ch
-from toolbox.runtime import distributed
-from toolbox.plugin_host import capabilities as cap
-from toolbox.sparsity.bn_l1 import achieved, add_subgradient, max_chosen_gamma, soft_threshold_, zero_chosen_
-from toolbox.sparsity.plots import plot_controller, plot_gamma_histogram
 from toolbox.hookspecs import hookimpl
 from toolbox.options import PluginOption, PluginSettings, option_values
+from toolbox.plugin_host import capabilities as cap
+from toolbox.runtime import distributed
+from toolbox.sparsity import channels as ch
+from toolbox.sparsity.bn_l1 import achieved, add_subgradient, max_chosen_gamma, soft_threshold_, zero_chosen_
+from toolbox.sparsity.plots import plot_controller, plot_gamma_histogram
 from toolbox.sparsity.target_schedule import TargetSchedule
 
 if TYPE_CHECKING:

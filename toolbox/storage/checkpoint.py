@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 import toolbox
-from toolbox.runtime import distributed
 from toolbox.errors import CheckpointError
-from toolbox.storage.atomic import atomic_write_bytes
 from toolbox.models import build_model
 from toolbox.models.modules import freeze
+from toolbox.runtime import distributed
+from toolbox.storage.atomic import atomic_write_bytes
 from toolbox.storage.structure import apply_structure
 
 FORMAT = "toolbox-checkpoint/1"

@@ -25,7 +25,6 @@ from torch import nn
 
 from toolbox.errors import CheckpointError
 
-
 STRUCTURE_FORMAT = "toolbox-structure/1"
 
 
