@@ -157,3 +157,12 @@ def test_the_wheel_ships_every_subpackage() -> None:
     listed = set(project["tool"]["setuptools"]["packages"])
     packages = {module_name(p) for p in CORE.rglob("__init__.py")}
     assert packages <= listed, packages - listed
+
+
+def test_hooks_are_called_from_one_module() -> None:
+    """The core calls plugins only through ``plugin_host/calls.py`` and reads entry points only in
+    ``plugin_host/entry_points.py``."""
+    calling = {str(p.relative_to(CORE)) for p in CORE.rglob("*.py") if ".hook." in p.read_text()}
+    assert calling == {"plugin_host/calls.py"}
+    reading = {str(p.relative_to(CORE)) for p in CORE.rglob("*.py") if "entry_points(" in p.read_text()}
+    assert reading == {"plugin_host/entry_points.py"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,9 @@ def check_disk_space(run_dir: Path, model: nn.Module, options: RunOptions, phase
     if free < needed:
         log.warning("Only %.0f MB are free on the disk of %s but this run's checkpoints need about %.0f MB; "
                     "free some space or pass another --out.", free / 1e6, run_dir, needed / 1e6)
+
+
+def default_run_dir(options: RunOptions) -> Path:
+    """``runs/<date-time>-<dataset>-<arch>`` under the working directory."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{options.dataset}-{options.arch}"

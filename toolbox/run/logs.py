@@ -7,6 +7,7 @@ point, and so TensorBoard's purge step, is known); both close when ``Run.execute
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -16,9 +17,10 @@ from toolbox.options import RunOptions
 from toolbox.run.log_file import RunLog
 from toolbox.run.tensorboard import PhaseKey, RunBoard
 from toolbox.runtime import distributed
+from toolbox.storage.atomic import KILL_ENV, kill_point
 
 if TYPE_CHECKING:
-    from toolbox.run.run import Run
+    from toolbox.context import Context
 
 
 class RunLogs:
@@ -41,13 +43,12 @@ class RunLogs:
         writes = distributed.is_main() and self.options.tensorboard
         self.board = RunBoard.open(self.run_dir if writes else None, order, self.options.epochs_for, done, partial)
 
-    def around(self, run: "Run", only_phase: str | None, final: bool,
+    def around(self, order: list[PhaseKey], done: set[PhaseKey], partial: dict[str, Any] | None, final: bool,
                execute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Open both, call ``execute`` (``run``'s training, of ``only_phase`` if given; it returns the
-        results), write the hparams summary when the run is ``final`` (not stopped early), close
-        both even on an error."""
-        steps = range(1, run.options.steps + 1)
-        self.start([(s, only_phase) for s in steps] if only_phase else run.phase_order(), run.state.done, run.partial)
+        """Open both for the phases ``order`` (``done`` already, ``partial`` mid-way), call ``execute``
+        (the run's training; it returns the results), write the hparams summary when the run is
+        ``final`` (not stopped early), close both even on an error."""
+        self.start(order, done, partial)
         try:
             results = execute()
             if final:
@@ -70,3 +71,18 @@ class RunLogs:
         """Close the event files and detach run.log."""
         self.board.close()
         self.log.close()
+
+
+def batch_callback(progress: Callable[..., Any] | None, ctx: "Context") -> Callable[[], None] | None:
+    """Progress per batch, plus the ``batch:`` kill point when a test asks for it; ``None`` if neither."""
+    kill = os.environ.get(KILL_ENV, "").startswith("batch:")
+    if progress is None and not kill:
+        return None
+
+    def on_batch() -> None:
+        if progress is not None:
+            progress("batch")
+        if kill:
+            kill_point(f"batch:{ctx.step}:{ctx.phase}:{ctx.epoch + 1}:{ctx.batch_index + 1}")
+
+    return on_batch

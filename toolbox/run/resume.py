@@ -2,8 +2,8 @@
 
 A run directory holds a checkpoint after every phase (``checkpoints/step{k}_{phase}.pt``) and,
 while a phase trains, ``checkpoints/partial.pt`` after every epoch but the last.
-:func:`restore` loads the newest readable phase checkpoint and, when it continues the very next
-phase, the partial one; metric lines of work that will be trained again are dropped, so the
+:func:`restore` finds the newest readable phase checkpoint and, when it continues the very next
+phase, the partial one (the run loads them); metric lines of work that will be trained again are dropped, so the
 resumed run's files equal an uninterrupted run's. Every random draw of a phase comes from
 generators seeded by (seed, step, phase) and the global RNG state is saved with each epoch, so a
 resumed run trains exactly as an uninterrupted one would on the same machine.
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -26,8 +27,9 @@ from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.atomic import atomic_write_text, remove_temp_files
 
 if TYPE_CHECKING:
+    import pluggy
+
     from toolbox.context import Context
-    from toolbox.run.run import Run
 
 log = logging.getLogger("toolbox")
 
@@ -46,18 +48,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def restore(run: "Run") -> str | None:
-    """Load the last complete phase's checkpoint and, when it belongs to the next phase,
-    ``partial.pt`` into ``run``; return where the run continues (``None``: from the very beginning)."""
-    distributed.run_on_main(_remove_temp_files, run.run_dir)
-    order = run.phase_order()
-    last = _restore_complete(run, order)
-    run.partial = _find_partial(run, order)
-    distributed.run_on_main(trim_metrics, run.run_dir / "metrics.jsonl", run.state.done, run.partial)
-    if run.partial is not None:
-        return (f"step {run.partial['step']} {run.partial['phase']}, epoch "
-                f"{run.partial['epochs_done'] + 1} of {run.partial['epochs']}")
-    return None if last is None else f"after step {last[0]} {last[1]}"
+@dataclass
+class Restored:
+    """What a run directory holds to continue from (:func:`restore`)."""
+
+    checkpoint: dict[str, Any] | None = None  # the newest readable phase checkpoint
+    source: str = ""  # where it was read from, for messages
+    state: RunState = field(default_factory=RunState)  # the run's state at that checkpoint
+    last: tuple[int, str] | None = None  # its (step, phase)
+    partial: dict[str, Any] | None = None  # partial.pt when it continues the next phase
+
+    @property
+    def where(self) -> str | None:
+        """Where the run continues, in words (``None``: from the very beginning)."""
+        if self.partial is not None:
+            return (f"step {self.partial['step']} {self.partial['phase']}, epoch "
+                    f"{self.partial['epochs_done'] + 1} of {self.partial['epochs']}")
+        return None if self.last is None else f"after step {self.last[0]} {self.last[1]}"
+
+
+def restore(run_dir: Path, order: list[tuple[int, str]], epochs_for: Callable[[str], int]) -> Restored:
+    """The last complete phase's checkpoint of ``run_dir`` (``order``: the run's (step, phase)s)
+    and, when it belongs to the next phase, ``partial.pt``; temp files of interrupted writes are
+    removed and metric lines of work that will be trained again dropped."""
+    distributed.run_on_main(_remove_temp_files, run_dir)
+    restored = _restore_complete(run_dir, order)
+    restored.partial = _find_partial(run_dir, order, restored.state.done, epochs_for)
+    distributed.run_on_main(trim_metrics, run_dir / "metrics.jsonl", restored.state.done, restored.partial)
+    return restored
 
 
 def _remove_temp_files(run_dir: Path) -> None:
@@ -81,35 +99,33 @@ def read_checkpoint(path: Path) -> dict[str, Any] | CheckpointError | None:
     return distributed.run_on_main(read)
 
 
-def _restore_complete(run: "Run", order: list[tuple[int, str]]) -> tuple[int, str] | None:
-    """Load the newest readable phase checkpoint (a truncated one is skipped with a warning)."""
+def _restore_complete(run_dir: Path, order: list[tuple[int, str]]) -> Restored:
+    """The newest readable phase checkpoint (a truncated one is skipped with a warning)."""
     for step, phase in reversed(order):
-        path = ckpt.phase_checkpoint_path(run.run_dir, step, phase)
+        path = ckpt.phase_checkpoint_path(run_dir, step, phase)
         data = read_checkpoint(path)
         if data is None:
             continue
         if isinstance(data, CheckpointError):
             log.warning("Ignoring checkpoint %s: %s", path, data)
             continue
-        run.load_model_state(data, f"checkpoint {path}")
-        run.state = RunState(results=data["results"], masks=data["masks"], records=data["records"],
-                             optimizer_state=data.get("optimizer"),
-                             done={(int(s), str(p)) for s, p in data["done"]})
-        return step, phase
-    return None
+        state = RunState(results=data["results"], masks=data["masks"], records=data["records"],
+                         optimizer_state=data.get("optimizer"), done={(int(s), str(p)) for s, p in data["done"]})
+        return Restored(checkpoint=data, source=f"checkpoint {path}", state=state, last=(step, phase))
+    return Restored()
 
 
-def _find_partial(run: "Run", order: list[tuple[int, str]]) -> dict[str, Any] | None:
+def _find_partial(run_dir: Path, order: list[tuple[int, str]], done: set[tuple[int, str]],
+                  epochs_for: Callable[[str], int]) -> dict[str, Any] | None:
     """``partial.pt`` when it continues the phase right after the restored one; else ``None``
     (a truncated, stale or foreign one is ignored with a warning)."""
-    path = ckpt.partial_checkpoint_path(run.run_dir)
+    path = ckpt.partial_checkpoint_path(run_dir)
     data = read_checkpoint(path)
     if data is None:
         return None
     if isinstance(data, CheckpointError):
         log.warning("Ignoring the unfinished phase's checkpoint %s: %s", path, data)
         return None
-    done = run.state.done
     key = (int(data.get("step", 0)), str(data.get("phase")))
     if key in done:
         distributed.run_on_main(path.unlink, missing_ok=True)  # its phase completed after it was written
@@ -118,7 +134,7 @@ def _find_partial(run: "Run", order: list[tuple[int, str]]) -> dict[str, Any] | 
     done_then = {(int(s), str(p)) for s, p in data.get("done", [])}
     epochs_done = int(data.get("epochs_done", 0))
     if (not data.get("partial") or not pending or key != pending[0] or done_then != done
-            or not 0 < epochs_done < run.options.epochs_for(key[1])):
+            or not 0 < epochs_done < epochs_for(key[1])):
         log.warning("Ignoring %s: it does not continue the phase after the last complete checkpoint; "
                     "that phase restarts from its beginning.", path)
         return None
@@ -151,31 +167,24 @@ def trim_metrics(path: Path, done: set[tuple[int, str]], partial: dict[str, Any]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def continue_phase(run: "Run", ctx: "Context", partial: dict[str, Any]) -> torch.optim.Optimizer:
-    """A phase from ``partial.pt``: no model surgery (the saved model already had it); model,
-    masks, records, optimizer, plugin states and the torch RNG as the last epoch left them."""
-    _load_partial_model(run, ctx, partial)
+def continue_phase(ctx: Context, partial: dict[str, Any], optimizer: torch.optim.Optimizer,
+                   pm: pluggy.PluginManager) -> torch.optim.Optimizer:
+    """A phase from ``partial.pt`` whose model ``ctx.model`` already holds the saved weights (no
+    model surgery: the saved model already had it): masks, records, ``optimizer``'s state, the
+    plugins' states and the torch RNG as the last epoch left them."""
     ctx.masks, ctx.records = dict(partial["masks"]), dict(partial["records"])
     ctx.phase_metrics = dict(partial.get("phase_metrics") or {})
     ctx.global_batch = int(partial.get("global_batch", 0))
     ctx.epoch = ctx.start_epoch
-    optimizer = run.new_optimizer()
     optimizer.load_state_dict(partial["optimizer"])
     ctx.optimizer = optimizer
-    load_plugin_states(run.pm, ctx, partial.get("plugins") or {})
+    load_plugin_states(pm, ctx, partial.get("plugins") or {})
     set_rng_state(partial["rng"])
     log.info("Continuing step %d %s at epoch %d of %d from %s.", ctx.step, ctx.phase, ctx.start_epoch + 1,
              ctx.epochs, partial["path"])
     return optimizer
 
 
-def _load_partial_model(run: "Run", ctx: "Context", partial: dict[str, Any]) -> None:
-    """Load the partial checkpoint's weights, rebuilding the model when a pruner changed its shape."""
-    saved = partial["state_dict"]
-    current = run.model.state_dict()
-    if saved.keys() != current.keys() or any(saved[k].shape != current[k].shape for k in saved):
-        run.model = run.fresh_model()
-        ctx.model = run.model
-        run.load_model_state(partial, partial["path"])
-    else:
-        run.load_weights(partial, partial["path"])
+def same_shapes(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same keys with the same shapes (else a pruner changed the model)."""
+    return saved.keys() == current.keys() and all(saved[k].shape == current[k].shape for k in saved)

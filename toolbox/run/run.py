@@ -17,9 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,36 +42,14 @@ from toolbox.run import results as report
 from toolbox.run import resume
 from toolbox.run.engine import Trainer, build_optimizer
 from toolbox.run.inputs import RunData
-from toolbox.run.logs import RunLogs
+from toolbox.run.logs import RunLogs, batch_callback
 from toolbox.run.serve_files import serve_checkpoint, serve_path
 from toolbox.run.state import RunState
 from toolbox.runtime import distributed
 from toolbox.runtime.device import run_precision, select_device
 from toolbox.storage import checkpoint as ckpt
-from toolbox.storage.atomic import KILL_ENV, kill_point
 
 log = logging.getLogger("toolbox")
-
-
-def default_run_dir(options: RunOptions) -> Path:
-    """``runs/<date-time>-<dataset>-<arch>`` under the working directory."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{options.dataset}-{options.arch}"
-
-
-def batch_callback(progress: Callable[..., Any] | None, ctx: Context) -> Callable[[], None] | None:
-    """Progress per batch, plus the ``batch:`` kill point when a test asks for it; ``None`` if neither."""
-    kill = os.environ.get(KILL_ENV, "").startswith("batch:")
-    if progress is None and not kill:
-        return None
-
-    def on_batch() -> None:
-        if progress is not None:
-            progress("batch")
-        if kill:
-            kill_point(f"batch:{ctx.step}:{ctx.phase}:{ctx.epoch + 1}:{ctx.batch_index + 1}")
-
-    return on_batch
 
 
 class Run:
@@ -173,9 +149,15 @@ class Run:
             files.check_disk_space(self.run_dir, self.model, self.options, len(self.phase_order()))
 
     def restore(self) -> str | None:
-        """Continue from the run directory's checkpoints (:func:`toolbox.run.resume.restore`)."""
+        """Continue from the run directory's checkpoints (:func:`toolbox.run.resume.restore`);
+        return where the run continues (``None``: from the very beginning)."""
         self.logs.open_log()
-        return resume.restore(self)
+        restored = resume.restore(self.run_dir, self.phase_order(), self.options.epochs_for)
+        if restored.checkpoint is not None:
+            self.load_model_state(restored.checkpoint, restored.source)
+            self.state = restored.state
+        self.partial = restored.partial
+        return restored.where
 
     def execute(self, only_phase: str | None = None, until: tuple[int, str] | None = None) -> dict[str, Any]:
         """Train every remaining phase of every step; return the results dict.
@@ -183,7 +165,9 @@ class Run:
         ``only_phase`` runs just that phase of step 1 (``toolbox train``); ``until`` stops after
         that (step, phase) (a later ``execute`` goes on from there). Meanwhile run.log and tb/ are written.
         """
-        return self.logs.around(self, only_phase, until is None, lambda: self._execute(only_phase, until))
+        order = [(s, only_phase) for s in range(1, self.options.steps + 1)] if only_phase else self.phase_order()
+        return self.logs.around(order, self.state.done, self.partial, until is None,
+                                lambda: self._execute(only_phase, until))
 
     def _execute(self, only_phase: str | None, until: tuple[int, str] | None) -> dict[str, Any]:
         """:meth:`execute`'s loop over the steps and their phases, then the run's report."""
@@ -230,7 +214,9 @@ class Run:
         if partial is None:
             optimizer, before = self._begin_phase(ctx), 0.0
         else:
-            optimizer, before = resume.continue_phase(self, ctx, partial), float(partial.get("train_seconds", 0.0))
+            self._load_partial_model(ctx, partial)
+            optimizer = resume.continue_phase(ctx, partial, self.new_optimizer(), self.pm)
+            before = float(partial.get("train_seconds", 0.0))
         train_seconds = before + self._train(ctx, optimizer, loader, before)
         self._finish_phase(ctx, x.shape[0] if indices is None else int(indices.numel()), optimizer, train_seconds)
 
@@ -240,6 +226,15 @@ class Run:
         if partial is not None and (int(partial["step"]), str(partial["phase"])) == (step, phase):
             return partial
         return None
+
+    def _load_partial_model(self, ctx: Context, partial: dict[str, Any]) -> None:
+        """Load ``partial.pt``'s weights, rebuilding the model when a pruner changed its shape."""
+        if resume.same_shapes(partial["state_dict"], self.model.state_dict()):
+            self.load_weights(partial, partial["path"])
+        else:
+            self.model = self.fresh_model()
+            self.load_model_state(partial, partial["path"])
+        ctx.model = self.model
 
     def _frozen_copy(self) -> nn.Module:
         """The teacher: a frozen, eval-mode copy of the model as the previous phase left it."""
@@ -380,7 +375,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
         values = {**values, "arch": recorded["arch"], "model_kwargs": recorded.get("model_kwargs") or {}}
     pm = load_plugins(plugin_names(values), extra_plugins)
     options = build_options(dict(values), declared_options(pm), dormant_options(plugin_names(values)))
-    run_dir = Path(distributed.broadcast_object(str(options.out or default_run_dir(options))))
+    run_dir = Path(distributed.broadcast_object(str(options.out or files.default_run_dir(options))))
     options.out = str(run_dir)
     if options.seeds:
         raise UsageError("--seeds runs several experiments; use toolbox.run.seeds.run_seeds (the CLI does) "

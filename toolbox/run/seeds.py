@@ -18,7 +18,8 @@ from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import dormant_options, load_plugins
 from toolbox.run import lock as runlock
 from toolbox.run import results as report
-from toolbox.run.run import Run, default_run_dir, resume_run, start_run
+from toolbox.run.directory import default_run_dir
+from toolbox.run.run import Run, resume_run, start_run
 from toolbox.runtime import distributed
 from toolbox.storage.atomic import atomic_write_text
 
