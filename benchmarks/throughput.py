@@ -90,6 +90,10 @@ class NoOpPlugin:
         return None
 
     @hookimpl
+    def toolbox_preflight_ratio(self) -> None:
+        return None
+
+    @hookimpl
     def toolbox_phases(self, step: int, num_steps: int) -> None:
         return None
 
