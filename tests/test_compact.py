@@ -19,7 +19,7 @@ from toolbox.options import RunOptions
 from toolbox.pruning.compaction import bn_scale_importance, compact
 from toolbox.pruning.cost import compaction_report
 from toolbox.pruning.prune_file import prune_checkpoint
-from toolbox.run.run import resume_run, start_run
+from toolbox.run.start import resume_run, start_run
 from toolbox.sparsity import channels as ch
 from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.structure import apply_structure, merge_structures

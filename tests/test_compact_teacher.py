@@ -265,7 +265,7 @@ def test_msl_earlier_teachers_are_compact(tmp_path: Path) -> None:
 
 def test_a_run_distils_from_the_compact_sst_teacher(tiny_values: dict[str, Any],
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    from toolbox.run.run import start_run
+    from toolbox.run.start import start_run
 
     values = {**tiny_values, "plugins": "sst,aod", "steps": 2, "per_class": 8}
     with caplog.at_level(logging.INFO, logger="toolbox"):

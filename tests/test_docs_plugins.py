@@ -15,7 +15,7 @@ from toolbox import hookspecs
 from toolbox.context import Context
 from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
 from toolbox.plugin_host.manager import hooks_of
-from toolbox.run.run import start_run
+from toolbox.run.start import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "plugins.md").read_text()

@@ -65,7 +65,7 @@ class NaNAtSecondBatch:
 
 def test_nan_loss_stops_the_phase_naming_where(tiny_values: dict) -> None:
     from toolbox.run.engine import NumericError
-    from toolbox.run.run import start_run
+    from toolbox.run.start import start_run
 
     run = start_run({**tiny_values, "steps": 2}, extra_plugins={"nan": NaNAtSecondBatch()})
     with pytest.raises(NumericError, match=r"step 1, phase learn, epoch 1, batch 2 \(non-finite terms: bad"):
@@ -76,7 +76,7 @@ def test_nan_loss_stops_the_phase_naming_where(tiny_values: dict) -> None:
 def test_skip_nonfinite_skips_bad_batches(tiny_values: dict) -> None:
     import json
 
-    from toolbox.run.run import start_run
+    from toolbox.run.start import start_run
 
     run = start_run({**tiny_values, "steps": 1, "skip_nonfinite": "true"}, extra_plugins={"nan": NaNAtSecondBatch()})
     results = run.execute()

@@ -20,7 +20,7 @@ from toolbox.errors import UsageError
 from toolbox.methods.ewc import diagonal_fisher, ewc_penalty, online_update
 from toolbox.options import RunOptions
 from toolbox.plugin_host.manager import load_plugins
-from toolbox.run.run import start_run
+from toolbox.run.start import start_run
 from toolbox_plugins.ewc import EWC
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from toolbox.errors import UsageError
-from toolbox.run.run import resume_run, start_run
+from toolbox.run.start import resume_run, start_run
 from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from toolbox.cli.commands import app
 from toolbox.errors import UsageError
 from toolbox.plugin_host.manager import available_plugins
-from toolbox.run.run import start_run
+from toolbox.run.start import start_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "plugin_package"
 

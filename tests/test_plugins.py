@@ -16,7 +16,7 @@ from toolbox.options import PluginOption
 from toolbox.plugin_host.calls import declared_options, model_surgery
 from toolbox.plugin_host.entry_points import available_plugins
 from toolbox.plugin_host.manager import load_plugins, make_manager, register
-from toolbox.run.run import start_run
+from toolbox.run.start import start_run
 
 
 class MockPlugin:

@@ -88,7 +88,7 @@ def test_auto_is_accepted_and_unknown_values_are_one_sentence() -> None:
 
 
 def test_a_run_records_the_resolved_precision(cpu_flags: Any, tiny_values: dict[str, Any]) -> None:
-    from toolbox.run.run import start_run
+    from toolbox.run.start import start_run
 
     for flags, expected in (({"avx512_bf16"}, "bf16"), (set(), "fp32")):
         cpu_flags(flags)

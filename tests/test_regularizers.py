@@ -16,7 +16,7 @@ from torch import nn
 from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions
-from toolbox.run.run import start_run
+from toolbox.run.start import start_run
 from toolbox.sparsity import channels as ch
 from toolbox.sparsity.training import SparsityTraining, Units, sparsity_plugins
 from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path

@@ -35,7 +35,7 @@ from toolbox.hookspecs import hookimpl
 from toolbox.models import build_model
 from toolbox.options import RunOptions
 from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
-from toolbox.run.run import resume_run, start_run
+from toolbox.run.start import resume_run, start_run
 from toolbox.storage import atomic as tbio
 from toolbox.storage import checkpoint as ckpt
 

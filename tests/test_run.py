@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from toolbox.errors import UsageError
-from toolbox.run.run import resume_run, start_run
+from toolbox.run.start import resume_run, start_run
 from toolbox.storage.checkpoint import load_checkpoint, phase_checkpoint_path
 
 

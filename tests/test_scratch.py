@@ -17,7 +17,7 @@ from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.options import RunOptions
 from toolbox.plugin_host.manager import load_plugins
-from toolbox.run.run import start_run
+from toolbox.run.start import start_run
 from toolbox.storage import checkpoint as ckpt
 from toolbox_plugins.scratch import Scratch
 

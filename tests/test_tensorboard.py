@@ -23,7 +23,7 @@ from test_reliability import cli_flags, toolbox_cli
 from typer.testing import CliRunner
 
 from toolbox.cli.commands import app
-from toolbox.run.run import resume_run, start_run
+from toolbox.run.start import resume_run, start_run
 from toolbox.run.tensorboard import TB_DIR, RunBoard, hparam_values, phase_offsets
 
 runner = CliRunner()

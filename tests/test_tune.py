@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 from toolbox.cli.commands import app
 from toolbox.errors import UsageError
 from toolbox.options import PluginOption, option_types
-from toolbox.run.run import resume_run
+from toolbox.run.start import resume_run
 from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.atomic import KILL_ENV
 from toolbox.tune.search_space import Param, parse_space

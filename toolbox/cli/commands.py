@@ -47,8 +47,8 @@ def run(
     config keys); they are listed below, one panel per plugin (`--plugins a,b --help` shows only
     those; `toolbox plugins show NAME` describes one plugin).
     """
-    from toolbox.run.run import resume_run, start_run
     from toolbox.run.seeds import EXPERIMENT_FILE, resume_seeds, run_seeds
+    from toolbox.run.start import resume_run, start_run
     from toolbox.runtime import distributed
 
     setup_logging()
@@ -62,12 +62,20 @@ def run(
     experiment: Optional[Path] = None
     try:
         if resume is not None:
-            if ctx.args or any(v is not None for v in (plugins, arch, dataset, steps, epochs, config, seeds)):
-                raise UsageError("--resume takes its options from the run's config.yaml; pass only --resume DIR.")
+            changes = {**dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, steps=steps,
+                              epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, seeds=seeds, out=out),
+                       **parse_extra_args(ctx.args)}
+            changes = {key: value for key, value in changes.items() if value is not None}
+            if config is not None:
+                raise UsageError("--resume takes its options from the run's config.yaml; pass flags to change "
+                                 "the ones that may change (e.g. --lr), not --config.")
             if distributed.run_on_main((resume / EXPERIMENT_FILE).is_file):
+                if changes:
+                    raise UsageError("--resume of a multi-seed experiment takes its options from experiment.yaml; "
+                                     "pass only --resume DIR.")
                 experiment = resume_seeds(resume, progress, announce)
             else:
-                runner = resume_run(resume, progress)
+                runner = resume_run(resume, progress, changes=changes)
         else:
             flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, steps=steps,
                          epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, seeds=seeds, out=out)
@@ -127,7 +135,7 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML/TOML config file."),
 ) -> None:
     """Train one phase on the whole training set (or --per-class images per class)."""
-    from toolbox.run.run import start_run
+    from toolbox.run.start import start_run
 
     setup_logging()
     flags = dict(plugins=plugins, arch=arch, dataset=dataset, data_root=data_root, epochs=epochs,

@@ -15,8 +15,12 @@ __all__ = ["Run", "start_run", "resume_run"]
 
 def __getattr__(name: str) -> Any:
     """``Run``, ``start_run`` and ``resume_run``, imported on first use."""
-    if name in __all__:
-        from toolbox.run import run
+    if name == "Run":
+        from toolbox.run.run import Run
 
-        return getattr(run, name)
+        return Run
+    if name in __all__:
+        from toolbox.run import start
+
+        return getattr(start, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,8 @@ import yaml
 from toolbox.data.imagefolder import class_folders
 from toolbox.errors import UsageError
 from toolbox.run.directory import read_run_config
-from toolbox.run.run import Run, resume_run
+from toolbox.run.run import Run
+from toolbox.run.start import resume_run
 from toolbox.runtime import distributed
 from toolbox.storage.atomic import atomic_write_text
 

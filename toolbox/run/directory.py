@@ -1,4 +1,9 @@
-"""The run directory: its first files, its checkpoints, its metric lines, its disk space.
+"""The run directory: its marker, its first files, its checkpoints, its metric lines, its disk space.
+
+A folder is a run directory only when the toolbox created it: ``RUN_DIR/.toolbox-run`` marks it
+(with its format). ``--out`` into an existing folder with files but no marker is refused, so a
+user's folder is never written over, and cleanup (temp files of interrupted writes) happens only
+in marked folders and touches only the toolbox's own temp files.
 
 ``RUN_DIR/config.yaml`` (every option), ``shards.json`` (the images of every step),
 ``metrics.jsonl`` (one line per epoch and per evaluation), ``checkpoints/step{k}_{phase}.pt``
@@ -27,6 +32,50 @@ from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.atomic import append_line, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("toolbox")
+RUN_MARKER = ".toolbox-run"
+MARKER_FORMAT = "toolbox-run/1"
+#: What a toolbox run directory of 0.2 (before the marker) always holds.
+LEGACY_RUN_FILES = ("config.yaml", "shards.json", "data.json", "metrics.jsonl")
+#: Files the toolbox may leave in a new folder before its marker (the run's lock).
+BEFORE_MARKER = {"run.lock"}
+
+
+def is_marked(folder: Path) -> bool:
+    """Whether the toolbox created ``folder`` (a run or an experiment directory)."""
+    return (Path(folder) / RUN_MARKER).is_file()
+
+
+def mark(folder: Path, kind: str = "run") -> None:
+    """Write the marker that makes ``folder`` the toolbox's (``kind``: run or experiment)."""
+    import toolbox
+
+    atomic_write_json(Path(folder) / RUN_MARKER, {"format": MARKER_FORMAT, "kind": kind,
+                                                  "toolbox": toolbox.__version__})
+
+
+def check_new_out(folder: Path) -> None:
+    """Refuse ``--out`` that names a file, or a folder holding files that the toolbox did not put
+    there (an existing run directory is the caller's to judge)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file; pass a folder for the run.")
+    if folder.is_dir() and not is_marked(folder) and any(p.name not in BEFORE_MARKER for p in folder.iterdir()):
+        raise UsageError(f"--out {folder} already holds files and is not a toolbox run directory; nothing was "
+                         "written: pass a new or empty folder as --out.")
+
+
+def check_run_directory(folder: Path, legacy: tuple[str, ...] = LEGACY_RUN_FILES, kind: str = "run") -> None:
+    """Refuse to resume or extend a folder the toolbox did not create; a directory of toolbox 0.2
+    (no marker, but every file of ``legacy``, which such a run or experiment writes) is marked and
+    accepted."""
+    folder = Path(folder)
+    if is_marked(folder):
+        return
+    if not all((folder / name).is_file() for name in legacy):
+        raise UsageError(f"{folder} is not a toolbox {kind} directory (it has no {RUN_MARKER}); pass the --out "
+                         "folder of a `toolbox run`.")
+    mark(folder, kind)
+    log.info("Marked %s as a toolbox %s directory (written by toolbox 0.2).", folder, kind)
 
 
 def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Tensor],
@@ -40,7 +89,8 @@ def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Ten
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"Cannot write the run directory {run_dir} ({exc.strerror}); pass a writable --out.") from None
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(options.to_dict(), sort_keys=False))
+    mark(run_dir)
+    write_config(run_dir, options)
     atomic_write_json(run_dir / "shards.json",
                       {"seed": options.seed, "per_class": options.per_class,
                        "shards": [s.tolist() for s in shards],
@@ -49,6 +99,11 @@ def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Ten
                                               "mean": list(data.mean), "std": list(data.std),
                                               "skipped_images": list(data.skipped)})
     atomic_write_text(run_dir / "metrics.jsonl", "")
+
+
+def write_config(run_dir: Path, options: RunOptions) -> None:
+    """``config.yaml``: every option of the run (rewritten when ``--resume`` changes some)."""
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(options.to_dict(), sort_keys=False))
 
 
 def append_metrics(run_dir: Path, line: str) -> None:

@@ -261,6 +261,20 @@ class Trainer:
         )
 
 
+def check_finite(model: nn.Module, scores: dict[str, float], where: str, hint: str) -> None:
+    """Raise :class:`NumericError` (one sentence: ``where``, what is not finite, ``hint``) when a
+    parameter or floating buffer of ``model``, or a ``*loss`` of ``scores``, is NaN or inf: a
+    diverged model is never saved as a finished phase, served or continued from."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad += [f"the {name.replace('_', ' ')}" for name, v in scores.items() if name.endswith("loss") and not math.isfinite(v)]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        verb = "is" if len(bad) == 1 else "are"
+        raise NumericError(f"The model diverged at {where}: {shown} {verb} not finite, so that phase is not saved; "
+                           f"{hint}")
+
+
 def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
     """The global L2 norm of all gradients (one fused reduction per device)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

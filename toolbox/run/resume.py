@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from toolbox.errors import CheckpointError
+from toolbox.errors import CheckpointError, UsageError
+from toolbox.options import CORE_FIELDS, PluginOption, RunOptions, build_options, normalize_key
 from toolbox.plugin_host.calls import load_plugin_states
 from toolbox.run.state import RunState
 from toolbox.runtime import distributed
@@ -32,6 +33,40 @@ if TYPE_CHECKING:
     from toolbox.context import Context
 
 log = logging.getLogger("toolbox")
+#: Core options ``--resume`` may change: they decide how the remaining phases train, not the data,
+#: the model or the random draws of what is already trained.
+RESUMABLE = frozenset({"lr", "batch_size", "eval_batch_size", "epochs", "phase_epochs", "momentum", "weight_decay",
+                       "schedule", "milestones", "lr_decay", "warmup_epochs", "warmup_lr", "device", "channels_last",
+                       "precision", "threads", "skip_nonfinite", "tensorboard", "compact_teacher"})
+
+
+def resumed_options(values: dict[str, Any], changes: dict[str, Any],
+                    declared: dict[str, PluginOption]) -> tuple[RunOptions, bool]:
+    """The options of the run recorded in ``values`` (its config.yaml) with ``changes`` (flags
+    given with ``--resume``) applied: core options of :data:`RESUMABLE` and the enabled plugins'
+    options, each logged as "continuing with --lr 0.001 (was 1e+06)"; a different value of any
+    other core option is refused with one sentence. Returns the options and whether any changed."""
+    changes = {normalize_key(key): value for key, value in changes.items() if value is not None}
+    recorded = build_options(dict(values), declared)
+    nested = {**(values.get("plugin") or {}), **{k: v for k, v in changes.items() if k not in CORE_FIELDS}}
+    options = build_options({**values, **{k: v for k, v in changes.items() if k in CORE_FIELDS}, "plugin": nested},
+                            declared)
+    old, new = recorded.to_dict(), options.to_dict()
+    changed = [key for key in CORE_FIELDS if key != "plugin" and old[key] != new[key]]
+    for key in changed:
+        flag = "--" + key.replace("_", "-")
+        if key == "out":
+            raise UsageError(f"{flag} has no meaning with --resume: the run stays in {old['out']}; drop {flag}.")
+        if key not in RESUMABLE:
+            raise UsageError(f"{flag} cannot change when a run resumes (recorded {old[key]!r}, given {new[key]!r}): "
+                             "it decides the data, the model or the random draws of the phases already trained; "
+                             "start a new run with another --out instead.")
+        log.info("continuing with %s %s (was %s)", flag, new[key], old[key])
+    for key in sorted(new["plugin"]):
+        if old["plugin"].get(key) != new["plugin"][key]:
+            log.info("continuing with --%s %s (was %s)", key.replace("_", "-"), new["plugin"][key],
+                     old["plugin"].get(key))
+    return options, old != new
 
 
 def rng_state() -> dict[str, Any]:

@@ -15,7 +15,6 @@ share of the test set; rank 0 alone reads and writes the run directory and share
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,18 +28,15 @@ from toolbox.context import Context
 from toolbox.errors import UsageError
 from toolbox.models import build_model
 from toolbox.models.modules import freeze
-from toolbox.options import RunOptions, build_options, plugin_names
+from toolbox.options import RunOptions
 from toolbox.plugin_host import calls
-from toolbox.plugin_host.calls import declared_options
-from toolbox.plugin_host.manager import dormant_options, load_plugins
 from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
 from toolbox.preflight.analysis import check_run
 from toolbox.pruning.cost import count_macs, count_params
 from toolbox.run import directory as files
-from toolbox.run import lock as runlock
 from toolbox.run import results as report
 from toolbox.run import resume
-from toolbox.run.engine import Trainer, build_optimizer
+from toolbox.run.engine import Trainer, build_optimizer, check_finite
 from toolbox.run.inputs import RunData
 from toolbox.run.logs import RunLogs, batch_callback
 from toolbox.run.serve_files import serve_checkpoint, serve_path
@@ -48,6 +44,7 @@ from toolbox.run.state import RunState
 from toolbox.runtime import distributed
 from toolbox.runtime.device import run_precision, select_device
 from toolbox.storage import checkpoint as ckpt
+from toolbox.storage.atomic import json_text
 
 log = logging.getLogger("toolbox")
 
@@ -156,6 +153,7 @@ class Run:
         if restored.checkpoint is not None:
             self.load_model_state(restored.checkpoint, restored.source)
             self.state = restored.state
+            distributed.run_on_main(self._restore_serve_files)
         self.partial = restored.partial
         return restored.where
 
@@ -281,6 +279,7 @@ class Run:
             if self.progress is not None:
                 self.progress("epoch", step=step, phase=phase, epoch=epoch + 1, epochs=ctx.epochs, metrics=metrics)
             if epoch + 1 < ctx.epochs:
+                check_finite(self.model, metrics, f"step {step} {phase} epoch {epoch + 1}", self._diverged_hint())
                 begun = time.perf_counter()
                 distributed.run_on_main(self._save_partial, ctx, optimizer, epoch + 1,
                                         before + begun - started - saving)
@@ -310,22 +309,28 @@ class Run:
         self.logs.phase(step, phase, record, self.model)
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))
+        distributed.run_on_main(self._write_serve, step, phase)  # before the checkpoint that marks the phase done
         distributed.run_on_main(files.save_phase, self.run_dir, step, phase,
                                 self._checkpoint(step, phase, state.masks, state.records, state.optimizer_state),
                                 self.results())
-        distributed.run_on_main(self._write_serve, step, phase)
         if self.progress is not None:
             self.progress("phase_end", step=step, phase=phase, record=record)
 
     def _evaluate(self, ctx: Context) -> dict[str, Any]:
         """Test (and validation) scores of the model; the test scores also go to metrics.jsonl."""
         test, scores = self.inputs.evaluate(self.model, self.options.precision)
+        check_finite(self.model, scores, f"the end of step {ctx.step} {ctx.phase}", self._diverged_hint())
         self._append_metrics({"step": ctx.step, "phase": ctx.phase, "eval": test})
         return scores
 
+    def _diverged_hint(self) -> str:
+        """What to do about a diverged phase."""
+        return (f"lower --lr (now {self.options.lr:g}) and continue from the last good checkpoint with "
+                f"`toolbox run --resume {self.run_dir} --lr <lower>`.")
+
     def _append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl; rank 0 writes."""
-        distributed.run_on_main(files.append_metrics, self.run_dir, json.dumps(record))
+        distributed.run_on_main(files.append_metrics, self.run_dir, json_text(record))
 
     def _checkpoint(self, step: int, phase: str, masks: dict[str, torch.Tensor], records: dict[str, Any],
                     optimizer: dict[str, Any] | None) -> dict[str, Any]:
@@ -339,18 +344,35 @@ class Run:
         data["done"] = sorted([list(item) for item in self.state.done])
         return data
 
-    def _write_serve(self, step: int, phase: str) -> None:
+    def _serves(self, step: int, phase: str) -> bool:
+        """Whether ``phase`` of ``step`` gives the step's serve file (learn; the last phase with
+        ``--serve compact``)."""
+        return phase == LEARN or (phase == self.plan(step)[-1] and self.options.serve == "compact")
+
+    def _write_serve(self, step: int, phase: str, model: nn.Module | None = None,
+                     masks: dict[str, torch.Tensor] | None = None) -> None:
         """``serve/step{k}.pt``: the learn-phase model, or with ``--serve compact`` the step's last
-        phase's model with its masked filters removed."""
-        last = phase == self.plan(step)[-1]
-        if phase != LEARN and not (last and self.options.serve == "compact"):
+        phase's model with its masked filters removed (``model``, ``masks``: the current ones)."""
+        if not self._serves(step, phase):
             return
         options, data = self.options, self.data
         checkpoint = serve_checkpoint(
-            self.model, self.state.masks, compacted=phase != LEARN, arch=options.arch,
+            self.model if model is None else model, self.state.masks if masks is None else masks,
+            compacted=phase != LEARN, arch=options.arch,
             num_classes=data.num_classes, in_chans=data.in_chans, model_kwargs=options.model_kwargs, step=step,
             phase=phase, input_size=self.inputs.input_size, classes=data.classes, mean=data.mean, std=data.std)
         ckpt.save_checkpoint(serve_path(self.run_dir, step), checkpoint)
+
+    def _restore_serve_files(self) -> None:
+        """Write again the serve file of every finished step that has none (lost to a kill or
+        removed), from the phase checkpoint it comes from."""
+        for step, phase in sorted(self.state.done):
+            source = ckpt.phase_checkpoint_path(self.run_dir, step, phase)
+            if self._serves(step, phase) and source.exists() and not serve_path(self.run_dir, step).exists():
+                data = ckpt.load_checkpoint(source)
+                with torch.random.fork_rng(devices=[]):  # building the model draws; the run's RNG is untouched
+                    self._write_serve(step, phase, ckpt.model_from_checkpoint(data), data["masks"])
+                log.info("Wrote %s again from %s.", serve_path(self.run_dir, step), source)
 
     def _save_partial(self, ctx: Context, optimizer: torch.optim.Optimizer, epochs_done: int,
                       train_seconds: float) -> None:
@@ -360,50 +382,3 @@ class Run:
                     plugins=calls.plugin_states(self.pm, ctx), train_seconds=float(train_seconds),
                     phase_metrics=dict(ctx.phase_metrics), global_batch=int(ctx.global_batch))
         ckpt.save_checkpoint(ckpt.partial_checkpoint_path(self.run_dir), data)
-
-
-def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None,
-              init: Path | None = None, extra_plugins: dict[str, Any] | None = None) -> Run:
-    """Validate ``values`` (merged config + flags), load plugins and data, prepare a fresh run.
-
-    ``init`` starts from a checkpoint's weights and masks; its arch and model options win.
-    ``extra_plugins`` registers plugin objects directly (name -> object), after ``--plugins``.
-    """
-    distributed.init()
-    if init is not None:
-        recorded = distributed.run_on_main(ckpt.load_checkpoint, init)
-        values = {**values, "arch": recorded["arch"], "model_kwargs": recorded.get("model_kwargs") or {}}
-    pm = load_plugins(plugin_names(values), extra_plugins)
-    options = build_options(dict(values), declared_options(pm), dormant_options(plugin_names(values)))
-    run_dir = Path(distributed.broadcast_object(str(options.out or files.default_run_dir(options))))
-    options.out = str(run_dir)
-    if options.seeds:
-        raise UsageError("--seeds runs several experiments; use toolbox.run.seeds.run_seeds (the CLI does) "
-                         "instead of start_run.")
-    run = Run(options, pm, run_dir, progress)
-    if init is not None:
-        run.initialize_from(init)
-    distributed.run_on_main(runlock.hold, run, run_dir)  # after the data is known to be good
-    if distributed.run_on_main(files.holds_run, run_dir, list(run.phases)):
-        raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or another --out.")
-    run.prepare_directory()
-    return run
-
-
-def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
-               extra_plugins: dict[str, Any] | None = None) -> Run:
-    """Reopen the run in ``run_dir`` from its config.yaml and last complete checkpoint."""
-    distributed.init()
-    run_dir = Path(run_dir)
-    values = distributed.run_on_main(files.read_run_config, run_dir)
-    pm = load_plugins(plugin_names(values), extra_plugins)
-    options = build_options(values, declared_options(pm))
-    run = Run(options, pm, run_dir, progress)
-    distributed.run_on_main(runlock.hold, run, run_dir)
-    where = run.restore()
-    if where is None:
-        log.warning("No complete phase in %s; starting it from the beginning.", run_dir)
-        run.prepare_directory()
-    else:
-        log.info("Resuming %s at %s.", run_dir, where)
-    return run

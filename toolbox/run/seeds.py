@@ -18,8 +18,9 @@ from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import dormant_options, load_plugins
 from toolbox.run import lock as runlock
 from toolbox.run import results as report
-from toolbox.run.directory import default_run_dir
-from toolbox.run.run import Run, resume_run, start_run
+from toolbox.run.directory import check_new_out, check_run_directory, default_run_dir, mark
+from toolbox.run.run import Run
+from toolbox.run.start import resume_run, start_run
 from toolbox.runtime import distributed
 from toolbox.storage.atomic import atomic_write_text
 
@@ -57,7 +58,9 @@ def _write_experiment(out: Path, record: dict[str, Any]) -> None:
     """Create ``out`` and write experiment.yaml; refuse a folder that already holds an experiment."""
     if (out / EXPERIMENT_FILE).exists():
         raise UsageError(f"{out} already holds an experiment; pass --resume {out} to continue it or another --out.")
+    check_new_out(out)
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, kind="experiment")
     atomic_write_text(out / EXPERIMENT_FILE, yaml.safe_dump(record, sort_keys=False))
 
 
@@ -65,6 +68,7 @@ def resume_seeds(out: Path, progress: Callable[..., Any] | None = None,
                  announce: Callable[[Run], None] | None = None) -> Path:
     """Finish a multi-seed experiment: resume started seeds, start the missing ones."""
     distributed.init()
+    distributed.run_on_main(check_run_directory, Path(out), (EXPERIMENT_FILE,), "experiment")
     record = distributed.run_on_main(read_mapping, Path(out) / EXPERIMENT_FILE)
     distributed.run_on_main(runlock.acquire, out)
     try:

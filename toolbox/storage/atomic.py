@@ -20,6 +20,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import signal
 import tempfile
@@ -29,6 +30,8 @@ from typing import Any
 KILL_ENV = "TOOLBOX_TEST_KILL_AT"
 KILL_RANK_ENV = "TOOLBOX_TEST_KILL_RANK"
 TEMP_SUFFIX = ".tmp"
+#: Every temp file the toolbox writes is ``.<name>.toolbox-<random>.tmp``; cleanup removes only those.
+TEMP_MARK = ".toolbox-"
 
 
 def _file_mode() -> int:
@@ -90,14 +93,14 @@ def write_error(path: Path, exc: OSError) -> WriteError:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a kill leaves either the old file or the new one.
 
-    The bytes go to a temp file beside ``path`` (``.<name>.<random>.tmp``), are fsynced, and the
+    The bytes go to a temp file beside ``path`` (``.<name>.toolbox-<random>.tmp``), are fsynced, and the
     temp file is renamed over ``path``. A failure (e.g. ENOSPC) removes the temp file and raises
     :class:`WriteError` (an ``OSError``) naming the file.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
@@ -138,9 +141,10 @@ def append_line(path: Path, line: str) -> None:
 
 
 def remove_temp_files(folder: Path) -> list[Path]:
-    """Delete the temp files a killed :func:`atomic_write_bytes` left in ``folder``; return them."""
+    """Delete the temp files a killed :func:`atomic_write_bytes` left in ``folder`` (only those: a
+    user's own ``.something.tmp`` stays); return them."""
     removed = []
-    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+    for tmp in Path(folder).glob(f".*{TEMP_MARK}*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             tmp.unlink()
             removed.append(tmp)
@@ -160,6 +164,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf) replaced by ``None``, so that the JSON
+    written is strict (``NaN`` is not JSON: strict parsers reject the file)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: strict_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(value) for value in data]
+    return data
+
+
+def json_text(data: Any, **kwargs: Any) -> str:
+    """``data`` as strict JSON text (non-finite floats as ``null``)."""
+    return json.dumps(strict_json(data), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Atomic write of a JSON file."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Atomic write of a strict JSON file (non-finite floats as ``null``)."""
+    atomic_write_text(path, json_text(data, indent=2, sort_keys=False) + "\n")

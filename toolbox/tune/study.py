@@ -41,7 +41,8 @@ from toolbox.options import build_options, normalize_key, option_types, plugin_n
 from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import dormant_options, load_plugins
 from toolbox.run.engine import NumericError
-from toolbox.run.run import Run, start_run
+from toolbox.run.run import Run
+from toolbox.run.start import start_run
 from toolbox.storage import atomic as io
 from toolbox.tune.search_space import Param, load_space, parse_space
 from toolbox.tune.storage import absolute_url, default_storage_url, hide_password, open_storage
