@@ -122,8 +122,7 @@ def list_images(folder: Path, classes: Sequence[str], require_all_classes: bool 
         label = list(classes).index(name)
         before = len(files)
         for entry in _walk(folder / name):
-            stat = entry.stat()
-            files.add(entry.path, label, stat.st_size, stat.st_mtime_ns)
+            files.add_stat(entry.path, label, entry.stat())
         if len(files) == before:
             raise UsageError(f"The class folder {folder / name} holds no images (files Pillow reads, such as "
                              ".png, .jpg, .webp, .bmp); add images or remove the folder.")
