@@ -33,13 +33,13 @@ TINY_RUN = ["--arch", "cifar_resnet20", "--steps", "1", "--epochs", "1", "--batc
 def mixed_root(root: Path) -> Path:
     """train/ and test/ with PNG and JPEG, grayscale and RGB, mixed sizes, a stray text file
     and a hidden file; grayscale is the majority (6 of 10 training images per class)."""
-    for split, count in (("train", 2), ("test", 1)):
+    for split, count, seed in (("train", 2, 1), ("test", 1, 11)):  # no test image is a training image
         folder = root / split
-        write_image_folder(folder, per_class=count * 3, size=(28, 28), seed=1)
-        write_image_folder(folder, per_class=count, size=(40, 50), rgb=True, suffix=".jpg", seed=2)
+        write_image_folder(folder, per_class=count * 3, size=(28, 28), seed=seed)
+        write_image_folder(folder, per_class=count, size=(40, 50), rgb=True, suffix=".jpg", seed=seed + 1)
         for name in ("ant", "bee"):
             for i in range(count):
-                write_image(folder / name / f"wide{i}.webp", np.full((20, 60, 3), 90 + i, np.uint8))
+                write_image(folder / name / f"wide{i}.webp", np.full((20, 60, 3), 90 + i + seed, np.uint8))
     (root / "train" / "ant" / "notes.txt").write_text("not an image")
     (root / "train" / "bee" / ".hidden.png").write_bytes(b"junk")
     return root
@@ -122,7 +122,7 @@ def test_explicit_folders_channels_and_size(tmp_path: Path) -> None:
 
 def test_val_folder_serves_as_test_set(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "train")
-    write_image_folder(tmp_path / "val", per_class=1)
+    write_image_folder(tmp_path / "val", per_class=1, seed=9)
     assert load_imagefolder(tmp_path).test_x.shape[0] == 2
 
 
@@ -173,7 +173,7 @@ def test_train_without_test_is_refused(tmp_path: Path) -> None:
 
 def test_corrupt_image_is_named_or_skipped_and_listed(tmp_path: Path) -> None:
     paths = write_image_folder(tmp_path / "train", per_class=4)
-    write_image_folder(tmp_path / "test", per_class=1)
+    write_image_folder(tmp_path / "test", per_class=1, seed=9)
     truncate_file(paths[1])
     (tmp_path / "train" / "bee" / "fake.jpg").write_text("this is no JPEG")
     with pytest.raises(UsageError) as info:
@@ -334,7 +334,7 @@ def test_cli_run_on_image_folders_records_classes(tmp_path: Path) -> None:
 
 def test_cli_bad_image_is_exit_2_and_nothing_is_written(tmp_path: Path) -> None:
     paths = write_image_folder(tmp_path / "d" / "train", per_class=4)
-    write_image_folder(tmp_path / "d" / "test", per_class=1)
+    write_image_folder(tmp_path / "d" / "test", per_class=1, seed=9)
     truncate_file(paths[2])
     out = tmp_path / "run"
     args = ["run", "--dataset", "imagefolder", "--data-root", str(tmp_path / "d"), "--out", str(out), *TINY_RUN]
@@ -356,7 +356,7 @@ def test_cli_bad_image_is_exit_2_and_nothing_is_written(tmp_path: Path) -> None:
 ])
 def test_cli_bad_image_options(tmp_path: Path, args: list[str], message: str) -> None:
     write_image_folder(tmp_path / "d" / "train")
-    write_image_folder(tmp_path / "d" / "test", per_class=1)
+    write_image_folder(tmp_path / "d" / "test", per_class=1, seed=9)
     args = [a.format(root=tmp_path) for a in args]
     root = [] if "--data-root" in args else ["--data-root", str(tmp_path / "d")]
     result = runner.invoke(app, ["run", *args, *root, "--out", str(tmp_path / "run"), *TINY_RUN])
