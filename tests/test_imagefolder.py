@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,13 @@ TINY_RUN = ["--arch", "cifar_resnet20", "--steps", "1", "--epochs", "1", "--batc
 def mixed_root(root: Path) -> Path:
     """train/ and test/ with PNG and JPEG, grayscale and RGB, mixed sizes, a stray text file
     and a hidden file; grayscale is the majority (6 of 10 training images per class)."""
-    for split, count in (("train", 2), ("test", 1)):
+    for split, count, seed in (("train", 2, 1), ("test", 1, 11)):  # no test image is a training image
         folder = root / split
-        write_image_folder(folder, per_class=count * 3, size=(28, 28), seed=1)
-        write_image_folder(folder, per_class=count, size=(40, 50), rgb=True, suffix=".jpg", seed=2)
+        write_image_folder(folder, per_class=count * 3, size=(28, 28), seed=seed)
+        write_image_folder(folder, per_class=count, size=(40, 50), rgb=True, suffix=".jpg", seed=seed + 1)
         for name in ("ant", "bee"):
             for i in range(count):
-                write_image(folder / name / f"wide{i}.webp", np.full((20, 60, 3), 90 + i, np.uint8))
+                write_image(folder / name / f"wide{i}.webp", np.full((20, 60, 3), 90 + i + seed, np.uint8))
     (root / "train" / "ant" / "notes.txt").write_text("not an image")
     (root / "train" / "bee" / ".hidden.png").write_bytes(b"junk")
     return root
@@ -121,7 +122,7 @@ def test_explicit_folders_channels_and_size(tmp_path: Path) -> None:
 
 def test_val_folder_serves_as_test_set(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "train")
-    write_image_folder(tmp_path / "val", per_class=1)
+    write_image_folder(tmp_path / "val", per_class=1, seed=9)
     assert load_imagefolder(tmp_path).test_x.shape[0] == 2
 
 
@@ -172,7 +173,7 @@ def test_train_without_test_is_refused(tmp_path: Path) -> None:
 
 def test_corrupt_image_is_named_or_skipped_and_listed(tmp_path: Path) -> None:
     paths = write_image_folder(tmp_path / "train", per_class=4)
-    write_image_folder(tmp_path / "test", per_class=1)
+    write_image_folder(tmp_path / "test", per_class=1, seed=9)
     truncate_file(paths[1])
     (tmp_path / "train" / "bee" / "fake.jpg").write_text("this is no JPEG")
     with pytest.raises(UsageError) as info:
@@ -207,6 +208,53 @@ def test_second_load_hits_the_cache_and_changes_rebuild_it(tmp_path: Path) -> No
     assert shrunk.built and shrunk.x.shape[0] == 6
     assert not load_image_folders([tmp_path / "train"]).built
     assert load_image_folders([tmp_path / "train"], image_size=16).built  # another size, another entry
+
+
+def test_a_failed_decode_is_tried_again_on_the_next_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolbox.data import image_decode
+
+    write_image_folder(tmp_path / "train", per_class=2)
+    calls, real = [], image_decode.decode_image
+
+    def fails_once(source, size, channels):  # the second file is unreadable once (a transient error)
+        calls.append(1)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied")
+        return real(source, size, channels)
+
+    monkeypatch.setattr(image_decode, "decode_image", fails_once)
+    first = load_image_folders([tmp_path / "train"], skip_bad_images=True, workers=1)
+    assert first.x.shape[0] == 3 and "Permission denied" in first.skipped[0]
+    again = load_image_folders([tmp_path / "train"], skip_bad_images=True, workers=1)  # nothing changed on disk
+    assert again.built and again.x.shape[0] == 4 and not again.skipped
+    assert not load_image_folders([tmp_path / "train"], workers=1).built  # a clean entry is trusted
+
+
+def test_an_image_restored_with_its_old_mtime_is_decoded_again(tmp_path: Path) -> None:
+    paths = write_image_folder(tmp_path / "train", per_class=2)
+    good, stat = paths[1].read_bytes(), paths[1].stat()
+    paths[1].write_bytes(b"x" * len(good))  # half-copied: not an image yet, same size
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(load_image_folders([tmp_path / "train"], skip_bad_images=True).skipped) == 1
+    time.sleep(0.05)
+    paths[1].write_bytes(good)  # the copy finished: same size, same mtime
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = load_image_folders([tmp_path / "train"])
+    assert again.built and again.x.shape[0] == 4
+
+
+def test_a_replacement_of_the_same_size_and_mtime_is_decoded_again(tmp_path: Path) -> None:
+    paths = write_image_folder(tmp_path / "train", per_class=2, suffix=".bmp")
+    first = load_image_folders([tmp_path / "train"])
+    stat = paths[0].stat()
+    other = write_image(tmp_path / "other.bmp", np.full((28, 28), 200, np.uint8)).read_bytes()
+    assert len(other) == stat.st_size
+    time.sleep(0.05)
+    paths[0].write_bytes(other)  # in place (same inode), then the old mtime back
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = load_image_folders([tmp_path / "train"])
+    assert again.built and not torch.equal(again.x[0], first.x[0])
+    assert torch.equal(again.x[0], torch.from_numpy(decode_image(str(paths[0]), 32, 1)))
 
 
 def test_a_damaged_cache_is_decoded_again(tmp_path: Path) -> None:
@@ -286,7 +334,7 @@ def test_cli_run_on_image_folders_records_classes(tmp_path: Path) -> None:
 
 def test_cli_bad_image_is_exit_2_and_nothing_is_written(tmp_path: Path) -> None:
     paths = write_image_folder(tmp_path / "d" / "train", per_class=4)
-    write_image_folder(tmp_path / "d" / "test", per_class=1)
+    write_image_folder(tmp_path / "d" / "test", per_class=1, seed=9)
     truncate_file(paths[2])
     out = tmp_path / "run"
     args = ["run", "--dataset", "imagefolder", "--data-root", str(tmp_path / "d"), "--out", str(out), *TINY_RUN]
@@ -308,7 +356,7 @@ def test_cli_bad_image_is_exit_2_and_nothing_is_written(tmp_path: Path) -> None:
 ])
 def test_cli_bad_image_options(tmp_path: Path, args: list[str], message: str) -> None:
     write_image_folder(tmp_path / "d" / "train")
-    write_image_folder(tmp_path / "d" / "test", per_class=1)
+    write_image_folder(tmp_path / "d" / "test", per_class=1, seed=9)
     args = [a.format(root=tmp_path) for a in args]
     root = [] if "--data-root" in args else ["--data-root", str(tmp_path / "d")]
     result = runner.invoke(app, ["run", *args, *root, "--out", str(tmp_path / "run"), *TINY_RUN])

@@ -404,9 +404,39 @@ def test_a_study_spec_round_trips_through_the_storage(tmp_path: Path) -> None:
     study, _ = open_study(tmp_path / "s", spec)
     again, stored = open_study(tmp_path / "s")
     assert stored == spec and again.study_name == study.study_name == "s"
-    assert yaml.safe_load((tmp_path / "s" / "tune.yaml").read_text())["storage"] == sqlite(tmp_path / "s")
+    assert yaml.safe_load((tmp_path / "s" / "tune.yaml").read_text())["storage"] == "sqlite:///study.db"
     assert "another --study folder" in str(pytest.raises(UsageError, open_study, tmp_path / "s", spec,
                                                          storage=f"journal:{tmp_path / 'j.log'}").value)
+
+
+def test_a_copied_study_folder_is_a_study_of_its_own(tmp_path: Path) -> None:
+    study, copy = tmp_path / "study", tmp_path / "copy"
+    first = tune(*write_files(tmp_path), "--study", str(study), "--trials", "1", "--pruner", "none", "--steps", "1")
+    assert first.exit_code == 0, first.output
+    shutil.copytree(study, copy)
+    more = tune("--study", str(copy), "--trials", "2")
+    assert more.exit_code == 0, more.output
+    assert len(load(sqlite(study), "study").trials) == 1  # the original is untouched
+    trials = load(sqlite(copy), "study").trials
+    assert len(trials) == 2 and trials[1].user_attrs["run_dir"] == str((copy / "trials" / "0001").resolve())
+    assert not (study / "trials" / "0001").exists()
+
+
+def test_an_explicit_storage_outside_the_folder_is_recorded_as_given(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolbox.tune.storage import opened_url, recorded_url
+    from toolbox.tune.study import open_study
+
+    monkeypatch.chdir(tmp_path)
+    spec = StudySpec(config=dict(CONFIG), space=SPACE)
+    open_study(tmp_path / "s", spec, storage="sqlite:///shared.db")  # relative to the working directory
+    recorded = yaml.safe_load((tmp_path / "s" / "tune.yaml").read_text())["storage"]
+    assert recorded == f"sqlite:///{tmp_path / 'shared.db'}"
+    shutil.copytree(tmp_path / "s", tmp_path / "c")
+    assert open_study(tmp_path / "c")[0].study_name == "s"  # the copy joins the shared database
+    assert recorded_url("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"
+    assert recorded_url(f"sqlite:///{tmp_path / 'a' / 'b.db'}?timeout=5", tmp_path / "a") == "sqlite:///b.db?timeout=5"
+    assert opened_url("sqlite:///b.db?timeout=5", tmp_path / "x") == f"sqlite:///{tmp_path / 'x' / 'b.db'}?timeout=5"
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("space_*.yaml")),

@@ -112,6 +112,7 @@ class RunOptions:
     mean: list[float] | None = None
     std: list[float] | None = None
     skip_bad_images: bool = False
+    allow_overlap: bool = False
     shards: list[str] = field(default_factory=list)
     classes: list[str] | None = None
     open_ended: bool = False

@@ -101,6 +101,8 @@ def run(
 def step(
     run_dir: Path = typer.Argument(..., help="The run directory (a finished run started with --shards)."),
     data: Path = typer.Option(..., help="The newly arrived folder of class folders (the run's classes)."),
+    allow_overlap: bool = typer.Option(False, help="Warn instead of refusing a folder whose images the run already "
+                                       "trained on (more than half) or that shares images with the test folder."),
 ) -> None:
     """Add one step to a finished run with a newly arrived folder of images; earlier folders are
     not needed."""
@@ -109,7 +111,7 @@ def step(
     setup_logging()
     progress = Progress()
     try:
-        runner = add_step(run_dir, data, progress)
+        runner = add_step(run_dir, data, progress, allow_overlap)
         results = runner.execute()
     finally:
         progress.close()

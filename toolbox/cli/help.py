@@ -34,6 +34,7 @@ CORE_HELP: dict[str, str] = {
     "mean": "Per-channel normalization mean (default: the training images' statistics).",
     "std": "Per-channel normalization std (default: the training images' statistics).",
     "skip_bad_images": "imagefolder: leave out files that cannot be decoded instead of stopping.",
+    "allow_overlap": "Warn instead of refusing a folder twice in --shards or test images also in a training folder.",
     "shards": "One folder per step (data that arrives over time); makes the run open-ended.",
     "classes": "Class names every step's folder must have (default: the first folder's).",
     "open_ended": "Every step ends with its sparsify phase, so `toolbox step` can add steps.",

@@ -11,7 +11,7 @@ import importlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -50,6 +50,8 @@ class ImageData:
     dividing by 255. ``source`` says where the data came from, for logs and reports.
     ``classes`` names the classes in label order where the dataset knows them (image folders);
     ``skipped`` lists the unreadable images left out (``--skip-bad-images``), as "path (reason)".
+    ``manifests`` (a :class:`toolbox.data.manifest.RunManifests`, ``--shards`` runs) lists the
+    images of the run's folders with their content hashes.
     The image tensors may be memory-mapped from a decoded cache: read them, never write to them.
     """
 
@@ -64,6 +66,7 @@ class ImageData:
     source: str
     classes: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
+    manifests: Any = None
 
     @classmethod
     def from_splits(cls, name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],

@@ -1,10 +1,14 @@
 """A decoded-image cache: decode a list of image files once, in parallel, into a uint8 ``.npy``
 file that later runs memory-map (seconds to open, flat memory however large the set).
 
-A cache entry is three files in the cache folder: ``<name>.images.npy`` (N x C x S x S uint8),
-``<name>.labels.npy`` (int64) and ``<name>.json``, the key file, written last. The key is a hash
-of every file's path, label, size and modification time plus the image size and channel setting,
-so an added, removed, touched or relabelled file makes the entry stale and it is rebuilt. Before
+A cache entry is four files in the cache folder: ``<name>.images.npy`` (N x C x S x S uint8),
+``<name>.labels.npy`` (int64), ``<name>.digests.npy`` (every listed file's content hash, BLAKE2b
+of its bytes, taken in the same single read that decodes it) and ``<name>.json``, the key file,
+written last. The key is a hash of every file's path, label, size, modification time, inode and
+status-change time plus the image size and channel setting, so an added, removed, touched,
+replaced (even by a file of the same size and modification time) or relabelled file makes the
+entry stale and it is rebuilt. A decode failure is never trusted: on every load the files an
+entry left out are tried again, and the entry is rebuilt when one of them now decodes. Before
 a rebuild the key file is deleted, and every file is written to a temp file and renamed into
 place, so a kill at any moment leaves either no trusted entry or a complete one. One process
 builds an entry at a time (a lock file beside it); the others wait and then read it. A rebuild
@@ -24,7 +28,6 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from array import array
@@ -37,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from toolbox.data.image_decode import DecodedChunk, decode_chunk, native_channels
+from toolbox.data.decode_progress import DecodeProgress
+from toolbox.data.image_decode import DIGEST_BYTES, DecodedChunk, decode_chunk, native_channels
 from toolbox.errors import UsageError
 from toolbox.storage import atomic as tbio
 
@@ -48,7 +52,7 @@ WORKERS_ENV = "TOOLBOX_DECODE_WORKERS"
 #: Folder created beside an image folder for its caches.
 CACHE_DIRNAME = ".toolbox-cache"
 #: Bumped whenever the decoding or the file layout changes (old entries are then rebuilt).
-FORMAT = 1
+FORMAT = 2
 TEMP_MARK = ".tmp"
 
 log = logging.getLogger("toolbox")
@@ -57,19 +61,28 @@ log = logging.getLogger("toolbox")
 @dataclass
 class FileList:
     """The source images as columns (compact: about 100 bytes a file, for millions of files):
-    path, class label, and the size and mtime that key the cache."""
+    path, class label, and the size, mtime, inode and ctime that key the cache (what identifies
+    a file's content without reading it)."""
 
     paths: list[str] = field(default_factory=list)
     labels: array = field(default_factory=lambda: array("q"))
     sizes: array = field(default_factory=lambda: array("q"))
     mtimes_ns: array = field(default_factory=lambda: array("q"))
+    inodes: array = field(default_factory=lambda: array("Q"))
+    ctimes_ns: array = field(default_factory=lambda: array("q"))
 
-    def add(self, path: str, label: int, size: int, mtime_ns: int) -> None:
+    def add(self, path: str, label: int, size: int, mtime_ns: int, inode: int = 0, ctime_ns: int = 0) -> None:
         """Append one file."""
         self.paths.append(path)
         self.labels.append(label)
         self.sizes.append(size)
         self.mtimes_ns.append(mtime_ns)
+        self.inodes.append(inode)
+        self.ctimes_ns.append(ctime_ns)
+
+    def add_stat(self, path: str, label: int, stat: os.stat_result) -> None:
+        """Append one file, keyed by its ``os.stat`` result."""
+        self.add(path, label, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
     def extend(self, other: "FileList") -> None:
         """Append every file of ``other``."""
@@ -77,6 +90,8 @@ class FileList:
         self.labels += other.labels
         self.sizes += other.sizes
         self.mtimes_ns += other.mtimes_ns
+        self.inodes += other.inodes
+        self.ctimes_ns += other.ctimes_ns
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,7 +101,9 @@ class FileList:
 class DecodedSet:
     """A cache entry opened for reading: ``images`` is a copy-on-write memory map (pages are
     read from the file on demand and never count as the process's own memory), ``labels`` an
-    in-memory array, ``skipped`` the ``(position, path, reason)`` of every file left out."""
+    in-memory array, ``skipped`` the ``(position, path, reason)`` of every file left out,
+    ``digests`` (one row of :data:`DIGEST_BYTES` per listed file, zeros where unreadable) the
+    files' content hashes."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -96,6 +113,7 @@ class DecodedSet:
     skipped: list[tuple[int, str, str]] = field(default_factory=list)
     path: Path = Path()
     built: bool = False
+    digests: np.ndarray = field(default_factory=lambda: np.zeros((0, DIGEST_BYTES), np.uint8))
 
 
 def cache_folder(beside: Path) -> Path:
@@ -125,8 +143,9 @@ def content_key(files: FileList, size: int, channels: int | None) -> str:
     """Hash of everything that determines the decoded arrays (``channels`` None = chosen by
     majority)."""
     digest = hashlib.sha256(f"toolbox-decoded/{FORMAT}|{size}|{channels or 'auto'}\n".encode())
-    for path, label, size_bytes, mtime in zip(files.paths, files.labels, files.sizes, files.mtimes_ns):
-        digest.update(f"{path}\0{label}\0{size_bytes}\0{mtime}\n".encode())
+    for path, label, size_bytes, mtime, inode, ctime in zip(files.paths, files.labels, files.sizes,
+                                                           files.mtimes_ns, files.inodes, files.ctimes_ns):
+        digest.update(f"{path}\0{label}\0{size_bytes}\0{mtime}\0{inode}\0{ctime}\n".encode())
     return digest.hexdigest()
 
 
@@ -151,7 +170,7 @@ def load_decoded(files: FileList, size: int, channels: int | None, skip_bad: boo
     entry = folder / name
     with _build_lock(entry):
         opened = _open(entry, key)
-        if opened is not None:
+        if opened is not None and not _decodes_now(opened, size):
             return _with_skip_policy(opened, skip_bad, what)
         try:
             _remove(_key_path(entry))  # from here on a kill never leaves a trusted stale entry
@@ -172,6 +191,18 @@ def _with_skip_policy(decoded: DecodedSet, skip_bad: bool, what: str) -> Decoded
         raise UsageError(f"Image {path} could not be decoded ({reason}){others}; fix or remove it, "
                          "or pass --skip-bad-images to leave unreadable images out.")
     return decoded
+
+
+def _decodes_now(decoded: DecodedSet, size: int) -> bool:
+    """Whether a file the entry left out decodes now (its failure was transient: a permission
+    fixed, a copy finished); then the entry must be rebuilt."""
+    if not decoded.skipped:
+        return False
+    retried = decode_chunk([path for _, path, _ in decoded.skipped], size, decoded.channels)
+    if retried.kept:
+        log.info("%d image(s) the decoded cache %s left out decode now; decoding again.", len(retried.kept),
+                 decoded.path)
+    return bool(retried.kept)
 
 
 @contextlib.contextmanager
@@ -203,17 +234,20 @@ def _open(entry: Path, key: str) -> DecodedSet | None:
             return None
         images = np.load(_images_path(entry), mmap_mode="c" if meta["shape"][0] else None)
         labels = np.load(_labels_path(entry))
+        digests = np.load(_digests_path(entry))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError
         log.warning("Ignoring the damaged decoded cache %s (%s); decoding again.", entry, exc)
         return None
-    if list(images.shape) != meta["shape"] or images.dtype != np.uint8 or labels.shape != (images.shape[0],):
+    if (list(images.shape) != meta["shape"] or images.dtype != np.uint8 or labels.shape != (images.shape[0],)
+            or digests.shape != (images.shape[0] + len(meta["skipped"]), DIGEST_BYTES)):
         log.warning("Ignoring the decoded cache %s: its arrays do not match its key file; decoding again.", entry)
         return None
     return DecodedSet(images=images, labels=labels.astype(np.int64, copy=False), channels=int(meta["channels"]),
                       mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                      skipped=[(int(i), str(p), str(r)) for i, p, r in meta["skipped"]], path=entry)
+                      skipped=[(int(i), str(p), str(r)) for i, p, r in meta["skipped"]], path=entry,
+                      digests=digests)
 
 
 def _key_path(entry: Path) -> Path:
@@ -226,6 +260,10 @@ def _images_path(entry: Path) -> Path:
 
 def _labels_path(entry: Path) -> Path:
     return entry.with_name(entry.name + ".labels.npy")
+
+
+def _digests_path(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".digests.npy")
 
 
 def _remove(path: Path) -> None:
@@ -258,7 +296,7 @@ def _build(files: FileList, size: int, channels: int | None, entry: Path, key: s
             channels = _majority_channels(paths, pool, what)
         images_tmp = _temp(_images_path(entry))
         try:
-            kept, skipped, sums, sq_sums = _decode_into(images_tmp, chunks, size, channels, pool, what)
+            kept, skipped, sums, sq_sums, digests = _decode_into(images_tmp, chunks, size, channels, pool, what)
         except BaseException:
             _remove(images_tmp)
             raise
@@ -270,12 +308,8 @@ def _build(files: FileList, size: int, channels: int | None, entry: Path, key: s
     mean = sums / pixels
     std = np.sqrt(np.maximum(sq_sums / pixels - mean**2, 0.0))
     os.replace(images_tmp, _images_path(entry))
-    labels_tmp = _temp(_labels_path(entry))
-    with open(labels_tmp, "wb") as f:
-        np.save(f, labels)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(labels_tmp, _labels_path(entry))
+    _save_array(_labels_path(entry), labels)
+    _save_array(_digests_path(entry), np.frombuffer(bytes(digests), np.uint8).reshape(-1, DIGEST_BYTES))
     tbio.kill_point("decoded-cache-before-key")
     meta = {"format": FORMAT, "key": key, "shape": [len(kept), channels, size, size], "channels": channels,
             "mean": [round(float(m) / 255, 4) for m in mean], "std": [round(float(s) / 255, 4) for s in std],
@@ -288,6 +322,16 @@ def _build(files: FileList, size: int, channels: int | None, entry: Path, key: s
     assert opened is not None, f"the decoded cache {entry} just written cannot be read"
     opened.built = True
     return opened
+
+
+def _save_array(path: Path, values: np.ndarray) -> None:
+    """``values`` as the ``.npy`` file ``path`` (temp file, fsync, rename)."""
+    tmp = _temp(path)
+    with open(tmp, "wb") as f:
+        np.save(f, values)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -314,9 +358,10 @@ def _majority_channels(paths: list[str], pool: ProcessPoolExecutor | None, what:
 
 def _decode_into(tmp: Path, chunks: list[list[str]], size: int, channels: int,
                  pool: ProcessPoolExecutor | None, what: str
-                 ) -> tuple[list[int], list[tuple[int, str]], np.ndarray, np.ndarray]:
+                 ) -> tuple[list[int], list[tuple[int, str]], np.ndarray, np.ndarray, bytearray]:
     """Stream the decoded chunks, in order, into the ``.npy`` file ``tmp`` (memory stays flat);
-    return the kept positions, the ``(position, reason)`` of bad files and the pixel sums."""
+    return the kept positions, the ``(position, reason)`` of bad files, the pixel sums and the
+    files' content hashes."""
     total = sum(len(c) for c in chunks)
     results: Iterator[DecodedChunk] = (pool.map(decode_chunk, chunks, repeat(size), repeat(channels))
                                        if pool else map(decode_chunk, chunks, repeat(size), repeat(channels)))
@@ -324,6 +369,7 @@ def _decode_into(tmp: Path, chunks: list[list[str]], size: int, channels: int,
     skipped: list[tuple[int, str]] = []
     sums = np.zeros(channels, dtype=np.float64)
     sq_sums = np.zeros(channels, dtype=np.float64)
+    digests = bytearray()
     with open(tmp, "wb") as f, DecodeProgress(what, total) as progress:
         header = _write_header(f, (total, channels, size, size))
         start = 0
@@ -333,6 +379,7 @@ def _decode_into(tmp: Path, chunks: list[list[str]], size: int, channels: int,
             skipped += [(start + i, reason) for i, reason in result.bad]
             sums += result.pixel_sum.astype(np.float64)
             sq_sums += result.pixel_sq_sum.astype(np.float64)
+            digests += result.digests
             start += len(chunk)
             progress.advance(len(chunk))
             tbio.kill_point("decoded-cache-chunk")
@@ -343,7 +390,7 @@ def _decode_into(tmp: Path, chunks: list[list[str]], size: int, channels: int,
             f.truncate(header + len(kept) * channels * size * size)
         f.flush()
         os.fsync(f.fileno())
-    return kept, skipped, sums, sq_sums
+    return kept, skipped, sums, sq_sums, digests
 
 
 def _write_header(f: Any, shape: tuple[int, ...]) -> int:
@@ -352,42 +399,3 @@ def _write_header(f: Any, shape: tuple[int, ...]) -> int:
     rewritten in place with a smaller count."""
     np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
     return f.tell()
-
-
-class DecodeProgress:
-    """Progress of a decode: a rich bar with images/s on a terminal, otherwise a log line at
-    most every ``every`` seconds."""
-
-    def __init__(self, what: str, total: int, every: float = 10.0) -> None:
-        self.what, self.total, self.done, self.every = what, total, 0, every
-        self.started = self.reported = time.perf_counter()
-        self.bar: Any = None
-
-    def __enter__(self) -> "DecodeProgress":
-        if sys.stderr.isatty() and self.total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("decoding {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]} images/s"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(self.what, total=self.total, rate="-")
-        else:
-            log.info("Decoding %d %s (once; later runs read the cache).", self.total, self.what)
-        return self
-
-    def advance(self, count: int) -> None:
-        """``count`` more images are decoded."""
-        self.done += count
-        now = time.perf_counter()
-        rate = f"{self.done / max(now - self.started, 1e-9):.0f}"
-        if self.bar is not None:
-            self.bar.update(self.task, advance=count, rate=rate)
-        elif now - self.reported >= self.every and self.done < self.total:
-            log.info("Decoding %s: %d/%d (%s images/s).", self.what, self.done, self.total, rate)
-            self.reported = now
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -11,6 +11,8 @@ so worker processes start fast.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,8 +73,8 @@ def _placement(have: int, size: int) -> tuple[slice, slice]:
     return slice(0, have), slice(start, start + have)
 
 
-def decode_image(path: str, size: int, channels: int) -> np.ndarray:
-    """The image at ``path`` as a ``channels`` x ``size`` x ``size`` uint8 array (see the module
+def decode_image(path: str | io.BytesIO, size: int, channels: int) -> np.ndarray:
+    """The image at ``path`` (or in an open binary file) as a ``channels`` x ``size`` x ``size`` uint8 array (see the module
     docstring for the geometry). Raises whatever Pillow raises for an unreadable file."""
     with Image.open(path) as image:
         if image.format == "JPEG":  # decode at a reduced scale that still covers size x size
@@ -92,29 +94,45 @@ def decode_image(path: str, size: int, channels: int) -> np.ndarray:
 class DecodedChunk:
     """What a worker returns for a run of files: the good images in order, their positions in
     the chunk, exact per-channel sums of pixel values and of their squares (for the
-    statistics), and ``(position, reason)`` of the bad files."""
+    statistics), ``(position, reason)`` of the bad files, and every file's content hash
+    (:data:`DIGEST_BYTES` bytes each, in order; zeros for a file that could not be read)."""
 
     images: np.ndarray
     kept: list[int]
     pixel_sum: np.ndarray
     pixel_sq_sum: np.ndarray
     bad: list[tuple[int, str]] = field(default_factory=list)
+    digests: bytes = b""
+
+
+#: Bytes of a file's content hash (BLAKE2b), as the decoded cache stores it.
+DIGEST_BYTES = 16
+NO_DIGEST = bytes(DIGEST_BYTES)
 
 
 def decode_chunk(paths: list[str], size: int, channels: int) -> DecodedChunk:
-    """Decode ``paths`` (the worker's task): unreadable files are reported, not raised."""
+    """Decode ``paths`` (the worker's task), hashing each file's bytes as they are read (one
+    read per file): unreadable files are reported, not raised."""
     images = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     kept: list[int] = []
     bad: list[tuple[int, str]] = []
+    digests = bytearray()
     for position, path in enumerate(paths):
+        buffer = None
         try:
-            images[len(kept)] = decode_image(path, size, channels)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image
-            bad.append((position, f"{type(exc).__name__}: {exc}".strip()))
+            with open(path, "rb") as f:
+                buffer = io.BytesIO(f.read())
+            digests += hashlib.blake2b(buffer.getbuffer(), digest_size=DIGEST_BYTES).digest()
+            images[len(kept)] = decode_image(buffer, size, channels)
+        except Exception as exc:  # noqa: BLE001 - any read or decoder failure is a bad image
+            if len(digests) == position * DIGEST_BYTES:
+                digests += NO_DIGEST
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            bad.append((position, reason.replace(repr(buffer), repr(path)) if buffer else reason))
             continue
         kept.append(position)
     good = images[: len(kept)]
     per_channel = good.transpose(1, 0, 2, 3).reshape(channels, -1)
     return DecodedChunk(images=good, kept=kept, pixel_sum=per_channel.sum(axis=1, dtype=np.uint64),
                         pixel_sq_sum=np.square(per_channel, dtype=np.uint32).sum(axis=1, dtype=np.uint64),
-                        bad=bad)
+                        bad=bad, digests=bytes(digests))

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ import torch
 from toolbox.data.datasets import ImageData, resolve_data_root
 from toolbox.data.decoded_cache import FileList, cache_folder, load_decoded
 from toolbox.data.image_decode import image_extensions
+from toolbox.data.manifest import Manifest, check_test_overlap, folder_manifests
 from toolbox.errors import UsageError
 
 #: Image side when ``--image-size`` is not given (the CIFAR-style backbones' input).
@@ -43,7 +44,8 @@ class FolderImages:
     ``x`` (N x C x S x S uint8, memory-mapped) and ``y`` (int64) hold the images in order;
     ``parts[i]`` are the row indices of ``folders[i]``; ``mean``/``std`` are this set's
     per-channel statistics in [0, 1] units; ``skipped`` lists unreadable images left out as
-    "path (reason)"; ``built`` says whether the cache was (re)built by this call.
+    "path (reason)"; ``built`` says whether the cache was (re)built by this call; ``manifests[i]``
+    lists ``folders[i]``'s images with their content hashes.
     """
 
     x: torch.Tensor
@@ -56,6 +58,7 @@ class FolderImages:
     skipped: list[str]
     cache: Path
     built: bool
+    manifests: list[Manifest] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -122,8 +125,7 @@ def list_images(folder: Path, classes: Sequence[str], require_all_classes: bool 
         label = list(classes).index(name)
         before = len(files)
         for entry in _walk(folder / name):
-            stat = entry.stat()
-            files.add(entry.path, label, stat.st_size, stat.st_mtime_ns)
+            files.add_stat(entry.path, label, entry.stat())
         if len(files) == before:
             raise UsageError(f"The class folder {folder / name} holds no images (files Pillow reads, such as "
                              ".png, .jpg, .webp, .bmp); add images or remove the folder.")
@@ -174,7 +176,8 @@ def load_image_folders(folders: Sequence[str | os.PathLike[str]], classes: Seque
                         mean=decoded.mean, std=decoded.std, folders=paths,
                         parts=_parts(counts, [i for i, _, _ in decoded.skipped]),
                         skipped=[f"{path} ({reason})" for _, path, reason in decoded.skipped],
-                        cache=decoded.path, built=decoded.built)
+                        cache=decoded.path, built=decoded.built,
+                        manifests=folder_manifests(paths, files, counts, decoded.digests))
 
 
 def _entry_name(folders: list[Path], image_size: int, channels: int | None) -> str:
@@ -207,12 +210,13 @@ def find_split_folders(root: Path) -> tuple[Path, Path]:
 
 def load_imagefolder(data_root: str | os.PathLike[str] | None = None, train: str | None = None,
                      test: str | None = None, image_size: int | None = None, channels: int | None = None,
-                     skip_bad_images: bool = False) -> ImageData:
+                     skip_bad_images: bool = False, allow_overlap: bool = False) -> ImageData:
     """``--dataset imagefolder``: training and test images from ``train``/``test`` folders, or
     from ``data_root/train`` and ``data_root/test`` (or ``val``).
 
     Classes are the training folder's sorted class folders; mean/std are the training images'
-    statistics; the test images get the training images' channels.
+    statistics; the test images get the training images' channels. A test image that is also a
+    training image (same content) is refused, or with ``allow_overlap`` a warning.
     """
     if (train is None) != (test is None):
         raise UsageError(f"--train and --test go together; pass both, or neither and --data-root DIR holding "
@@ -225,6 +229,7 @@ def load_imagefolder(data_root: str | os.PathLike[str] | None = None, train: str
     train_set = load_image_folders([train_dir], None, size, channels, skip_bad_images, what="training image")
     test_set = load_image_folders([test_dir], train_set.classes, size, train_set.channels, skip_bad_images,
                                   require_all_classes=False, what="test image")
+    check_test_overlap([("the training folder", train_set.manifests[0])], test_set.manifests[0], allow_overlap)
     return ImageData(name=NAME, train_x=train_set.x, train_y=train_set.y, test_x=test_set.x, test_y=test_set.y,
                      num_classes=len(train_set.classes), mean=train_set.mean, std=train_set.std,
                      source=str(train_set.folders[0].parent if train is None else train_set.folders[0]),

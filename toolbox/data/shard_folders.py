@@ -1,7 +1,8 @@
 """Data that arrives over time: one image folder per step (``--shards DIR1,DIR2,... --test DIR``).
 
-Each step's folder is decoded (through the memory-mapped cache) only when that step trains, so a
-run continued by ``toolbox step`` never needs an earlier step's folder. What every later step must
+A step trains on its folder's images from the memory-mapped cache (decoded once, when the run
+starts, for the manifests of :mod:`toolbox.data.manifest`), so a run continued by ``toolbox step``
+never needs an earlier step's folder. What every later step must
 share is fixed at the run's start and recorded in its options (so in ``config.yaml``): the class
 names (the first folder's class folders, sorted), the image size, the channels and the per-channel
 mean/std (the first folder's statistics unless ``--mean/--std`` are given).
@@ -9,6 +10,7 @@ mean/std (the first folder's statistics unless ``--mean/--std`` are given).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import torch
 
 from toolbox.data.datasets import ImageData
 from toolbox.data.imagefolder import DEFAULT_IMAGE_SIZE, NAME, FolderImages, class_folders, load_image_folders
+from toolbox.data.manifest import Manifest, RunManifests
 from toolbox.errors import UsageError
 
 
@@ -52,9 +55,25 @@ def load_step(options: Any, step: int) -> FolderImages:
                               options.skip_bad_images, what=f"step {step} image")
 
 
+def folder_manifest(options: Any, folder: Path, what: str) -> Manifest:
+    """The manifest of ``folder`` decoded with the run's settings (through the decoded cache, so
+    the step that trains on it later reads the cache)."""
+    return load_image_folders([Path(folder).expanduser()], options.classes, options.image_size, options.channels,
+                              options.skip_bad_images, what=what).manifests[0]
+
+
+def step_manifests(options: Any, known: Collection[int] = ()) -> dict[int, Manifest]:
+    """The manifests of the step folders that still exist (a finished step's folder may be gone),
+    except the steps in ``known``."""
+    return {step: folder_manifest(options, Path(folder), f"step {step} image")
+            for step, folder in enumerate(options.shards, 1)
+            if step not in known and Path(folder).expanduser().is_dir()}
+
+
 def load_shard_run_data(options: Any) -> ImageData:
     """The run's :class:`ImageData`: the test folder's images, no training images (each step's
-    come from :func:`load_step` when it trains), and the shared normalization."""
+    come from :func:`load_step` when it trains), the shared normalization, and the test folder's
+    manifest."""
     test = load_image_folders([Path(options.test).expanduser()], options.classes, options.image_size,
                               options.channels, options.skip_bad_images, require_all_classes=False,
                               what="test image")
@@ -62,4 +81,5 @@ def load_shard_run_data(options: Any) -> ImageData:
     return ImageData(name=NAME, train_x=empty_x, train_y=torch.zeros(0, dtype=torch.int64), test_x=test.x,
                      test_y=test.y, num_classes=len(options.classes), mean=tuple(options.mean),
                      std=tuple(options.std), source=f"{len(options.shards)} step folders, test {test.folders[0]}",
-                     classes=list(options.classes), skipped=test.skipped)
+                     classes=list(options.classes), skipped=test.skipped,
+                     manifests=RunManifests(test=test.manifests[0]))

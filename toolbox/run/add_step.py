@@ -4,7 +4,10 @@ The run (started with ``--shards``, which makes it open-ended) is reopened from 
 under its lock; the new folder must hold exactly the run's classes; it becomes the next shard
 (``config.yaml`` records it), and the enabled plugins' phases of a middle step run on it (with
 ``sst,aod,msl``: AOD on the new data, then SST + MSL so the model is ready for the next arrival).
-No earlier step's folder is read. Results, metrics, plots and the model to serve are appended as
+No earlier step's folder is read: the new folder is checked against the manifests the run keeps
+(``manifests.json``): a folder whose images, by content, the run already trained on (more than
+half of them) or whose images are in the test folder is refused before anything is written
+(``allow_overlap``: a warning). Results, metrics, plots and the model to serve are appended as
 for any step.
 """
 
@@ -12,13 +15,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import yaml
 
+from toolbox.data import shard_folders
 from toolbox.data.imagefolder import class_folders
+from toolbox.data.manifest import Manifest, RunManifests, check_new_folder, check_test_overlap
 from toolbox.errors import UsageError
-from toolbox.run.directory import read_run_config
+from toolbox.run.directory import read_manifests, read_run_config, write_manifests
 from toolbox.run.run import Run
 from toolbox.run.start import resume_run
 from toolbox.runtime import distributed
@@ -40,15 +46,35 @@ def check_classes(folder: Path, classes: list[str]) -> None:
                          f"same {len(classes)} classes, so add its images.")
 
 
-def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = None) -> Run:
+def check_overlap(run_dir: Path, values: dict[str, Any], data: Path, allow: bool) -> tuple[RunManifests, Manifest]:
+    """Refuse a new folder the run already trained on or that shares images with its test folder
+    (``allow``: a warning); return the run's manifests and the new folder's. A run started before
+    manifests were kept is checked against the folders that still exist."""
+    options = SimpleNamespace(**values)
+    manifests = distributed.run_on_main(read_manifests, run_dir) or RunManifests()
+    manifests.steps.update(shard_folders.step_manifests(options, known=manifests.steps))
+    if manifests.test is None and options.test and Path(options.test).expanduser().is_dir():
+        manifests.test = shard_folders.folder_manifest(options, Path(options.test), "test image")
+    new = shard_folders.folder_manifest(options, data, "new image")
+    check_new_folder(new, manifests.steps, allow)
+    if manifests.test is not None:
+        check_test_overlap([("the new folder", new)], manifests.test, allow)
+    return manifests, new
+
+
+def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = None,
+             allow_overlap: bool = False) -> Run:
     """Reopen the finished run in ``run_dir``, append ``data`` as its next step and return the
-    run, ready for :meth:`Run.execute` (which trains just the new step)."""
+    run, ready for :meth:`Run.execute` (which trains just the new step). ``allow_overlap`` turns
+    the refusal of a folder the run already trained on (or that shares test images) into a
+    warning, and is recorded in the run's config."""
     run_dir, data = Path(run_dir), Path(data).expanduser().resolve()
     values = distributed.run_on_main(read_run_config, run_dir)
     if not values.get("shards"):
         raise UsageError(f"{run_dir} was not started with --shards, so it has no folders to add to; start the run "
                          "with `toolbox run --shards DIR1,DIR2 --test DIR` to add steps later.")
     check_classes(data, list(values.get("classes") or []))
+    manifests, new = check_overlap(run_dir, values, data, allow_overlap)
     run = resume_run(run_dir, progress)
     pending = [item for item in run.phase_order() if item not in run.state.done]
     if pending:
@@ -56,6 +82,9 @@ def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = No
                          f"`toolbox run --resume {run_dir}` before adding a step.")
     run.options.shards = [*run.options.shards, str(data)]
     run.options.steps = len(run.options.shards)
+    run.options.allow_overlap = run.options.allow_overlap or allow_overlap
+    manifests.steps[run.options.steps] = new
+    distributed.run_on_main(write_manifests, run_dir, manifests)
     distributed.run_on_main(atomic_write_text, run_dir / "config.yaml",
                             yaml.safe_dump(run.options.to_dict(), sort_keys=False))
     log.info("Adding step %d to %s with %s.", run.options.steps, run_dir, data)

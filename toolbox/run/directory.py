@@ -8,13 +8,16 @@ in marked folders and touches only the toolbox's own temp files.
 ``RUN_DIR/config.yaml`` (every option), ``shards.json`` (the images of every step),
 ``metrics.jsonl`` (one line per epoch and per evaluation), ``checkpoints/step{k}_{phase}.pt``
 after every phase and ``checkpoints/partial.pt`` during one, ``results.json``/``results.md`` and
-plots, ``data.json`` (class names, normalization, skipped images), ``serve/step{k}.pt``; also
+plots, ``data.json`` (class names, normalization, skipped images), ``manifests.json`` (``--shards``
+runs: every image of the test folder and of each step's folder, with its content hash),
+``serve/step{k}.pt``; also
 ``run.log`` and TensorBoard's ``tb/`` (:mod:`toolbox.run.logs`). In a multi-process run only
 rank 0 calls these.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from datetime import datetime
@@ -26,10 +29,13 @@ import yaml
 from torch import nn
 
 from toolbox.data import ImageData
+from toolbox.data.manifest import RunManifests
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions, read_mapping
 from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.atomic import append_line, atomic_write_json, atomic_write_text
+
+MANIFESTS = "manifests.json"
 
 log = logging.getLogger("toolbox")
 RUN_MARKER = ".toolbox-run"
@@ -81,7 +87,8 @@ def check_run_directory(folder: Path, legacy: tuple[str, ...] = LEGACY_RUN_FILES
 def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Tensor],
                       validation: torch.Tensor | None, data: ImageData) -> None:
     """Create the run directory and write config.yaml, shards.json, data.json (class names,
-    normalization, images left out by ``--skip-bad-images``) and an empty metrics.jsonl."""
+    normalization, images left out by ``--skip-bad-images``), manifests.json when the data has
+    manifests, and an empty metrics.jsonl."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -98,12 +105,32 @@ def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Ten
     atomic_write_json(run_dir / "data.json", {"dataset": data.name, "source": data.source, "classes": data.classes,
                                               "mean": list(data.mean), "std": list(data.std),
                                               "skipped_images": list(data.skipped)})
+    if data.manifests is not None:
+        write_manifests(run_dir, data.manifests)
     atomic_write_text(run_dir / "metrics.jsonl", "")
 
 
 def write_config(run_dir: Path, options: RunOptions) -> None:
     """``config.yaml``: every option of the run (rewritten when ``--resume`` changes some)."""
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(options.to_dict(), sort_keys=False))
+
+
+def write_manifests(run_dir: Path, manifests: RunManifests) -> None:
+    """``manifests.json``: the images of the run's test folder and step folders."""
+    atomic_write_text(run_dir / MANIFESTS, json.dumps(manifests.to_dict()) + "\n")  # compact: one row a file
+
+
+def read_manifests(run_dir: Path) -> RunManifests | None:
+    """The run's manifests, ``None`` for a run without (started before they were kept); a damaged
+    file is one sentence."""
+    path = Path(run_dir) / MANIFESTS
+    if not path.is_file():
+        return None
+    try:
+        return RunManifests.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is damaged; restore it, or delete it to check new folders only against the "
+                         "step folders that still exist.") from None
 
 
 def append_metrics(run_dir: Path, line: str) -> None:

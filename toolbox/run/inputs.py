@@ -7,6 +7,7 @@ of the test (and validation) images; on one process the loaders see everything.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,8 +24,9 @@ from toolbox.data import (
 )
 from toolbox.data.auto import load_run_dataset
 from toolbox.data.imagefolder import FolderImages
+from toolbox.data.manifest import check_repeated_folders, check_test_overlap
 from toolbox.errors import UsageError
-from toolbox.options import RunOptions
+from toolbox.options import RunOptions, read_mapping
 from toolbox.run.engine import evaluate
 from toolbox.runtime import distributed
 
@@ -47,7 +49,7 @@ def load_run_data(options: RunOptions) -> ImageData:
             from toolbox.data.imagefolder import load_imagefolder  # Pillow only when needed
 
             data = load_imagefolder(options.data_root, options.train, options.test, options.image_size,
-                                    options.channels, options.skip_bad_images)
+                                    options.channels, options.skip_bad_images, options.allow_overlap)
         else:
             data = load_dataset(options.dataset, options.data_root)
         return with_normalization(data, options.mean, options.std)
@@ -55,6 +57,28 @@ def load_run_data(options: RunOptions) -> ImageData:
         raise UsageError(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def started_before(options: RunOptions) -> bool:
+    """Whether this ``--shards`` run is being resumed: its run directory holds the config of the
+    same folders (then the leakage checks were done when it started)."""
+    config = Path(options.out or "") / "config.yaml"
+    if not options.out or not config.is_file():
+        return False
+    try:
+        recorded = read_mapping(config)
+    except UsageError:
+        return False
+    return recorded.get("shards") == options.shards and recorded.get("test") == options.test
+
+
+def check_shard_overlap(data: ImageData, options: RunOptions) -> None:
+    """Decode every step folder (into the cache the steps read later) and refuse a test image that
+    is also in a step folder (``--allow-overlap``: a warning); the manifests go into ``data``."""
+    manifests = data.manifests
+    manifests.steps = shard_folders.step_manifests(options)
+    check_test_overlap([(f"step {k}'s folder", m) for k, m in sorted(manifests.steps.items())], manifests.test,
+                       options.allow_overlap)
 
 
 def split_validation_and_shards(labels: torch.Tensor, options: RunOptions) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
@@ -86,8 +110,15 @@ class RunData:
         self.steps: dict[int, FolderImages] = {}
         if options.shards:  # one folder per step, decoded when the step trains
             shard_folders.check_shard_options(options)
+            fresh = not started_before(options)
+            if fresh:
+                check_repeated_folders(options.shards, options.allow_overlap)
             shard_folders.fix_shared_settings(options)
             self.data: ImageData = shard_folders.load_shard_run_data(options)
+            if fresh:
+                check_shard_overlap(self.data, options)
+            else:  # checked when the run started (and by `toolbox step`); manifests.json holds them
+                self.data.manifests = None
             self.validation, self.shards = None, []
             return
         self.data = load_run_data(options)

@@ -1,6 +1,8 @@
 """Where a ``toolbox tune`` study lives: an Optuna storage opened from a URL, with heartbeats.
 
 * ``sqlite:///PATH`` (the default, ``STUDY/study.db``): one machine, any number of processes;
+  ``tune.yaml`` records a database inside the study folder relative to it (:func:`recorded_url`),
+  so a copied or moved folder is a study of its own;
 * any other SQLAlchemy URL, e.g. ``postgresql://user:password@host/db``: many machines;
 * ``journal:PATH``: Optuna's journal file on a disk every worker mounts.
 
@@ -14,6 +16,7 @@ attributes, compared across machines: their clocks must agree within the interva
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 from toolbox.errors import UsageError
 
 JOURNAL_PREFIX = "journal:"
+#: ``sqlite:///`` (optionally ``sqlite+driver:///``), the path, and any ``?query``.
+SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?$")
 HEARTBEAT_ATTR = "toolbox:heartbeat"
 CONNECT_ATTEMPTS = 3
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -40,11 +45,37 @@ def default_storage_url(study_dir: Path) -> str:
 
 
 def absolute_url(url: str) -> str:
-    """``journal:PATH`` with an absolute path (the URL is recorded in the study folder and used
-    by workers and ``--show`` from any working directory); other URLs as given."""
-    if not url.startswith(JOURNAL_PREFIX):
+    """``journal:PATH`` and ``sqlite:///PATH`` with an absolute path (the URL is recorded in the
+    study folder and used by workers and ``--show`` from any working directory); others as given."""
+    if url.startswith(JOURNAL_PREFIX):
+        return JOURNAL_PREFIX + str(Path(url[len(JOURNAL_PREFIX):]).expanduser().absolute())
+    found = SQLITE_URL.match(url)
+    if not found or found[2] in ("", ":memory:"):
         return url
-    return JOURNAL_PREFIX + str(Path(url[len(JOURNAL_PREFIX):]).expanduser().absolute())
+    return f"{found[1]}{Path(found[2]).expanduser().absolute()}{found[3] or ''}"
+
+
+def recorded_url(url: str, study_dir: Path) -> str:
+    """``url`` as ``STUDY/tune.yaml`` records it: an SQLite file inside the study folder relative
+    to the folder (``sqlite:///study.db``), so a copy of the folder opens its own copy; any other
+    URL (PostgreSQL, a journal, an SQLite file elsewhere) as given."""
+    found = SQLITE_URL.match(url)
+    if not found or found[2] in ("", ":memory:") or not Path(found[2]).is_absolute():
+        return url
+    try:
+        inside = Path(found[2]).resolve().relative_to(Path(study_dir).resolve())
+    except ValueError:
+        return url
+    return f"{found[1]}{inside.as_posix()}{found[3] or ''}"
+
+
+def opened_url(recorded: str, study_dir: Path) -> str:
+    """The URL to open for a ``tune.yaml`` entry: a relative SQLite path lies in ``study_dir``
+    (the folder being opened, wherever it was copied to); other URLs as recorded."""
+    found = SQLITE_URL.match(recorded)
+    if not found or found[2] in ("", ":memory:") or Path(found[2]).is_absolute():
+        return recorded
+    return f"{found[1]}{Path(study_dir).resolve() / found[2]}{found[3] or ''}"
 
 
 def open_storage(url: str, heartbeat: int | None = None, on_stale: StaleCallback | None = None) -> BaseStorage:

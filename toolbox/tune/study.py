@@ -45,7 +45,14 @@ from toolbox.run.run import Run
 from toolbox.run.start import start_run
 from toolbox.storage import atomic as io
 from toolbox.tune.search_space import Param, load_space, parse_space
-from toolbox.tune.storage import absolute_url, default_storage_url, hide_password, open_storage
+from toolbox.tune.storage import (
+    absolute_url,
+    default_storage_url,
+    hide_password,
+    open_storage,
+    opened_url,
+    recorded_url,
+)
 
 STUDY_FILE = "tune.yaml"
 SPEC_ATTR = "toolbox_tune"
@@ -152,14 +159,16 @@ def with_params(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any
 
 # ----------------------------------------------------------------------------- the study
 def study_location(study_dir: Path, storage: str | None = None, name: str | None = None) -> tuple[str, str]:
-    """The storage URL and study name: given, else recorded in ``STUDY/tune.yaml``, else the
-    defaults (SQLite in the folder, the folder's name)."""
+    """The storage URL and study name: given, else recorded in ``STUDY/tune.yaml`` (an SQLite file
+    recorded relative to the folder is opened in ``study_dir``), else the defaults (SQLite in the
+    folder, the folder's name)."""
     recorded = _read_location(study_dir)
-    url = absolute_url(storage) if storage else (recorded.get("storage") or default_storage_url(study_dir))
+    found = opened_url(str(recorded["storage"]), study_dir) if recorded.get("storage") else None
+    url = absolute_url(storage) if storage else (found or default_storage_url(study_dir))
     study_name = name or recorded.get("study_name") or Path(study_dir).resolve().name
-    if recorded and (recorded.get("storage"), recorded.get("study_name")) != (url, study_name):
+    if recorded and (found, recorded.get("study_name")) != (url, study_name):
         raise UsageError(f"{study_dir} belongs to study {recorded.get('study_name')!r} in "
-                         f"{hide_password(str(recorded.get('storage')))}; pass the same --storage and "
+                         f"{hide_password(str(found))}; pass the same --storage and "
                          "--study-name, or another --study folder.")
     return url, study_name
 
@@ -203,7 +212,8 @@ def open_study(study_dir: Path, spec: StudySpec | None = None, storage: str | No
     if spec is not None:
         _check_same(spec, StudySpec(**stored), study_name)
     if not (study_dir / STUDY_FILE).is_file():
-        io.atomic_write_text(study_dir / STUDY_FILE, yaml.safe_dump({"storage": url, "study_name": study_name}))
+        io.atomic_write_text(study_dir / STUDY_FILE, yaml.safe_dump({"storage": recorded_url(url, study_dir),
+                                                                    "study_name": study_name}))
     return study, spec or StudySpec(**stored)
 
 
