@@ -5,6 +5,7 @@ They register on the shared app of :mod:`toolbox.cli.app`; :mod:`toolbox.cli` im
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,8 @@ from rich.table import Table
 from toolbox.cli.app import app, merged_values, models_app, plugins_app, user_errors
 from toolbox.cli.console import console
 from toolbox.errors import UsageError
+
+log = logging.getLogger("toolbox")
 
 
 @app.command("eval")
@@ -25,17 +28,18 @@ def eval_checkpoint(
     batch_size: int = typer.Option(512, help="Evaluation batch size."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
-    """Evaluate a checkpoint on the full test set (top-1 / top-5)."""
+    """Evaluate a checkpoint on the full test set (top-1 / top-5), normalized as its run trained."""
     from toolbox.data import BatchLoader, load_dataset
     from toolbox.run.engine import evaluate
     from toolbox.runtime.device import select_device
-    from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint, recorded_normalization
 
     data_checkpoint = load_checkpoint(checkpoint)
     options = data_checkpoint.get("options") or {}
     name = dataset or options.get("dataset")
     if not name:
         raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
+    normalization = recorded_normalization(data_checkpoint, checkpoint)
     try:
         from toolbox.data.datasets import with_normalization
         from toolbox.options import CORE_FIELDS, RunOptions
@@ -43,12 +47,18 @@ def eval_checkpoint(
 
         recorded = RunOptions(**{k: v for k, v in options.items() if k in CORE_FIELDS and k != "plugin"})
         if name in ("imagefolder", "synthetic") or name == recorded.dataset:
-            # the training data as recorded: folders, sizes, channels and --mean/--std
+            # the training data as recorded: folders, sizes, channels (a serve file records only its input size)
             recorded.dataset, recorded.data_root = name, data_root or recorded.data_root
+            size = data_checkpoint.get("input_size")
+            if name == "imagefolder" and size and "image_size" not in options:
+                recorded.channels, recorded.image_size = size[0], size[-1]
             data = load_run_data(recorded)
-        else:  # another dataset, normalized as the model was trained (where --mean/--std were given)
-            data = with_normalization(load_dataset(name, data_root or options.get("data_root")),
-                                      recorded.mean, recorded.std)
+        else:  # another dataset
+            data = load_dataset(name, data_root or options.get("data_root"))
+        if normalization is not None:  # as the model was trained, never recomputed from the folder now
+            data = with_normalization(data, *normalization)
+        else:
+            log.warning("%s records no normalization; using the statistics of %s as found now.", checkpoint, name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:

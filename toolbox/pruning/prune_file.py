@@ -15,6 +15,22 @@ from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.structure import merge_structures
 
 
+def check_out_path(path: str | Path, out: str | Path) -> None:
+    """Refuse an ``out`` that would overwrite the input or land among a run's phase checkpoints
+    (resume and ``toolbox step`` read those; a compact file there would replace the run's state)."""
+    source, target = Path(path).resolve(), Path(out).resolve()
+    folder = target.parent
+    in_run = folder.name == "checkpoints" and ((folder.parent / "config.yaml").is_file()
+                                               or any(folder.glob("step*_*.pt")))
+    elsewhere = folder.parent / "compact" / target.name if in_run else folder / f"{target.stem}_compact.pt"
+    if target == source:
+        raise UsageError(f"--out {out} is the checkpoint being pruned; write the compact model to another file, "
+                         f"e.g. --out {elsewhere}.")
+    if in_run:
+        raise UsageError(f"--out {out} is inside the run directory {folder.parent}'s checkpoints/ folder, which "
+                         f"resume and `toolbox step` read; write the compact model elsewhere, e.g. --out {elsewhere}.")
+
+
 def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = None,
                      repeats: int = 5, batch_sizes: Sequence[int] = (1, 256),
                      input_size: Sequence[int] | None = None, round_to: int = 1) -> dict[str, float]:
@@ -23,12 +39,14 @@ def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = No
     An explicit ``ratio`` removes that fraction of filters by BN |gamma| (torch-pruning's BN-scale
     importance); without it the checkpoint's masks (from ``sst``) are used; with neither it is a
     :class:`UsageError`. The written checkpoint holds the compact state_dict, no masks, and the
-    structure record merged into ``records["structure"]`` (so compacting twice works); it loads
+    structure record merged into ``records["structure"]`` (so compacting twice works) and the
+    normalization the model was trained with; ``out`` may not be ``path`` nor in a run's
+    ``checkpoints/`` folder (:func:`check_out_path`). It loads
     with ``load_checkpoint`` + ``model_from_checkpoint``, ``--init`` and ``toolbox eval``.
     ``round_to`` is :func:`compact`'s; ``repeats``/``batch_sizes`` are the latency measurement's
     (``repeats=0`` skips it) and ``input_size`` overrides the (C, H, W) guessed from the dataset.
     """
-
+    check_out_path(path, out)
     data = ckpt.load_checkpoint(path)
     masks = {k: v for k, v in (data.get("masks") or {}).items() if bool(torch.as_tensor(v).any())}
     if ratio is None and not masks:
@@ -45,7 +63,9 @@ def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = No
     result = ckpt.make_checkpoint(
         small, arch=data["arch"], num_classes=data["num_classes"], in_chans=data["in_chans"],
         model_kwargs=data.get("model_kwargs") or {}, step=data["step"], phase=data["phase"], masks={},
-        records=records, options=data.get("options") or {}, results=data.get("results") or [], optimizer=None)
+        records=records, options=data.get("options") or {}, results=data.get("results") or [], optimizer=None,
+        input_size=data.get("input_size"), classes=data.get("classes"),
+        normalization=ckpt.recorded_normalization(data, path))
     ckpt.save_checkpoint(Path(out), result)
     report = compaction_report(model, small, size, repeats=repeats, batch_sizes=batch_sizes)
     stats = structure["compactions"][-1]

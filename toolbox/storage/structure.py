@@ -52,13 +52,36 @@ def _check_format(structure: Any) -> None:
                               "it was written by another toolbox version.")
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1 << 20
+
+
+def check_structure(structure: Any) -> None:
+    """Raise :class:`CheckpointError` (one sentence) unless ``structure`` is a well-formed record:
+    ``ops`` of module/pruner names, ``dim`` in/out, a ``size`` and the ``keep`` indices below it."""
+    _check_format(structure)
+    ops, compactions = structure.get("ops"), structure.get("compactions", [])
+    if not isinstance(ops, list) or not isinstance(compactions, list) \
+            or not all(isinstance(c, dict) and all(_count(v) for k, v in c.items() if k != "unfolded")
+                       for c in compactions):
+        raise CheckpointError("The checkpoint's structure record has malformed ops or compactions; "
+                              "use a checkpoint written by toolbox.")
+    for op in ops:
+        fine = (isinstance(op, dict) and isinstance(op.get("module"), str) and isinstance(op.get("pruner"), str)
+                and op.get("dim") in ("in", "out") and _count(op.get("size")) and isinstance(op.get("keep"), list)
+                and all(_count(i) and i < op["size"] for i in op["keep"]))
+        if not fine:
+            raise CheckpointError(f"The checkpoint's structure record has a malformed op ({str(op)[:60]}); "
+                                  "use a checkpoint written by toolbox.")
+
+
 def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     """Replay a structure record on a freshly built model (in place) and return it.
 
     After this, ``model.load_state_dict`` of the compact model's state_dict works. Raises
     :class:`CheckpointError` with one sentence when the record does not fit the model.
     """
-    _check_format(structure)
+    check_structure(structure)
     pruners = _pruner_instances()
     for op in structure["ops"]:
         name, dim = op["module"], op["dim"]
