@@ -127,7 +127,7 @@ def read_checkpoint(path: Path) -> dict[str, Any] | CheckpointError | None:
         if not path.exists():
             return None
         try:
-            return ckpt.load_checkpoint(path)
+            return ckpt.check_phase_checkpoint(ckpt.load_checkpoint(path))
         except CheckpointError as exc:
             return exc
 

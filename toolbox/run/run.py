@@ -340,7 +340,7 @@ class Run:
             in_chans=self.data.in_chans, model_kwargs=self.options.model_kwargs, step=step,
             phase=phase, masks=masks, records=records, options=self.options.to_dict(),
             results=self.state.results, optimizer=optimizer, input_size=self.inputs.input_size,
-            classes=self.data.classes)
+            classes=self.data.classes, normalization=(self.data.mean, self.data.std))
         data["done"] = sorted([list(item) for item in self.state.done])
         return data
 
