@@ -49,13 +49,13 @@ from typing import Any
 
 import yaml
 
-from toolbox.storage import checkpoint as ckpt
-from toolbox.storage import atomic as tbio
+from toolbox.options import read_mapping
 from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import load_plugins
 from toolbox.run.results import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
-from toolbox.options import read_mapping
-from toolbox.run.run import resume_run, start_run
+from toolbox.run.start import resume_run, start_run
+from toolbox.storage import atomic as tbio
+from toolbox.storage import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tuning  # noqa: E402  (the tuning stage, next to this file)

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 import toolbox  # noqa: F401  (registers the CIFAR backbones)
-from toolbox.sparsity import channels as ch
+from toolbox.data import load_dataset
 from toolbox.pruning.compaction import compact
 from toolbox.pruning.cost import cost
-from toolbox.data import load_dataset
+from toolbox.sparsity import channels as ch
 
 INPUT = (3, 32, 32)
 

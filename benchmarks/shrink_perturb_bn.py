@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from toolbox.methods import bn_statistics as batchnorm
-from toolbox.storage import checkpoint as ckpt
-from toolbox.run.engine import evaluate
-from toolbox.run.run import phase_seed, resume_run, run_phases
 from toolbox.methods.shrink_perturb import shrink_perturb_
+from toolbox.run.engine import evaluate
+from toolbox.run.run import phase_seed, run_phases
+from toolbox.run.start import resume_run
+from toolbox.storage import checkpoint as ckpt
 
 
 def main() -> None:

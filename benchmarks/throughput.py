@@ -49,21 +49,22 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from pipeline import PilDataset  # noqa: E402
-from toolbox.sparsity import bn_l1  # noqa: E402
-from toolbox.sparsity import channels as ch  # noqa: E402
-from toolbox.pruning.compact_teacher import compact_teacher, inference_copy  # noqa: E402
+
+import toolbox  # noqa: E402,F401  (registers the CIFAR backbones)
 from toolbox.context import Context  # noqa: E402
 from toolbox.data import BatchLoader, ImageData, load_dataset  # noqa: E402
-from toolbox.pruning.cost import cost, count_macs  # noqa: E402
-from toolbox.runtime.device import autocast_context  # noqa: E402
-from toolbox.run.engine import Trainer, build_optimizer  # noqa: E402
 from toolbox.hookspecs import hookimpl  # noqa: E402
 from toolbox.options import build_options  # noqa: E402
 from toolbox.plugin_host import calls  # noqa: E402
 from toolbox.plugin_host.calls import declared_options, model_surgery  # noqa: E402
 from toolbox.plugin_host.manager import load_plugins, make_manager  # noqa: E402
+from toolbox.pruning.compact_teacher import compact_teacher, inference_copy  # noqa: E402
+from toolbox.pruning.cost import cost, count_macs  # noqa: E402
+from toolbox.run.engine import Trainer, build_optimizer  # noqa: E402
+from toolbox.runtime.device import autocast_context  # noqa: E402
+from toolbox.sparsity import bn_l1  # noqa: E402
+from toolbox.sparsity import channels as ch  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TrainFn = Callable[[Iterable[Batch]], None]  # trains one pass over the given batches

@@ -79,9 +79,9 @@ def tuned_values(records: Path, row: str) -> dict[str, Any]:
 def defaults(config: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
     """The row's own values of the searched options (config, else the option's default) that
     lie in the space: the study's first trial."""
+    from toolbox.options import RunOptions, plugin_names
     from toolbox.plugin_host.calls import declared_options
     from toolbox.plugin_host.manager import load_plugins
-    from toolbox.options import RunOptions, plugin_names
 
     declared = declared_options(load_plugins(plugin_names(config)))
     chosen = {}

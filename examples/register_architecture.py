@@ -139,7 +139,7 @@ def cifar_vgg11_bn(pretrained: bool = False, **kwargs: Any) -> CifarVGG:
 # ----------------------------------------------------------------------------- the pipeline on it
 def run_pipeline(out: Optional[str] = None, **overrides: Any) -> Dict[str, Any]:
     """Run sst, aod, msl on ``cifar_vgg11_bn`` (tiny synthetic settings unless overridden)."""
-    from toolbox.run.run import start_run
+    from toolbox.run.start import start_run
 
     values: Dict[str, Any] = {"arch": "cifar_vgg11_bn", "model_kwargs": {"width": 0.25}, "dataset": "synthetic",
                               "steps": 3, "epochs": 1, "batch_size": 64, "lr": 0.05, "plugins": "sst,aod,msl",
@@ -160,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--resume", type=Path, default=None, help="continue an interrupted run directory")
     args = parser.parse_args(argv)
     if args.resume is not None:
-        from toolbox.run.run import resume_run
+        from toolbox.run.start import resume_run
 
         results = resume_run(args.resume).execute()
     else:
