@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from cli_process import cli_flags as flags
+from cli_process import toolbox_cli
 
 from toolbox.errors import UsageError
 from toolbox.run import directory as files
@@ -25,20 +24,6 @@ from toolbox.storage import checkpoint as ckpt
 
 TINY = {"dataset": "synthetic", "arch": "cifar_resnet20", "steps": 2, "epochs": 1, "batch_size": 64,
         "device": "cpu", "threads": 1, "seed": 0}
-
-
-def toolbox_cli(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m toolbox.cli ARGS`` in a subprocess (SIGKILLed at the kill point ``kill_at``)."""
-    env = {k: v for k, v in os.environ.items() if k != atomic.KILL_ENV}
-    if kill_at:
-        env[atomic.KILL_ENV] = kill_at
-    return subprocess.run([sys.executable, "-m", "toolbox.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def flags(values: dict[str, Any]) -> list[str]:
-    """``{"batch_size": 64}`` -> ``["--batch-size", "64"]``."""
-    return [token for key, value in values.items() for token in ("--" + key.replace("_", "-"), str(value))]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:

@@ -19,14 +19,13 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
 import torch
+from cli_process import cli_flags, toolbox_cli
 from run_compare import comparable, metric_lines
 from typer.testing import CliRunner
 
@@ -49,20 +48,6 @@ KILL_RUN = {"plugins": "sst,aod,msl", "dataset": "synthetic", "arch": "cifar_res
 def leftovers(run_dir: Path) -> list[Path]:
     """Temp files and partial checkpoints left in a run directory."""
     return sorted(run_dir.rglob(f".*{tbio.TEMP_SUFFIX}")) + sorted(run_dir.rglob(ckpt.PARTIAL_NAME))
-
-
-def toolbox_cli(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m toolbox.cli ARGS`` in a subprocess, killed with SIGKILL at ``kill_at``."""
-    env = {k: v for k, v in os.environ.items() if k != tbio.KILL_ENV}
-    if kill_at:
-        env[tbio.KILL_ENV] = kill_at
-    return subprocess.run([sys.executable, "-m", "toolbox.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def cli_flags(values: dict[str, Any]) -> list[str]:
-    """``{"batch_size": 64}`` -> ``["--batch-size", "64"]``."""
-    return [token for key, value in values.items() for token in ("--" + key.replace("_", "-"), str(value))]
 
 
 class Killed(Exception):
