@@ -52,6 +52,7 @@ import yaml
 from toolbox.options import read_mapping
 from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import load_plugins
+from toolbox.run.directory import mark
 from toolbox.run.results import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
 from toolbox.run.start import resume_run, start_run
 from toolbox.storage import atomic as tbio
@@ -187,6 +188,7 @@ def fork_run(source: Path, target: Path, ablation: Ablation) -> dict[str, Any]:
         for name in ("shards.json", "metrics.jsonl"):
             shutil.copy2(source / name, target / name)
         tbio.atomic_write_text(target / "config.yaml", yaml.safe_dump(values, sort_keys=False))
+        mark(target)  # a run directory the toolbox made, so --resume accepts it
     return resume_run(target).execute(until=ablation.until)
 
 

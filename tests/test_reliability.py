@@ -34,6 +34,7 @@ from toolbox.hookspecs import hookimpl
 from toolbox.models import build_model
 from toolbox.options import RunOptions
 from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
+from toolbox.run.directory import mark
 from toolbox.run.start import resume_run, start_run
 from toolbox.storage import atomic as tbio
 from toolbox.storage import checkpoint as ckpt
@@ -505,6 +506,7 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path: Path, filename: str, te
 ])
 def test_damaged_run_directory_is_one_sentence(tmp_path: Path, content: str | None, fragment: str) -> None:
     tmp_path.joinpath("run").mkdir()
+    mark(tmp_path / "run")  # the toolbox's run directory, damaged
     if content is not None:
         (tmp_path / "run" / "config.yaml").write_text(content)
     assert fragment in one_error(runner.invoke(app, ["run", "--resume", str(tmp_path / "run")]))
