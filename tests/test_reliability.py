@@ -404,6 +404,7 @@ CORE_CASES = [
     ("skip_bad_images", "maybe", "--skip-bad-images"),
     ("shards", "{tmp}", "--shards needs --test DIR"), ("open_ended", "maybe", "--open-ended"),
     ("serve", "fast", "--serve"), ("classes", "a,b", "--classes"), ("tensorboard", "maybe", "--tensorboard"),
+    ("allow_overlap", "maybe", "--allow-overlap"),
 ]
 if not torch.cuda.is_available():
     CORE_CASES.append(("device", "cuda", "no CUDA device"))

@@ -7,6 +7,7 @@ of the test (and validation) images; on one process the loaders see everything.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -184,5 +185,9 @@ class RunData:
         if self.validation is not None:
             val = evaluate(model, self.validation_loader(), self.device, precision, across_processes=True)
             scores.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+        broken = [name for name in ("test_loss", "val_loss") if name in scores and not math.isfinite(scores[name])]
+        if broken:
+            log.warning("The model's %s is not finite: it outputs NaN or inf on some images (diverged weights "
+                        "or BatchNorm statistics?); its top-1 is not meaningful.", " and ".join(broken))
         return test, scores
 
