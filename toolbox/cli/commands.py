@@ -103,6 +103,8 @@ def step(
     data: Path = typer.Option(..., help="The newly arrived folder of class folders (the run's classes)."),
     allow_overlap: bool = typer.Option(False, help="Warn instead of refusing a folder whose images the run already "
                                        "trained on (more than half) or that shares images with the test folder."),
+    test: Optional[Path] = typer.Option(None, help="The run's test folder, where it was moved to (default: the "
+                                        "recorded one)."),
 ) -> None:
     """Add one step to a finished run with a newly arrived folder of images; earlier folders are
     not needed."""
@@ -111,7 +113,7 @@ def step(
     setup_logging()
     progress = Progress()
     try:
-        runner = add_step(run_dir, data, progress, allow_overlap)
+        runner = add_step(run_dir, data, progress, allow_overlap, test)
         results = runner.execute()
     finally:
         progress.close()

@@ -24,6 +24,7 @@ from toolbox.data import shard_folders
 from toolbox.data.imagefolder import class_folders
 from toolbox.data.manifest import Manifest, RunManifests, check_new_folder, check_test_overlap
 from toolbox.errors import UsageError
+from toolbox.options import absolute_path
 from toolbox.run.directory import read_manifests, read_run_config, write_manifests
 from toolbox.run.run import Run
 from toolbox.run.start import resume_run
@@ -63,19 +64,22 @@ def check_overlap(run_dir: Path, values: dict[str, Any], data: Path, allow: bool
 
 
 def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = None,
-             allow_overlap: bool = False) -> Run:
+             allow_overlap: bool = False, test: Path | None = None) -> Run:
     """Reopen the finished run in ``run_dir``, append ``data`` as its next step and return the
     run, ready for :meth:`Run.execute` (which trains just the new step). ``allow_overlap`` turns
     the refusal of a folder the run already trained on (or that shares test images) into a
-    warning, and is recorded in the run's config."""
+    warning, and is recorded in the run's config; ``test`` is the run's test folder where it was
+    moved to."""
     run_dir, data = Path(run_dir), Path(data).expanduser().resolve()
     values = distributed.run_on_main(read_run_config, run_dir)
+    if test is not None:
+        values["test"] = absolute_path(test)  # for the overlap check below
     if not values.get("shards"):
         raise UsageError(f"{run_dir} was not started with --shards, so it has no folders to add to; start the run "
                          "with `toolbox run --shards DIR1,DIR2 --test DIR` to add steps later.")
     check_classes(data, list(values.get("classes") or []))
     manifests, new = check_overlap(run_dir, values, data, allow_overlap)
-    run = resume_run(run_dir, progress)
+    run = resume_run(run_dir, progress, changes={"test": None if test is None else str(test)})
     pending = [item for item in run.phase_order() if item not in run.state.done]
     if pending:
         raise UsageError(f"{run_dir} has unfinished phases (step {pending[0][0]} {pending[0][1]}); finish them with "

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from toolbox.errors import CheckpointError, UsageError
-from toolbox.options import CORE_FIELDS, PluginOption, RunOptions, build_options, normalize_key
+from toolbox.options import CORE_FIELDS, PluginOption, RunOptions, absolute_path, build_options, normalize_key
 from toolbox.plugin_host.calls import load_plugin_states
 from toolbox.run.state import RunState
 from toolbox.runtime import distributed
@@ -55,6 +55,10 @@ def resumed_options(values: dict[str, Any], changes: dict[str, Any],
     changed = [key for key in CORE_FIELDS if key != "plugin" and old[key] != new[key]]
     for key in changed:
         flag = "--" + key.replace("_", "-")
+        if key == "test":  # the same test set in another place (a moved folder)
+            new["test"] = options.test = absolute_path(options.test)
+            log.info("the test folder is now %s (was %s)", options.test, old["test"])
+            continue
         if key == "out":
             raise UsageError(f"{flag} has no meaning with --resume: the run stays in {old['out']}; drop {flag}.")
         if key not in RESUMABLE:

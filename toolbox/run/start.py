@@ -37,6 +37,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     run_dir = Path(distributed.broadcast_object(str(options.out or files.default_run_dir(options))))
     distributed.run_on_main(files.check_new_out, run_dir)
     options.out = str(run_dir)
+    options.absolute_paths()
     if options.seeds:
         raise UsageError("--seeds runs several experiments; use toolbox.run.seeds.run_seeds (the CLI does) "
                          "instead of start_run.")
@@ -60,6 +61,9 @@ def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
     values = distributed.run_on_main(files.read_run_config, run_dir)
     pm = load_plugins(plugin_names(values), extra_plugins)
     options, changed = resume.resumed_options(values, changes or {}, declared_options(pm))
+    if options.test and not distributed.run_on_main(Path(options.test).is_dir):
+        raise UsageError(f"The run's test folder {options.test} does not exist (moved or deleted); pass its new "
+                         "place with --test DIR (`toolbox step` and `toolbox run --resume` take it).")
     run = Run(options, pm, run_dir, progress)
     distributed.run_on_main(runlock.hold, run, run_dir)
     if changed:
