@@ -1,7 +1,9 @@
 """``joint``: the upper-bound baseline that keeps all data seen so far.
 
 Step k trains the previous step's model on shards 1..k together. It needs the old data, which
-the setting forbids, so it only serves as the reference a method should approach.
+the setting forbids, so it only serves as the reference a method should approach. In a
+``--shards`` run (one folder per step) step k trains on every step folder 1..k still present,
+gathered into memory; a folder deleted since (e.g. before ``toolbox step``) is left out.
 """
 
 from __future__ import annotations

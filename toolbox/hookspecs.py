@@ -101,7 +101,9 @@ def toolbox_data_schedule(step: int, phase: str, shards: list[torch.Tensor]) -> 
 
     ``shards`` is the list of index tensors (0-based list; ``shards[step - 1]`` is the new
     shard). Return a 1-D int64 tensor of indices into the training set, or ``None`` to leave the
-    default (the new shard only). The first non-``None`` answer wins.
+    default (the new shard only). The first non-``None`` answer wins. In a ``--shards`` run the
+    training set is the step folders still present, one after the other (a gone folder's shard
+    is empty).
     """
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -22,29 +22,70 @@ log = logging.getLogger("toolbox")
 @app.command("eval")
 @user_errors
 def eval_checkpoint(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by toolbox."),
+    checkpoint: Path = typer.Argument(..., help="A phase checkpoint or serve file written by toolbox."),
     dataset: Optional[str] = typer.Option(None, help="Dataset (default: the one it was trained on)."),
     data_root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    test: Optional[Path] = typer.Option(None, help="Folder of test images in ImageFolder layout (default: the run's test folder; for a moved one)."),
     batch_size: int = typer.Option(512, help="Evaluation batch size."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Evaluate a checkpoint on the full test set (top-1 / top-5), normalized as its run trained."""
-    from toolbox.data import BatchLoader, load_dataset
+    from toolbox.data import BatchLoader
     from toolbox.run.engine import evaluate
     from toolbox.runtime.device import select_device
-    from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint, recorded_normalization
+    from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
 
+    if test is not None and dataset not in (None, "imagefolder"):
+        raise UsageError(f"--test evaluates on a folder of images; drop --dataset {dataset} or --test.")
     data_checkpoint = load_checkpoint(checkpoint)
-    options = data_checkpoint.get("options") or {}
+    options = data_checkpoint.get("options") or run_options(checkpoint)
+    data, name = eval_data(checkpoint, data_checkpoint, options, dataset, data_root, test)
+    if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:
+        raise UsageError(
+            f"{checkpoint} is for {data_checkpoint['num_classes']} classes / {data_checkpoint['in_chans']} "
+            f"channels but {name} has {data.num_classes} / {data.in_chans}; pass the dataset it was trained on."
+        )
+    dev = select_device(device)
+    model = model_from_checkpoint(data_checkpoint).to(dev)
+    loader = BatchLoader(data.test_x, data.test_y, None, batch_size, data.mean, data.std, train=False, device=dev)
+    result = evaluate(model, loader, dev)
+    console.print(f"{checkpoint}: {data_checkpoint['arch']} step {data_checkpoint['step']} "
+                  f"{data_checkpoint['phase']} on {name} test set: top-1 {result['top1']:.2f}% "
+                  f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}", markup=False, highlight=False)
+
+
+def run_options(checkpoint: Path) -> dict[str, Any]:
+    """The options of the run a serve file (``RUN/serve/stepK.pt``, which records none) belongs to,
+    from ``RUN/config.yaml``; ``{}`` for a file outside a run directory."""
+    from toolbox.options import read_mapping
+
+    config = checkpoint.parent.parent / "config.yaml"
+    if checkpoint.parent.name != "serve" or not config.is_file():
+        return {}
+    return read_mapping(config)
+
+
+def eval_data(checkpoint: Path, data_checkpoint: dict[str, Any], options: dict[str, Any], dataset: str | None,
+              data_root: str | None, test: Path | None) -> tuple[Any, str]:
+    """``(data, name)`` to evaluate ``checkpoint`` on: ``test`` or a ``--shards`` run's test folder,
+    else the recorded (or given) dataset, normalized as the model was trained."""
+    from toolbox.data import load_dataset
+    from toolbox.data.datasets import with_normalization
+    from toolbox.options import CORE_FIELDS, RunOptions
+    from toolbox.run.inputs import load_run_data
+    from toolbox.storage.checkpoint import recorded_normalization
+
     name = dataset or options.get("dataset")
-    if not name:
-        raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset.")
+    if test is not None and not test.expanduser().is_dir():
+        raise UsageError(f"--test {test} is not a folder; pass the folder of test images (one folder per class).")
+    test = test or (Path(options["test"]) if options.get("shards") and options.get("test") else None)
+    if test is None and not name:
+        raise UsageError(f"{checkpoint} does not record its dataset; pass --dataset NAME, or --test DIR for a "
+                         "folder of test images.")
     normalization = recorded_normalization(data_checkpoint, checkpoint)
     try:
-        from toolbox.data.datasets import with_normalization
-        from toolbox.options import CORE_FIELDS, RunOptions
-        from toolbox.run.inputs import load_run_data
-
+        if test is not None:
+            return test_folder_data(checkpoint, data_checkpoint, options, test, normalization), str(test)
         recorded = RunOptions(**{k: v for k, v in options.items() if k in CORE_FIELDS and k != "plugin"})
         if name in ("imagefolder", "synthetic") or name == recorded.dataset:
             # the training data as recorded: folders, sizes, channels (a serve file records only its input size)
@@ -61,18 +102,32 @@ def eval_checkpoint(
             log.warning("%s records no normalization; using the statistics of %s as found now.", checkpoint, name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if data.num_classes != data_checkpoint["num_classes"] or data.in_chans != data_checkpoint["in_chans"]:
-        raise UsageError(
-            f"{checkpoint} is for {data_checkpoint['num_classes']} classes / {data_checkpoint['in_chans']} "
-            f"channels but {name} has {data.num_classes} / {data.in_chans}; pass the dataset it was trained on."
-        )
-    dev = select_device(device)
-    model = model_from_checkpoint(data_checkpoint).to(dev)
-    loader = BatchLoader(data.test_x, data.test_y, None, batch_size, data.mean, data.std, train=False, device=dev)
-    result = evaluate(model, loader, dev)
-    console.print(f"{checkpoint}: {data_checkpoint['arch']} step {data_checkpoint['step']} "
-                  f"{data_checkpoint['phase']} on {name} test set: top-1 {result['top1']:.2f}% "
-                  f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}", markup=False, highlight=False)
+    return data, name
+
+
+def test_folder_data(checkpoint: Path, data_checkpoint: dict[str, Any], options: dict[str, Any], folder: Path,
+                     normalization: tuple[list[float], list[float]] | None) -> Any:
+    """The images of the test folder ``folder`` with the checkpoint's classes, input size, channels
+    and normalization (no training images)."""
+    import torch
+
+    from toolbox.data.datasets import ImageData
+    from toolbox.data.imagefolder import NAME, class_folders, load_image_folders
+
+    folder = folder.expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"The test folder {folder} of {checkpoint} is not there (moved?); pass --test DIR.")
+    classes = data_checkpoint.get("classes") or options.get("classes") or class_folders(folder, "test image")
+    size = data_checkpoint.get("input_size") or [data_checkpoint["in_chans"], options.get("image_size") or 32]
+    images = load_image_folders([folder], classes, int(size[-1]), int(data_checkpoint["in_chans"]),
+                                bool(options.get("skip_bad_images")), require_all_classes=False, what="test image")
+    if normalization is None:
+        log.warning("%s records no normalization; using the statistics of %s as found now.", checkpoint, folder)
+        normalization = (list(images.mean), list(images.std))
+    empty = torch.zeros((0, *images.x.shape[1:]), dtype=torch.uint8)
+    return ImageData(name=NAME, train_x=empty, train_y=torch.zeros(0, dtype=torch.int64), test_x=images.x,
+                     test_y=images.y, num_classes=len(classes), mean=tuple(normalization[0]),
+                     std=tuple(normalization[1]), source=str(folder), classes=list(classes))
 
 
 @app.command()

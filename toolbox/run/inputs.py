@@ -109,6 +109,7 @@ class RunData:
         self.options = options
         self.device = device
         self.steps: dict[int, FolderImages] = {}
+        self.sizes: dict[tuple[int, str], int] = {}  # (step, folder) -> images, for schedule_shards
         if options.shards:  # one folder per step, decoded when the step trains
             shard_folders.check_shard_options(options)
             fresh = not started_before(options)
@@ -128,19 +129,65 @@ class RunData:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
+    def schedule_shards(self) -> list[torch.Tensor]:
+        """The shards ``toolbox_data_schedule`` chooses from: index tensors into the training set.
+
+        In a ``--shards`` run the training set is the step folders still present, one after the
+        other, so ``shards[k - 1]`` indexes step k's folder's images as for a single dataset (a
+        folder that is gone gives an empty shard)."""
+        if not self.options.shards:
+            return self.shards
+        start, shards = 0, []
+        for step, folder in enumerate(self.options.shards, 1):
+            if (step, folder) not in self.sizes:
+                present = step in self.steps or Path(folder).expanduser().is_dir()
+                self.sizes[(step, folder)] = int(self._step_images(step).y.numel()) if present else 0
+            count = self.sizes[(step, folder)]
+            shards.append(torch.arange(start, start + count))
+            start += count
+        return shards
+
+    def _step_images(self, step: int) -> FolderImages:
+        """Step ``step``'s decoded folder (the current step's is kept; others are read again)."""
+        if step in self.steps:
+            return self.steps[step]
+        return shard_folders.load_step(self.options, step)
+
     def training_set(self, step: int, chosen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(images, labels, indices)`` a phase of ``step`` trains on: the step's shard, or what a
-        ``toolbox_data_schedule`` plugin chose (``chosen``, indices into the training set)."""
+        ``toolbox_data_schedule`` plugin chose (``chosen``, indices into the training set; in a
+        ``--shards`` run, into :meth:`schedule_shards`' concatenation of the step folders)."""
         if not self.options.shards:
             data = self.data
             return data.train_x, data.train_y, self.shards[step - 1] if chosen is None else chosen
-        if chosen is not None:
-            raise UsageError("A plugin chose a step's data from the earlier steps (toolbox_data_schedule), but a "
-                             "--shards run keeps no earlier folders; run it on a single dataset instead.")
         if step not in self.steps:
             self.steps = {step: shard_folders.load_step(self.options, step)}  # the previous step's map is dropped
         images = self.steps[step]
-        return images.x, images.y, None
+        if chosen is None:
+            return images.x, images.y, None
+        return self._folder_choice(step, chosen.cpu().long())
+
+    def _folder_choice(self, step: int, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The images ``chosen`` names across the step folders: step ``step``'s folder with indices
+        when they all lie in it (all of it: no indices), else the chosen images gathered into memory."""
+        pieces: dict[int, torch.Tensor] = {}
+        start = found = 0
+        for k, shard in enumerate(self.schedule_shards(), 1):
+            inside = chosen[(chosen >= start) & (chosen < start + shard.numel())] - start
+            if inside.numel():
+                pieces[k] = inside
+                found += inside.numel()
+            start += shard.numel()
+        if found != chosen.numel():
+            raise UsageError(f"A plugin chose training images outside the step folders (toolbox_data_schedule: "
+                             f"indices must be below {start}); fix the plugin's data schedule.")
+        if not pieces or list(pieces) == [step]:
+            images, local = self.steps[step], pieces.get(step, chosen)
+            whole = local.numel() == images.y.numel() and bool((local == torch.arange(local.numel())).all())
+            return images.x, images.y, None if whole else local
+        parts = [(self._step_images(k), local) for k, local in pieces.items()]
+        x = torch.cat([part.x[local] for part, local in parts])
+        return x, torch.cat([part.y[local] for part, local in parts]), None
 
     @property
     def input_size(self) -> tuple[int, int, int]:

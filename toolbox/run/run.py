@@ -200,7 +200,7 @@ class Run:
         partial = self._take_partial(step, phase)
         seed = phase_seed(self.options.seed, step, self.phases[phase])
         torch.manual_seed(seed)
-        chosen = calls.data_schedule(self.pm, step, phase, self.shards)
+        chosen = calls.data_schedule(self.pm, step, phase, self.inputs.schedule_shards())
         x, y, indices = self.inputs.training_set(step, chosen)
         ctx = self._phase_context(step, phase, self._frozen_copy() if has_previous else None)
         loader = self.inputs.train_loader(x, y, indices, seed)
