@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,14 +145,6 @@ class RunOptions:
     tensorboard: bool = True
     plugin: dict[str, Any] = field(default_factory=dict)
 
-    def absolute_paths(self) -> "RunOptions":
-        """Make the data folders and the run directory absolute (as config.yaml records them), so a
-        later command run from another directory (``toolbox step`` from cron) finds them; return self."""
-        self.data_root, self.train, self.test, self.out = (None if p is None else absolute_path(p) for p in
-                                                            (self.data_root, self.train, self.test, self.out))
-        self.shards = [absolute_path(p) for p in self.shards]
-        return self
-
     def epochs_for(self, phase: str) -> int:
         """Epochs of ``phase`` (``phase_epochs`` overrides ``epochs``)."""
         return int(self.phase_epochs.get(phase, self.epochs))
@@ -230,10 +221,6 @@ class RunOptions:
 
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
 
-
-def absolute_path(path: str | Path) -> str:
-    """``path`` made absolute and normalized (``~`` expanded, ``..`` folded; symlinks kept)."""
-    return os.path.abspath(Path(path).expanduser())
 
 
 def _phase_epochs(phase: Any, value: Any, known: list[str]) -> int:

@@ -24,8 +24,7 @@ from toolbox.data import shard_folders
 from toolbox.data.imagefolder import class_folders
 from toolbox.data.manifest import Manifest, RunManifests, check_new_folder, check_test_overlap
 from toolbox.errors import UsageError
-from toolbox.options import absolute_path
-from toolbox.run.directory import read_manifests, read_run_config, write_manifests
+from toolbox.run.directory import absolute_path, read_manifests, read_run_config, write_manifests
 from toolbox.run.run import Run
 from toolbox.run.start import resume_run
 from toolbox.runtime import distributed

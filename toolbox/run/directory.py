@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,19 @@ MARKER_FORMAT = "toolbox-run/1"
 LEGACY_RUN_FILES = ("config.yaml", "shards.json", "data.json", "metrics.jsonl")
 #: Files the toolbox may leave in a new folder before its marker (the run's lock).
 BEFORE_MARKER = {"run.lock"}
+
+
+def absolute_path(path: str | Path) -> str:
+    """``path`` made absolute and normalized (``~`` expanded, ``..`` folded; symlinks kept)."""
+    return os.path.abspath(Path(path).expanduser())
+
+
+def absolute_paths(options: RunOptions) -> None:
+    """Make the run's data folders and run directory absolute, as config.yaml records them, so a
+    later command run from another directory (``toolbox step`` from cron) finds them."""
+    options.data_root, options.train, options.test, options.out = (
+        None if p is None else absolute_path(p) for p in (options.data_root, options.train, options.test, options.out))
+    options.shards = [absolute_path(p) for p in options.shards]
 
 
 def is_marked(folder: Path) -> bool:

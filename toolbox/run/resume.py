@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from toolbox.errors import CheckpointError, UsageError
-from toolbox.options import CORE_FIELDS, PluginOption, RunOptions, absolute_path, build_options, normalize_key
+from toolbox.options import CORE_FIELDS, PluginOption, RunOptions, build_options, normalize_key
 from toolbox.plugin_host.calls import load_plugin_states
+from toolbox.run.directory import absolute_path
 from toolbox.run.state import RunState
 from toolbox.runtime import distributed
 from toolbox.storage import checkpoint as ckpt

@@ -37,7 +37,7 @@ def start_run(values: dict[str, Any], progress: Callable[..., Any] | None = None
     run_dir = Path(distributed.broadcast_object(str(options.out or files.default_run_dir(options))))
     distributed.run_on_main(files.check_new_out, run_dir)
     options.out = str(run_dir)
-    options.absolute_paths()
+    files.absolute_paths(options)
     if options.seeds:
         raise UsageError("--seeds runs several experiments; use toolbox.run.seeds.run_seeds (the CLI does) "
                          "instead of start_run.")
