@@ -25,6 +25,7 @@ SCHEDULES = ("cosine", "multistep", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 #: Which model ``RUN_DIR/serve/step{k}.pt`` holds: the learn phase's, or the compacted sparse one.
 SERVES = ("learn", "compact")
+MAX_SEED = 2**32 - 1  # every seed a phase derives from it still fits torch's 64-bit generators
 
 
 @dataclass
@@ -176,8 +177,9 @@ class RunOptions:
             raise UsageError(f"--warmup-lr must be >= 0, got {self.warmup_lr}.")
         if any(not 0 <= m <= 1 for m in self.milestones):
             raise UsageError(f"--milestones are fractions of the phase in [0, 1] like 0.5,0.75, got {self.milestones}.")
-        if self.seed < 0 or any(s < 0 for s in self.seeds):
-            raise UsageError(f"Seeds must be >= 0, got {self.seed if self.seed < 0 else self.seeds}.")
+        for flag, seeds in (("--seed", [self.seed]), ("--seeds", self.seeds)):
+            if any(not 0 <= s <= MAX_SEED for s in seeds):
+                raise UsageError(f"Seeds must be >= 0 and at most {MAX_SEED}; {flag} got {','.join(map(str, seeds))}.")
         if self.schedule not in SCHEDULES:
             raise UsageError(
                 f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}."

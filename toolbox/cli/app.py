@@ -12,6 +12,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import click
 import typer
 
 from toolbox.cli.console import error_console
@@ -34,19 +35,25 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     non-finite loss (:class:`toolbox.run.engine.NumericError`), for a file the run could not write
     (:class:`toolbox.storage.atomic.WriteError`: full disk, permissions; earlier checkpoints intact)
     and, under torchrun, for a collective that failed because another process died or hung. In
-    a multi-process run the other ranks' messages start with ``rank N:``.
+    a multi-process run the other ranks' messages start with ``rank N:``. Any other exception (a
+    bug) is one line too, exit code 1, naming the file that holds its traceback: the run's
+    run.log, or a crash log (:func:`toolbox.run.log_file.save_traceback`). Ctrl-C is left as is.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from toolbox.run import lock as runlock
+        from toolbox.run import log_file
         from toolbox.run.engine import NumericError
         from toolbox.runtime import distributed
         from toolbox.storage.atomic import WriteError
 
         who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
+        log_file.forget_last_log()
         try:
             return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # typer's own exits and command-line errors
         except UsageError as exc:
             error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
             raise typer.Exit(2) from None
@@ -55,17 +62,31 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
         except RuntimeError as exc:  # torch.distributed.DistError is one
             if not distributed.is_peer_failure(exc):
-                raise
+                unexpected(exc, who)
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             error_console.print(f"Error: {who}another process of this torchrun job failed or stopped answering "
                                 f"({detail}); the checkpoints written so far are intact: continue with "
                                 "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
             raise typer.Exit(1) from None
+        except Exception as exc:  # noqa: BLE001  (the last resort: a bug is one line, not a traceback)
+            unexpected(exc, who)
         finally:
             runlock.release_all()
             distributed.destroy()
 
     return wrapper
+
+
+def unexpected(exc: Exception, who: str = "") -> None:
+    """Report an exception no check foresaw as one line naming the file with its traceback; exit 1."""
+    from toolbox.run.log_file import save_traceback
+
+    path = save_traceback(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    where = f"the full traceback is in {path}" if path is not None else "its traceback could not be saved"
+    error_console.print(f"Error: {who}unexpected {type(exc).__name__}{': ' + first if first else ''}; {where}",
+                        markup=False, highlight=False)
+    raise typer.Exit(1) from None
 
 
 def parse_extra_args(tokens: list[str]) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def eval_checkpoint(
     from toolbox.runtime.device import select_device
     from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
 
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
     if test is not None and dataset not in (None, "imagefolder"):
         raise UsageError(f"--test evaluates on a folder of images; drop --dataset {dataset} or --test.")
     data_checkpoint = load_checkpoint(checkpoint)
@@ -182,8 +184,10 @@ def report_command(
     out: Optional[Path] = typer.Option(None, help="Where to write report.md/.csv/.json and the plot (default: the first DIR)."),
 ) -> None:
     """Compare runs: per step top-1 mean ± std over seeds, params, MACs, sparsity, train seconds."""
+    from toolbox.cli.console import setup_logging
     from toolbox.run.results import rows_markdown, write_comparison
 
+    setup_logging()
     target = out or dirs[0]
     rows = write_comparison(dirs, target)
     console.print(rows_markdown(rows), markup=False, highlight=False)

@@ -159,12 +159,19 @@ def load_dataset(
 
 def with_normalization(data: ImageData, mean: list[float] | None, std: list[float] | None) -> ImageData:
     """``data`` with the given per-channel ``mean`` and/or ``std`` (``--mean/--std``) instead of its
-    own; a list whose length is not the number of channels is one sentence."""
+    own; a list whose length is not the number of channels, or a constant channel (std 0) that
+    ``--std`` does not replace, is one sentence."""
     for flag, values in (("--mean", mean), ("--std", std)):
         if values and len(values) != data.in_chans:
             raise UsageError(f"{flag} gives {len(values)} values but the {data.name} images have "
                              f"{data.in_chans} channel(s); give one value per channel.")
-    return replace(data, mean=tuple(mean) if mean else data.mean, std=tuple(std) if std else data.std)
+    final = tuple(std) if std else data.std
+    flat = next((c for c, v in enumerate(final) if not v > 0), None)
+    if flat is not None:
+        raise UsageError(f"Channel {flat + 1} of {len(final)} of the {data.name} training images is constant "
+                         f"(std {final[flat]:g}), so it cannot be normalized; pass --mean/--std with a positive std "
+                         f"for every channel, e.g. --std {','.join(f'{v:.3g}' if v > 0 else '1' for v in final)}.")
+    return replace(data, mean=tuple(mean) if mean else data.mean, std=final)
 
 
 def not_found_message(title: str, folder: Path | str, download: bool, what: str) -> str:

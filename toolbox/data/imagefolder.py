@@ -75,7 +75,11 @@ def class_folders(folder: Path, what: str = "image") -> list[str]:
         entries = list(os.scandir(folder))
     except OSError as exc:
         raise UsageError(f"Cannot read the {what} folder {folder} ({exc.strerror or exc}); check its permissions.") from None
-    names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+    names = sorted(e.name for e in entries if not e.name.startswith(".") and _is_dir(e, folder))
+    for name in names:
+        if not _encodable(name):
+            raise UsageError(f"The {what} folder {folder} has a class folder named '{_shown(name)}', which is not "
+                             "valid UTF-8; rename it.")
     if not names:
         loose = any(e.is_file() and _is_image(e.name) for e in entries)
         detail = "holds images but no class folders" if loose else "has no class folders"
@@ -88,26 +92,59 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in image_extensions()
 
 
-def _walk(folder: Path) -> Iterator[os.DirEntry[str]]:
-    """Image files under ``folder`` in sorted order (sub-folders followed, hidden names skipped)."""
+def _encodable(name: str) -> bool:
+    """Whether ``name`` is valid UTF-8 (a name that is not holds surrogate escapes)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(path: str) -> str:
+    """``path`` printable, its bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(path).decode(errors="backslashreplace")
+
+
+def _is_dir(entry: os.DirEntry[str], folder: Path) -> bool:
+    """``entry.is_dir()``; a symbolic link that loops (or points nowhere readable) is one sentence."""
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        raise UsageError(f"Cannot follow {_shown(entry.path)} in {folder} ({exc.strerror or exc}: a symbolic link "
+                         "loop?); remove or fix the link.") from None
+
+
+def _walk(folder: Path, above: frozenset[tuple[int, int]] = frozenset()) -> Iterator[os.DirEntry[str]]:
+    """Image files under ``folder`` in sorted order (sub-folders followed, hidden names skipped).
+
+    A sub-folder that is ``folder`` itself or one above it (a symbolic link loop) is one sentence."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        here = os.stat(folder)
     except OSError as exc:
         raise UsageError(f"Cannot read the folder {folder} ({exc.strerror or exc}); check its permissions.") from None
+    above = above | {(here.st_dev, here.st_ino)}
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
-            yield from _walk(Path(entry.path))
+        if _is_dir(entry, folder):
+            target = entry.stat()
+            if (target.st_dev, target.st_ino) in above:
+                raise UsageError(f"{_shown(entry.path)} links back to a folder above it (a symbolic link loop); "
+                                 "remove the link.")
+            yield from _walk(Path(entry.path), above)
         elif _is_image(entry.name) and entry.is_file():
             yield entry
 
 
 def list_images(folder: Path, classes: Sequence[str], require_all_classes: bool = True,
-                what: str = "image") -> FileList:
+                what: str = "image", bad_names: list[str] | None = None) -> FileList:
     """Every image of ``folder``'s class folders, labelled by its folder's position in
     ``classes``. A class folder that is not in ``classes``, an empty class folder, or (with
-    ``require_all_classes``) a class without a folder is one sentence naming it."""
+    ``require_all_classes``) a class without a folder is one sentence naming it. An image whose
+    name is not valid UTF-8 is one sentence too, or, when ``bad_names`` is a list, left out and
+    appended to it (``--skip-bad-images``)."""
     folder = Path(folder).resolve()
     found = class_folders(folder, what)
     unknown = [name for name in found if name not in classes]
@@ -125,7 +162,13 @@ def list_images(folder: Path, classes: Sequence[str], require_all_classes: bool 
         label = list(classes).index(name)
         before = len(files)
         for entry in _walk(folder / name):
-            files.add_stat(entry.path, label, entry.stat())
+            if _encodable(entry.path):
+                files.add_stat(entry.path, label, entry.stat())
+            elif bad_names is not None:
+                bad_names.append(entry.path)
+            else:
+                raise UsageError(f"The image {_shown(entry.path)} has a name that is not valid UTF-8; rename it, or "
+                                 "pass --skip-bad-images to leave it out.")
         if len(files) == before:
             raise UsageError(f"The class folder {folder / name} holds no images (files Pillow reads, such as "
                              ".png, .jpg, .webp, .bmp); add images or remove the folder.")
@@ -158,9 +201,9 @@ def load_image_folders(folders: Sequence[str | os.PathLike[str]], classes: Seque
     if channels not in (None, 1, 3):
         raise UsageError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
     classes = list(classes) if classes is not None else class_folders(paths[0], what)
-    files, counts = FileList(), []
+    files, counts, bad_names = FileList(), [], [] if skip_bad_images else None
     for path in paths:
-        group = list_images(path, classes, require_all_classes, what)
+        group = list_images(path, classes, require_all_classes, what, bad_names)
         counts.append(len(group))
         files.extend(group)
     decoded = load_decoded(files, image_size, channels, skip_bad_images, cache_folder(paths[0]),
@@ -169,13 +212,15 @@ def load_image_folders(folders: Sequence[str | os.PathLike[str]], classes: Seque
     if decoded.images.shape[0] == 0:
         raise UsageError(f"No image of {_short([str(p) for p in paths], 3)} could be decoded "
                          f"({len(decoded.skipped)} unreadable); check the files.")
-    if decoded.skipped:
-        log.warning("Left out %d unreadable image(s) of %s (--skip-bad-images), e.g. %s (%s).", len(decoded.skipped),
-                    _short([str(p) for p in paths], 3), decoded.skipped[0][1], decoded.skipped[0][2])
+    skipped = [f"{_shown(path)} (its name is not valid UTF-8)" for path in bad_names or []]
+    skipped += [f"{path} ({reason})" for _, path, reason in decoded.skipped]
+    if skipped:
+        log.warning("Left out %d unreadable image(s) of %s (--skip-bad-images), e.g. %s.", len(skipped),
+                    _short([str(p) for p in paths], 3), skipped[0])
     return FolderImages(x=torch.from_numpy(decoded.images), y=torch.from_numpy(decoded.labels), classes=classes,
                         mean=decoded.mean, std=decoded.std, folders=paths,
                         parts=_parts(counts, [i for i, _, _ in decoded.skipped]),
-                        skipped=[f"{path} ({reason})" for _, path, reason in decoded.skipped],
+                        skipped=skipped,
                         cache=decoded.path, built=decoded.built,
                         manifests=folder_manifests(paths, files, counts, decoded.digests))
 

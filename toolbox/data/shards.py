@@ -50,3 +50,18 @@ def split_shards(
         for s in range(num_shards):
             parts[s].append(members[s * take : (s + 1) * take])
     return [torch.sort(torch.cat(p)).values.to(torch.int64) for p in parts]
+
+
+def check_validation_size(labels: torch.Tensor, val_per_class: int, num_shards: int, per_class: int | None) -> None:
+    """Raise ``ValueError`` naming ``--val-per-class`` when holding out ``val_per_class`` images of
+    every class leaves too few of the smallest class for ``num_shards`` shards."""
+    counts = torch.bincount(torch.as_tensor(labels).cpu())
+    counts = counts[counts > 0]
+    if not val_per_class or counts.numel() == 0:
+        return
+    fewest, need = int(counts.min()), num_shards * (per_class or 1)
+    if val_per_class + need > fewest:
+        fix = f"pass --val-per-class {fewest - need} or less" if fewest > need else "drop --val-per-class"
+        raise ValueError(f"--val-per-class {val_per_class} holds out {min(val_per_class, fewest)} of the {fewest} "
+                         f"training images of the smallest class, leaving {max(fewest - val_per_class, 0)} for "
+                         f"{num_shards} step(s) that need {need}; {fix}.")

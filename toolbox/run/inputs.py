@@ -26,6 +26,7 @@ from toolbox.data import (
 from toolbox.data.auto import load_run_dataset
 from toolbox.data.imagefolder import FolderImages
 from toolbox.data.manifest import check_repeated_folders, check_test_overlap
+from toolbox.data.shards import check_validation_size
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions, read_mapping
 from toolbox.run.engine import evaluate
@@ -87,6 +88,7 @@ def split_validation_and_shards(labels: torch.Tensor, options: RunOptions) -> tu
     split the rest into the step shards. Both come from the run's seed."""
     if not options.val_per_class:
         return None, split_shards(labels, options.steps, options.seed, options.per_class)
+    check_validation_size(labels, options.val_per_class, options.steps, options.per_class)
     (validation,) = split_shards(labels, 1, options.seed + 7919, options.val_per_class)
     rest = torch.ones(labels.numel(), dtype=torch.bool)
     rest[validation] = False

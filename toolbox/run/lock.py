@@ -50,6 +50,7 @@ def acquire(run_dir: str | os.PathLike[str]) -> None:
         fd, count = _held[key]
         _held[key] = (fd, count + 1)
         return
+    created = not key.exists()
     try:
         key.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -59,8 +60,17 @@ def acquire(run_dir: str | os.PathLike[str]) -> None:
     if previous and previous != str(os.getpid()):
         log.warning("Took over the lock of %s left by process %s, which has ended (killed?); this process "
                     "(%d) now writes the run directory.", run_dir, previous, os.getpid())
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # no empty lock (nor a new, empty run directory) is left
+            os.unlink(lock_path(key))
+            if created:
+                key.rmdir()
+        os.close(fd)
+        raise UsageError(f"Cannot write the run directory {run_dir} (its lock file: {exc.strerror or exc}); free "
+                         "some space or pass a writable --out.") from None
     _held[key] = (fd, 1)
 
 

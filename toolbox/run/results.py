@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,9 @@ def write_run_report(run_dir: Path, results: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------- across runs and seeds
 IGNORED_KEYS = {"seed", "seeds", "out", "data_root", "device", "threads"}
+STEP_KEYS = ("top1", "top5", "train_seconds")
+
+log = logging.getLogger("toolbox")
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -100,13 +104,37 @@ def _config_key(config: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in IGNORED_KEYS}, sort_keys=True, default=str)
 
 
-def group_runs(run_dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
-    """Results of each run grouped by experiment (same recorded config but the seed), labelled."""
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/results.json`` if it holds a run's results (a config and per-step numbers); else
+    ``None``, with a warning naming it."""
     import json
 
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("Left out %s: it cannot be read (%s).", path, (str(exc).splitlines() or [type(exc).__name__])[0])
+        return None
+    steps = results.get("steps") if isinstance(results, dict) else None
+    if not (isinstance(steps, list) and isinstance(results.get("config"), dict) and "seed" in results["config"]
+            and all(isinstance(s, dict) and "step" in s and all(isinstance(s.get(k), (int, float)) for k in STEP_KEYS)
+                    for s in steps)):
+        log.warning("Left out %s: it does not hold a run's results (a config and per-step top-1, top-5 and train "
+                    "seconds).", path)
+        return None
+    return results
+
+
+def group_runs(run_dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Results of each run grouped by experiment (same recorded config but the seed), labelled;
+    a run whose results.json cannot be read is left out with a warning (:func:`read_results`)."""
+    return group_results([r for r in map(read_results, run_dirs) if r is not None])
+
+
+def group_results(all_results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs' results grouped by experiment (same recorded config but the seed), labelled."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for run_dir in run_dirs:
-        results = json.loads((run_dir / "results.json").read_text())
+    for results in all_results:
         groups.setdefault(_config_key(results["config"]), []).append(results)
     labelled: dict[str, list[dict[str, Any]]] = {}
     configs = {key: runs[0]["config"] for key, runs in groups.items()}
@@ -212,6 +240,22 @@ def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def check_writable(out: Path) -> None:
+    """Create ``out`` if missing and refuse (one sentence) a folder the report cannot be written into."""
+    import os
+
+    from toolbox.errors import UsageError
+
+    probe = out / f".toolbox-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"Cannot write the report into {out} ({exc.strerror or exc}): the folder is not writable; "
+                         "pass a writable --out DIR.") from None
+
+
 def write_comparison(paths: list[Path], out: Path) -> list[dict[str, Any]]:
     """Build report.md/.csv/.json and top1_vs_step.png in ``out`` from run directories alone."""
     import csv
@@ -222,9 +266,14 @@ def write_comparison(paths: list[Path], out: Path) -> list[dict[str, Any]]:
     run_dirs = find_runs(paths)
     if not run_dirs:
         raise UsageError(f"No results.json found under {', '.join(map(str, paths))}; pass run directories.")
-    rows = summarize(group_runs(run_dirs))
+    loaded = {run_dir: read_results(run_dir) for run_dir in run_dirs}
+    run_dirs = [run_dir for run_dir, results in loaded.items() if results is not None]
+    rows = summarize(group_results([results for results in loaded.values() if results is not None]))
+    if not rows:
+        raise UsageError(f"None of the {len(loaded)} results.json under {', '.join(map(str, paths))} holds a run's "
+                         "results (see the warnings); pass finished run directories.")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     atomic_write_json(out / "report.json", {"runs": [str(p) for p in run_dirs], "rows": rows})
     atomic_write_text(out / "report.md", f"# Comparison of {len(run_dirs)} runs\n\n" + rows_markdown(rows))
     buffer = io.StringIO()

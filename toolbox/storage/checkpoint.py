@@ -125,12 +125,34 @@ def _floats(value: Any, count: int) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
 
 
+_OPTIONAL = type(None)
+#: The recorded run options that are read back (``toolbox eval`` reloads the training data), and their types.
+RECORDED_OPTIONS: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "data_root": (str, _OPTIONAL), "train": (str, _OPTIONAL), "test": (str, _OPTIONAL),
+    "image_size": (int, _OPTIONAL), "channels": (int, _OPTIONAL), "mean": (list, _OPTIONAL), "std": (list, _OPTIONAL),
+    "skip_bad_images": (bool,), "allow_overlap": (bool,), "steps": (int,), "per_class": (int, _OPTIONAL),
+    "val_per_class": (int,), "seed": (int,), "shards": (list,), "classes": (list, _OPTIONAL)}
+
+
+def _bad_option(options: dict[str, Any]) -> str | None:
+    """The first recorded option of :data:`RECORDED_OPTIONS` whose value has another type, as "name value"."""
+    for name, kinds in RECORDED_OPTIONS.items():
+        value = options.get(name)
+        if name not in options or value is None and _OPTIONAL in kinds:
+            continue
+        plain = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if not plain or (name in ("mean", "std") and not _floats(value, len(value))):
+            return f"{name} {repr(value)[:40]}"
+    return None
+
+
 def validate_checkpoint(data: dict[str, Any], source: str = "The checkpoint") -> dict[str, Any]:
     """``data`` if every field toolbox reads has the type and range toolbox writes; else one sentence.
 
     Checked: ``arch``, ``num_classes``, ``in_chans``, ``model_kwargs`` (the allow-list of
     :func:`toolbox.models.check_model_kwargs`), ``state_dict``, ``masks``, ``records`` (and its
-    structure record), ``step``, ``phase``, ``options``, ``results``, ``input_size``, ``classes``,
+    structure record), ``step``, ``phase``, ``options`` (the types of
+    :data:`RECORDED_OPTIONS`), ``results``, ``input_size``, ``classes``,
     ``normalization``, ``optimizer``.
     """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -165,6 +187,9 @@ def validate_checkpoint(data: dict[str, Any], source: str = "The checkpoint") ->
     for field, kind in (("options", dict), ("results", list), ("optimizer", dict)):
         if data.get(field) is not None and not isinstance(data[field], kind):
             raise _refuse(source, field, f"is not a {kind.__name__}")
+    bad = _bad_option(data.get("options") or {})
+    if bad is not None:
+        raise _refuse(source, "recorded option", f"{bad} is not of the type toolbox records")
     size = data.get("input_size")
     if size is not None and not (isinstance(size, list) and len(size) == 3 and all(_int(v, 1, 65536) for v in size)):
         raise _refuse(source, "input_size", "is not three positive integers")
