@@ -275,6 +275,13 @@ def check_finite(model: nn.Module, scores: dict[str, float], where: str, hint: s
                            f"{hint}")
 
 
+def near_chance(train_top1: float, num_classes: int) -> bool:
+    """Whether a training top-1 (percent) is within a tenth of the way from chance to 100 %: the
+    model has not learned (too few epochs, a learning rate far off, or labels that carry nothing)."""
+    chance = 100.0 / max(num_classes, 1)
+    return train_top1 < chance + 0.1 * (100.0 - chance)
+
+
 def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
     """The global L2 norm of all gradients (one fused reduction per device)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

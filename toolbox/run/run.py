@@ -36,7 +36,7 @@ from toolbox.pruning.cost import count_macs, count_params
 from toolbox.run import directory as files
 from toolbox.run import results as report
 from toolbox.run import resume
-from toolbox.run.engine import Trainer, build_optimizer, check_finite
+from toolbox.run.engine import Trainer, build_optimizer, check_finite, near_chance
 from toolbox.run.inputs import RunData
 from toolbox.run.logs import RunLogs, batch_callback
 from toolbox.run.serve_files import serve_checkpoint, serve_path
@@ -77,6 +77,7 @@ class Run:
         self.model = self.fresh_model()
         self.state = RunState()
         self.partial: dict[str, Any] | None = None
+        self.last_learn_top1: float | None = None  # of the last learn epoch this process trained
         self.initialized = False
         self.logs = RunLogs(self.run_dir, options)  # run.log and tb/ (rank 0)
         calls.configure(self.pm, options)
@@ -185,9 +186,18 @@ class Run:
             else:
                 continue
             break
+        self._warn_if_near_chance()
         results = self.results()
         distributed.run_on_main(report.write_run_report, self.run_dir, results)
         return results
+
+    def _warn_if_near_chance(self) -> None:
+        """Say what to try when the last learn phase this process trained stayed near chance."""
+        top1, classes = self.last_learn_top1, self.data.num_classes
+        if top1 is not None and near_chance(top1, classes):
+            log.warning("The model did not learn: training top-1 %.1f %% in the last learn phase, chance is %.1f %%; "
+                        "try more epochs (--epochs, now %d), another --lr (now %g), or check that the class folders "
+                        "hold what their names say.", top1, 100.0 / classes, self.options.epochs, self.options.lr)
 
     def results(self) -> dict[str, Any]:
         """The run's results: config plus one record per step."""
@@ -275,6 +285,8 @@ class Run:
         def epoch_done(epoch: int, metrics: dict[str, Any]) -> None:
             nonlocal saving
             self._append_metrics({"step": step, "phase": phase, "epoch": epoch + 1, **metrics})
+            if phase == LEARN and "train_top1" in metrics:
+                self.last_learn_top1 = float(metrics["train_top1"])
             self.logs.epoch(step, phase, epoch + 1, ctx.epochs, metrics)
             if self.progress is not None:
                 self.progress("epoch", step=step, phase=phase, epoch=epoch + 1, epochs=ctx.epochs, metrics=metrics)
