@@ -43,3 +43,4 @@ def test_relative_folders_are_recorded_absolute_and_step_runs_from_elsewhere(tmp
     assert f"the test folder is now {tmp_path / 'moved-test'}" in done.stderr
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["test"] == str(tmp_path / "moved-test") and config["steps"] == 4
+    assert f"4 step folders, test {tmp_path / 'moved-test'}" in (tmp_path / "run" / "results.md").read_text()

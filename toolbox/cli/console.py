@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolbox.run.log_file import epoch_line, phase_line
+from toolbox.run.results import served_cell
 from toolbox.runtime import distributed
 
 console = Console(soft_wrap=True)
@@ -60,12 +61,12 @@ def print_results(results: dict[str, Any]) -> None:
     if not distributed.is_main():
         return
     table = Table(title=f"results ({results.get('dataset_source', '')})")
-    for column in ("step", "phases", "top-1 %", "top-5 %", "train s", "params", "sparsity"):
+    for column in ("step", "phases", "top-1 %", "top-5 %", "served top-1 %", "train s", "params", "sparsity"):
         table.add_column(column, justify="right")
     for step in results["steps"]:
         sparsity = step.get("sparsity")
         table.add_row(str(step["step"]), ",".join(p["phase"] for p in step["phases"]),
-                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", f"{step['train_seconds']:.1f}",
+                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", served_cell(step), f"{step['train_seconds']:.1f}",
                       f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
     console.print(table)
 

@@ -70,6 +70,11 @@ def step_manifests(options: Any, known: Collection[int] = ()) -> dict[int, Manif
             if step not in known and Path(folder).expanduser().is_dir()}
 
 
+def shard_source(steps: int, test: Path | str) -> str:
+    """What a ``--shards`` run's data is, for logs and reports (``toolbox step`` updates it)."""
+    return f"{steps} step folders, test {test}"
+
+
 def load_shard_run_data(options: Any) -> ImageData:
     """The run's :class:`ImageData`: the test folder's images, no training images (each step's
     come from :func:`load_step` when it trains), the shared normalization, and the test folder's
@@ -80,6 +85,6 @@ def load_shard_run_data(options: Any) -> ImageData:
     empty_x = torch.zeros((0, *test.x.shape[1:]), dtype=torch.uint8)
     return ImageData(name=NAME, train_x=empty_x, train_y=torch.zeros(0, dtype=torch.int64), test_x=test.x,
                      test_y=test.y, num_classes=len(options.classes), mean=tuple(options.mean),
-                     std=tuple(options.std), source=f"{len(options.shards)} step folders, test {test.folders[0]}",
+                     std=tuple(options.std), source=shard_source(len(options.shards), test.folders[0]),
                      classes=list(options.classes), skipped=test.skipped,
                      manifests=RunManifests(test=test.manifests[0]))

@@ -85,6 +85,7 @@ def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = No
                          f"`toolbox run --resume {run_dir}` before adding a step.")
     run.options.shards = [*run.options.shards, str(data)]
     run.options.steps = len(run.options.shards)
+    run.data.source = shard_folders.shard_source(run.options.steps, run.options.test)
     run.options.allow_overlap = run.options.allow_overlap or allow_overlap
     manifests.steps[run.options.steps] = new
     distributed.run_on_main(write_manifests, run_dir, manifests)

@@ -18,6 +18,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def served_cell(step: dict[str, Any]) -> str:
+    """The top-1 of the model ``serve/step{k}.pt`` holds and its phase, e.g. ``98.89 (learn)``."""
+    served = step.get("served")
+    return "-" if not served else f"{_fmt(served['top1'])} ({served['phase']})"
+
+
 def run_markdown(results: dict[str, Any]) -> str:
     """Markdown summary of one run: a row per step, then a row per phase."""
     config = results["config"]
@@ -26,12 +32,12 @@ def run_markdown(results: dict[str, Any]) -> str:
         "",
         f"Data: {results.get('dataset_source', '?')}; {config['steps']} steps, seed {config['seed']}.",
         "",
-        "| step | top-1 % | top-5 % | train s | params | MMACs | sparsity |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | top-1 % | top-5 % | served top-1 % (phase) | train s | params | MMACs | sparsity |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for step in results["steps"]:
         lines.append(
-            f"| {step['step']} | {_fmt(step.get('top1'))} | {_fmt(step.get('top5'))} | "
+            f"| {step['step']} | {_fmt(step.get('top1'))} | {_fmt(step.get('top5'))} | {served_cell(step)} | "
             f"{_fmt(step.get('train_seconds'), 1)} | {step.get('params', '-')} | "
             f"{_fmt(step['macs'] / 1e6 if step.get('macs') else None, 1)} | {_fmt(step.get('sparsity'), 3)} |"
         )

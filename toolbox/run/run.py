@@ -317,7 +317,7 @@ class Run:
         record = {"phase": phase, "epochs": ctx.epochs, "images": int(images),
                   **self._evaluate(ctx), "train_seconds": train_seconds, "params": count_params(self.model),
                   "macs": count_macs(self.model, self.inputs.input_size), **ctx.phase_metrics}
-        state.record_phase(step, record)
+        state.record_phase(step, record, served=self._serves(step, phase))
         self.logs.phase(step, phase, record, self.model)
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))

@@ -18,8 +18,9 @@ class RunState:
     optimizer_state: dict[str, Any] | None = None
     done: set[tuple[int, str]] = field(default_factory=set)
 
-    def record_phase(self, step: int, record: dict[str, Any]) -> None:
-        """Add a phase record; the step's summary is its last phase's accuracy and cost."""
+    def record_phase(self, step: int, record: dict[str, Any], served: bool = False) -> None:
+        """Add a phase record; the step's summary is its last phase's accuracy and cost, and
+        ``served`` (phase, top-1, top-5) names the phase whose model ``serve/step{k}.pt`` holds."""
         results = self.results
         if not results or results[-1]["step"] != step:
             results.append({"step": step, "phases": []})
@@ -30,3 +31,5 @@ class RunState:
                      train_seconds=sum(p["train_seconds"] for p in entry["phases"]),
                      params=record["params"], macs=record["macs"],
                      sparsity=sparsity[-1] if sparsity else None)
+        if served:
+            entry["served"] = {"phase": record["phase"], "top1": record["top1"], "top5": record["top5"]}
