@@ -98,7 +98,7 @@ def test_core_modules_are_short() -> None:
 
 
 #: The plugin-facing API modules directly in ``toolbox/``.
-API = {"toolbox", "toolbox.errors", "toolbox.hookspecs", "toolbox.context", "toolbox.options", "toolbox._legacy"}
+API = {"toolbox.errors", "toolbox.hookspecs", "toolbox.context", "toolbox.options", "toolbox._legacy"}
 #: What each part of the core may import (``toolbox.errors`` is open to all), lowest first.
 BELOW_RUN = {"api", "plugin_host", "runtime", "storage", "models", "data"}
 MAY_IMPORT: dict[str, set[str]] = {
@@ -114,12 +114,19 @@ MAY_IMPORT: dict[str, set[str]] = {
     "preflight": BELOW_RUN | {"sparsity", "methods", "pruning"},
     "run": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight"},
     "tune": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run"},
-    "cli": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run", "tune"},
+    "deploy": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run"},
+    "compare": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run", "tune"},
+    "cli": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run", "tune", "deploy", "compare"},
+    # the package's front door (toolbox.load_model, toolbox.load_predictor): lazily, anything but cli
+    "front": BELOW_RUN | {"sparsity", "methods", "pruning", "preflight", "run", "tune", "deploy", "compare"},
 }
 
 
 def part_of(module: str) -> str:
-    """The part of the core a module belongs to: ``api`` or the subpackage's name."""
+    """The part of the core a module belongs to: ``front`` (``toolbox/__init__``), ``api`` or the
+    subpackage's name."""
+    if module == "toolbox":
+        return "front"
     return "api" if module in API else module.split(".")[1]
 
 
