@@ -224,6 +224,9 @@ def test_built_in_datasets_get_their_recipe() -> None:
     other = make_recipe(channels=3, image_size=32, mean=(0.5,) * 3, std=(0.2,) * 3, classes=None, num_classes=100,
                         dataset="cifar100")
     assert other["classes"][:3] == ["0", "1", "2"] and other["pillow_mode"] == "RGB"
+    drawn = make_recipe(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.2,) * 3, classes=None, num_classes=10,
+                        dataset="synthetic")
+    assert drawn["classes"][:2] == ["disc", "ring"]
 
 
 def test_a_pruned_serve_file_keeps_its_recipe(run: dict[str, Any], tmp_path: Path) -> None:
