@@ -60,7 +60,7 @@ from toolbox.options import read_mapping
 from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import load_plugins
 from toolbox.run.directory import mark
-from toolbox.run.results import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
+from toolbox.run.results import plot_methods, rows_markdown, steps_markdown, summarize
 from toolbox.run.start import resume_run, start_run
 from toolbox.storage import atomic as tbio
 from toolbox.storage import checkpoint as ckpt

@@ -20,7 +20,6 @@ from typing import Any, Callable
 import yaml
 
 from toolbox.compare import execute, tables
-from toolbox.compare import tuning as equal_tuning
 from toolbox.compare.plan import Row, choose_rows, parse_methods, parse_seeds, plan_rows
 from toolbox.errors import UsageError
 from toolbox.options import read_mapping
@@ -76,6 +75,8 @@ def _comparable(plan: dict[str, Any]) -> Any:
 def tune_rows(out: Path, plan: dict[str, Any], space: Path | None) -> dict[str, Any]:
     """``--trials``: tune every row not yet tuned (same budget each); the chosen values join its
     changes and the plan is written again."""
+    from toolbox.compare import tuning as equal_tuning  # Optuna only when tuning
+
     user = equal_tuning.read_user_space(space)
     for row in plan["rows"]:
         if row.get("tuned") is not None:
@@ -108,7 +109,7 @@ def run_compare(out: Path, plan: dict[str, Any] | None, *, space: Path | None = 
         plan = tune_rows(out, plan, space)
 
     def done(folder: Path) -> None:
-        tables.write_report(out, plan)
+        tables.write_report(out, plan, plot=False)  # the plot once, at the end
         if announce is not None:
             announce(f"finished {folder.relative_to(out)}")
 

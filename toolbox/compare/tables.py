@@ -98,9 +98,9 @@ def verdicts(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
     return sentences
 
 
-def write_report(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """Write compare.md/.json/.csv and the plot into ``out`` from its finished runs; return the
-    summary rows (empty while no run has finished)."""
+def write_report(out: Path, plan: dict[str, Any], plot: bool = True) -> list[dict[str, Any]]:
+    """Write compare.md/.json/.csv and (``plot``) the plot into ``out`` from its finished runs;
+    return the summary rows (empty while no run has finished)."""
     out = Path(out)
     names = [row["name"] for row in plan["rows"]]
     groups = load_groups(out, names, plan["seeds"])
@@ -129,5 +129,6 @@ def write_report(out: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
     writer.writeheader()
     writer.writerows(summary)
     atomic_write_text(out / "compare.csv", buffer.getvalue())
-    plot_methods(summary, out / "top1_vs_step.png")
+    if plot:
+        plot_methods(summary, out / "top1_vs_step.png")
     return summary
