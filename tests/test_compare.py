@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import multiprocessing
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -41,17 +40,27 @@ def expected_paired_line(out: Path, step: int, first: str, others: list[str], se
     return f"| {step} | " + " | ".join(cells) + " |"
 
 
+def _compare_quietly(args: list[str]) -> None:
+    """``toolbox compare ARGS`` in a forked child, its output dropped."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    runner.invoke(app, args)
+
+
 def test_compare_on_synthetic_data_resumes_after_a_kill_without_retraining(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    args = [sys.executable, "-m", "toolbox.cli", "compare", "--methods", "sst", "finetune", "--seeds", "0,1",
-            "--rows", "sst,finetune_2x", "--out", str(out), "--dataset", "synthetic", "--per-class", "4", *TINY]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["compare", "--methods", "sst", "finetune", "--seeds", "0,1", "--rows", "sst,finetune_2x",
+            "--out", str(out), "--dataset", "synthetic", "--per-class", "4", *TINY]
+    process = multiprocessing.get_context("fork").Process(target=_compare_quietly, args=(args,))
+    process.start()  # forked: the toolbox is imported already, so the child starts at once
     first = out / "runs" / "sst" / "seed0"
     deadline = time.time() + 240
-    while finished(first) is None and process.poll() is None and time.time() < deadline:
+    while finished(first) is None and process.is_alive() and time.time() < deadline:
         time.sleep(0.2)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    process.join()
+    assert process.exitcode == -signal.SIGKILL
     assert finished(first) is not None
     kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "runs").rglob("results.json")
             if finished(p.parent) is not None}
