@@ -22,6 +22,11 @@ Protocols (PAPER.md, "The CPU protocol"; Fashion-MNIST stands in for CIFAR-100):
 ``--dataset cifar100 --data-root DIR --arch cifar_resnet110`` runs the same rows on CIFAR-100;
 ``--precision fp32 --out runs/accuracy-fp32`` runs them without bf16 autocast (paired by seed).
 
+The protocols are ``toolbox compare`` configs (``benchmarks/configs/accuracy_*.yaml``) and the rows
+and paired table are ``toolbox compare``'s (``toolbox.compare.plan``, ``toolbox.compare.tables``); this
+script keeps what compare has not: the committed records, the single-step view, the forked
+ablations and the tuning stage's records. On your own data, run ``toolbox compare`` itself.
+
 Rows: the method (``sst,aod,msl``); ``finetune`` with the method's epochs per phase;
 ``finetune_2x`` and ``shrink_perturb_2x`` with the method's total epochs per step (two phases per
 step -> twice the epochs); ``lwf``; ``ewc``; ``scratch`` (a fresh model per step); ``joint`` (the
@@ -49,11 +54,13 @@ from typing import Any
 
 import yaml
 
+from toolbox.compare.plan import plan_rows
+from toolbox.compare.tables import paired_markdown as compare_paired_markdown
 from toolbox.options import read_mapping
 from toolbox.plugin_host.calls import declared_options
 from toolbox.plugin_host.manager import load_plugins
 from toolbox.run.directory import mark
-from toolbox.run.results import mean_std, plot_methods, rows_markdown, steps_markdown, summarize
+from toolbox.run.results import plot_methods, rows_markdown, steps_markdown, summarize
 from toolbox.run.start import resume_run, start_run
 from toolbox.storage import atomic as tbio
 from toolbox.storage import checkpoint as ckpt
@@ -62,28 +69,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tuning  # noqa: E402  (the tuning stage, next to this file)
 
 METHOD = "sst_aod_msl"
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "primary": {"steps": 4, "per_class": 125, "epochs": 30},
-    "secondary": {"steps": 4, "per_class": None, "epochs": 3},
-}
-COMMON: dict[str, Any] = {"dataset": "fashion_mnist", "arch": "cifar_resnet20", "batch_size": 128,
-                          "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "precision": "bf16"}
-QUICK: dict[str, Any] = {"dataset": "synthetic", "steps": 3, "per_class": None, "epochs": 1,
-                         "batch_size": 64, "precision": "fp32", "val_per_class": 5}
+#: The methods compared (``toolbox compare --methods``), the first measured against the others.
+METHODS = [("sst", "aod", "msl"), ("finetune",), ("shrink_perturb",), ("lwf",), ("ewc",), ("scratch",), ("joint",)]
+#: The rows kept of the plan ``toolbox compare`` makes from them (its equal-compute rows ``_2x``
+#: come from the phases the plugins plan: the method's learn + sparsify per step).
+ROWS = ["sst_aod_msl", "finetune", "finetune_2x", "shrink_perturb_2x", "lwf", "ewc", "scratch", "joint"]
+CONFIGS = Path(__file__).resolve().parent / "configs"  #: the protocols as configs of ``toolbox compare``
+PROTOCOL_FILES = {"primary": "accuracy_primary.yaml", "secondary": "accuracy_secondary.yaml", "quick": "accuracy_quick.yaml"}
 
 
-def rows(epochs: int) -> dict[str, dict[str, Any]]:
-    """The benchmark's rows: run options that differ between methods."""
-    return {
-        METHOD: {"plugins": ["sst", "aod", "msl"]},
-        "finetune": {"plugins": ["finetune"]},
-        "finetune_2x": {"plugins": ["finetune"], "epochs": 2 * epochs},
-        "shrink_perturb_2x": {"plugins": ["shrink_perturb"], "epochs": 2 * epochs},
-        "lwf": {"plugins": ["lwf"]},
-        "ewc": {"plugins": ["ewc"]},
-        "scratch": {"plugins": ["scratch"]},
-        "joint": {"plugins": ["joint"]},
-    }
+def protocol_config(name: str) -> dict[str, Any]:
+    """The run options of protocol ``name`` (its config in benchmarks/configs/)."""
+    return read_mapping(CONFIGS / PROTOCOL_FILES[name])
+
+
+def rows(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The benchmark's rows: run options that differ between methods, as ``toolbox compare`` plans them."""
+    planned = {row.name: row for row in plan_rows(base, METHODS)}
+    return {name: {"plugins": list(planned[name].plugins), **planned[name].changes} for name in ROWS}
 
 
 @dataclass(frozen=True)
@@ -241,25 +244,11 @@ def readout(results: dict[str, Any], step: int, phase: str | None = None) -> dic
 
 
 def paired_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
-    """Per step (a line) and row (a column): the method minus the row, paired by seed, in top-1
-    points as mean ± std over the seeds both have, with the count of seeds where the method is ahead."""
-    method = {r["config"]["seed"]: r for r in groups.get(METHOD, [])}
-    columns: dict[str, list[str]] = {}
-    for name, runs in groups.items():
-        pairs = [(method[r["config"]["seed"]], r) for r in runs if r["config"]["seed"] in method]
-        if name == METHOD or not pairs:
-            continue
-        for index in range(min(min(len(m["steps"]), len(r["steps"])) for m, r in pairs)):
-            diffs = [m["steps"][index]["top1"] - r["steps"][index]["top1"] for m, r in pairs]
-            mean, std = mean_std(diffs)
-            columns.setdefault(name, []).append(f"{mean:+.2f} ± {std:.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
-    if not columns:
+    """Per step (a line) and row (a column): the method minus the row, paired by seed
+    (:func:`toolbox.compare.tables.paired_markdown`, the method's row first)."""
+    if METHOD not in groups:
         return ""
-    lines = ["| step | " + " | ".join(f"vs {name}" for name in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for index in range(max(len(cells) for cells in columns.values())):
-        lines.append(f"| {index + 1} | " + " | ".join(cells[index] if index < len(cells) else "-"
-                                                     for cells in columns.values()) + " |")
-    return "\n".join(lines)
+    return compare_paired_markdown({METHOD: groups[METHOD], **{k: v for k, v in groups.items() if k != METHOD}})
 
 
 def sst_cost_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
@@ -368,7 +357,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     if args.protocol == "single":
         groups = {name: [truncate(r, 2) for r in runs]
-                  for name, runs in load_results(out / f"primary{suffix}", list(rows(0)), seeds,
+                  for name, runs in load_results(out / f"primary{suffix}", ROWS, seeds,
                                                  records and records / f"primary{suffix}").items()}
         summary = write_tables(groups, out / f"single{suffix}",
                                "Single-step variant (2 shards), read from the primary runs")
@@ -391,11 +380,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
 
     protocol = "primary" if args.protocol == "tune" else args.protocol
-    base = {**COMMON, **PROTOCOLS[protocol], **(QUICK if args.quick else {})}
+    base = protocol_config("quick" if args.quick else protocol)
     for key in ("dataset", "data_root", "arch", "threads", "precision"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
-    table = rows(base["epochs"])
+    table = rows(base)
     chosen = _chosen(parser, args.only, list(table))
     if args.protocol == "tune":
         if records is None:

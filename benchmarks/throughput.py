@@ -99,6 +99,10 @@ class NoOpPlugin:
         return None
 
     @hookimpl
+    def toolbox_arrivals(self, labels: Any, num_shards: int, seed: int, per_class: Any, split: str) -> None:
+        return None
+
+    @hookimpl
     def toolbox_data_schedule(self, step: int, phase: str, shards: Any) -> None:
         return None
 

@@ -83,6 +83,8 @@ class AOD(PluginSettings):
     """Re-initialize unimportant filters, then learn the new data with adaptive distillation."""
 
     provides = frozenset({cap.REINIT, cap.DISTILL_PREVIOUS})
+    search_space = {"alpha": {"low": 0.25, "high": 4.0, "log": True}, "T": [2.0, 4.0, 8.0],
+                    "teacher_bn": ["running", "batch"]}  #: what `toolbox compare --trials` tunes
     conflicts = frozenset({cap.DISTILL_PREVIOUS})
 
     def __init__(self) -> None:

@@ -37,6 +37,7 @@ class EWC(PluginSettings):
     """Pull parameters that mattered for earlier steps towards their values then."""
 
     provides = frozenset({cap.ANCHOR_PREVIOUS, cap.WARM_START})
+    search_space = {"ewc_lambda": {"low": 0.1, "high": 30.0, "log": True}}  #: what `toolbox compare --trials` tunes
     conflicts = frozenset({cap.FRESH_MODEL})
 
     def __init__(self) -> None:

@@ -17,6 +17,7 @@ class FineTune:
     """Fine-tuning on the new shard only (the lower baseline)."""
 
     provides = frozenset({cap.DATA_SCHEDULE, cap.WARM_START})
+    search_space = {"lr": {"low": 0.01, "high": 0.2, "log": True}}  #: what `toolbox compare --trials` tunes
     conflicts = frozenset({cap.DATA_SCHEDULE})
 
     @hookimpl

@@ -18,6 +18,7 @@ class Joint:
     """Joint training on every shard seen so far (the upper bound)."""
 
     provides = frozenset({cap.DATA_SCHEDULE})
+    search_space = {"lr": {"low": 0.01, "high": 0.2, "log": True}}  #: what `toolbox compare --trials` tunes
     conflicts = frozenset({cap.DATA_SCHEDULE})
 
     @hookimpl

@@ -24,6 +24,8 @@ class LwF(PluginSettings):
     """Distill from the previous step's model while learning the new shard."""
 
     provides = frozenset({cap.DISTILL_PREVIOUS})
+    #: what `toolbox compare --trials` tunes
+    search_space = {"alpha": {"low": 0.25, "high": 4.0, "log": True}, "teacher_bn": ["running", "batch"]}
     conflicts = frozenset({cap.DISTILL_PREVIOUS})
 
     @hookimpl

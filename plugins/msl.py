@@ -74,6 +74,7 @@ class MSL(PluginSettings):
     """Multi-step loss: KD towards the current and (optionally) earlier steps' models during SST."""
 
     provides = frozenset({cap.DISTILL_EARLIER})
+    search_space = {"msl_weight": {"low": 0.25, "high": 4.0, "log": True}}  #: what `toolbox compare --trials` tunes
     requires = frozenset({cap.SPARSIFY})
 
     def __init__(self, loader: Callable[[Any, int, str], nn.Module] | None = None) -> None:

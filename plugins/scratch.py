@@ -25,6 +25,7 @@ class Scratch:
     """A fresh model at every step (the from-scratch reference)."""
 
     provides = frozenset({cap.FRESH_MODEL})
+    search_space = {"lr": {"low": 0.01, "high": 0.2, "log": True}}  #: what `toolbox compare --trials` tunes
     conflicts = frozenset({cap.WARM_START, cap.DISTILL_PREVIOUS, cap.DISTILL_EARLIER, cap.REINIT, cap.EDIT_WEIGHTS,
                            cap.ANCHOR_PREVIOUS})
 

@@ -32,6 +32,8 @@ class ShrinkPerturb(PluginSettings):
     """Shrink the previous model's weights, add a little fresh initialization, fix BN statistics."""
 
     provides = frozenset({cap.EDIT_WEIGHTS, cap.WARM_START})
+    search_space = {"sp_shrink": {"low": 0.2, "high": 1.0},
+                    "sp_perturb": {"low": 0.01, "high": 0.3, "log": True}}  #: what `toolbox compare --trials` tunes
     conflicts = frozenset({cap.EDIT_WEIGHTS, cap.REINIT, cap.FRESH_MODEL})
 
 

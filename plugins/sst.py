@@ -30,6 +30,7 @@ class SST(SparsityTraining):
     """Selective sparsity training: L1 on the selected BN scales only; state lives on the object."""
 
     name = "sst"
+    search_space = {"ratio": [0.3, 0.5, 0.7]}  #: what `toolbox compare --trials` tunes
     label = "SST"
     prefix = "sst"
     strength = "s"

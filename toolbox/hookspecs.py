@@ -7,6 +7,7 @@ specs; it may accept any subset of the listed arguments (pluggy passes them by n
 Order of calls in a run (see ``toolbox.run.run``)::
 
     toolbox_options()                      once, when the plugin is loaded
+    toolbox_arrivals(labels, num_shards, seed, per_class, split)  once: the step shards (first answer)
     toolbox_configure(options)             once, before training
     toolbox_preflight_ratio()              once, for the preflight's dry run (first answer)
     for step in 1..N:
@@ -92,6 +93,18 @@ def toolbox_phases(step: int, num_steps: int) -> list[str] | None:
     The engine always runs ``learn``; the union of all returned names is run in the order of
     the places the plugins declare (``phases = {"sparsify": 1}``; see
     :mod:`toolbox.plugin_host.phases`). Return ``None`` or ``[]`` to add nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def toolbox_arrivals(labels: torch.Tensor, num_shards: int, seed: int, per_class: int | None,
+                     split: str) -> list[torch.Tensor] | None:
+    """Cut the training set into the ``num_shards`` shards that arrive one per step (the arrival process).
+
+    ``labels`` are the labels of the training images left after the validation split; ``split``
+    is ``--split`` as given (``NAME[:ARGS]``). Return one 1-D int64 tensor of indices into
+    ``labels`` per step, or ``None`` to leave it to the built-in processes (``stratified``,
+    ``dirichlet:ALPHA``). The first non-``None`` answer wins. Not called in ``--shards`` runs.
     """
 
 

@@ -18,7 +18,9 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from toolbox.data.arrivals import check_split
 from toolbox.errors import UsageError
+from toolbox.plugin_host.names import plugin_names  # noqa: F401  (its public home was here)
 from toolbox.plugin_host.phases import installed_phases
 
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -122,6 +124,7 @@ class RunOptions:
     val: str | None = None  # a folder of validation images for --shards runs (the gate judges on it)
     steps: int = 4
     per_class: int | None = None
+    split: str = "stratified"  # the arrival process (toolbox.data.arrivals): stratified, dirichlet:ALPHA
     val_per_class: int = 0
     epochs: int = 1
     phase_epochs: dict[str, int] = field(default_factory=dict)
@@ -166,6 +169,7 @@ class RunOptions:
             raise UsageError(f"--per-class must be at least 1, got {self.per_class}.")
         if self.val_per_class < 0:
             raise UsageError(f"--val-per-class must be >= 0, got {self.val_per_class}.")
+        check_split(self.split, bool(self.shards))
         if self.phase_epochs:
             known = list(installed_phases() if phases is None else phases)
             self.phase_epochs = {phase: _phase_epochs(phase, value, known) for phase, value in self.phase_epochs.items()}
@@ -373,16 +377,6 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path} does not hold a mapping of options; the run directory is damaged "
                          "(restore the file or start a new run).")
     return values
-
-
-def plugin_names(values: dict[str, Any]) -> list[str]:
-    """The ``plugins`` value as a list of names (a comma-separated string, a list, or one value)."""
-    names = values.get("plugins") or []
-    if isinstance(names, str):
-        return [p.strip() for p in names.split(",") if p.strip()]
-    if isinstance(names, (list, tuple)):
-        return [str(name) for name in names]
-    return [str(names)]
 
 
 def option_values(declared: Iterable[PluginOption], values: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from toolbox.cli import compare_command as cli_compare  # noqa: F401  (registers toolbox compare)
 from toolbox.cli import inspect_commands as cli_inspect  # noqa: F401  (registers the inspecting commands)
 from toolbox.cli import predict_command  # noqa: F401  (registers toolbox predict)
 from toolbox.cli.app import EXTRA, app, merged_values, parse_extra_args, user_errors  # noqa: F401

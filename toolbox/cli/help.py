@@ -40,6 +40,7 @@ CORE_HELP: dict[str, str] = {
     "open_ended": "Every step ends with its sparsify phase, so `toolbox step` can add steps.",
     "serve": "What serve/step{k}.pt holds: learn (the step's model) or compact (pruned).",
     "per_class": "Images per class in every shard (default: the training set split evenly).",
+    "split": "Arrivals: stratified (every step the same class mix) or dirichlet:ALPHA (each step's mix drawn, seeded).",
     "val_per_class": "Training images per class held out for validation (0 = none); the promotion gate judges on them.",
     "val": "--shards runs: a folder of validation images (class folders); the promotion gate judges on them.",
     "promote": "When a step's model becomes serve/current.pt, judged on validation images: e.g. top1>=prev-0.5,nfr<=0.03, or always.",

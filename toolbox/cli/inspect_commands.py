@@ -203,6 +203,12 @@ def report_command(
     from toolbox.run.results import rows_markdown, write_comparison
 
     setup_logging()
+    if len(dirs) == 1 and out is None and (dirs[0] / "compare.yaml").is_file():  # a `toolbox compare` folder
+        from toolbox.compare.compare import report
+
+        report(dirs[0])
+        console.print((dirs[0] / "compare.md").read_text(), markup=False, highlight=False)
+        return
     target = out or dirs[0]
     rows = write_comparison(dirs, target)
     console.print(rows_markdown(rows), markup=False, highlight=False)

@@ -73,6 +73,12 @@ def wanted_phases(pm: pluggy.PluginManager, step: int, num_steps: int) -> list[s
     return [name for extra in pm.hook.toolbox_phases(step=step, num_steps=num_steps) for name in extra or []]
 
 
+def arrivals(pm: pluggy.PluginManager, labels: Any, num_shards: int, seed: int, per_class: int | None,
+             split: str) -> Any | None:
+    """``toolbox_arrivals`` (first answer wins): a plugin's step shards, or None for the built-in split."""
+    return pm.hook.toolbox_arrivals(labels=labels, num_shards=num_shards, seed=seed, per_class=per_class, split=split)
+
+
 def data_schedule(pm: pluggy.PluginManager, step: int, phase: str, shards: list[Any]) -> Any | None:
     """``toolbox_data_schedule`` (first answer wins): the data of this phase, or None for the default."""
     return pm.hook.toolbox_data_schedule(step=step, phase=phase, shards=shards)

@@ -100,10 +100,12 @@ def check_run_directory(folder: Path, legacy: tuple[str, ...] = LEGACY_RUN_FILES
 
 
 def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Tensor],
-                      validation: torch.Tensor | None, data: ImageData) -> None:
+                      validation: torch.Tensor | None, data: ImageData,
+                      arrivals: dict[str, Any] | None = None) -> None:
     """Create the run directory and write config.yaml, shards.json, data.json (class names,
     normalization, images left out by ``--skip-bad-images``), manifests.json when the data has
-    manifests, and an empty metrics.jsonl."""
+    manifests, and an empty metrics.jsonl. ``arrivals`` (the split and each step's class counts)
+    go into shards.json."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -116,7 +118,8 @@ def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Ten
     atomic_write_json(run_dir / "shards.json",
                       {"seed": options.seed, "per_class": options.per_class,
                        "shards": [s.tolist() for s in shards],
-                       "validation": None if validation is None else validation.tolist()})
+                       "validation": None if validation is None else validation.tolist(),
+                       **(arrivals or {})})
     atomic_write_json(run_dir / "data.json", {"dataset": data.name, "source": data.source, "classes": data.classes,
                                               "mean": list(data.mean), "std": list(data.std),
                                               "skipped_images": list(data.skipped)})

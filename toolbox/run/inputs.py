@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import torch
 from torch import nn
 
@@ -23,12 +24,14 @@ from toolbox.data import (
     split_shards,
     with_normalization,
 )
+from toolbox.data.arrivals import class_counts, default_shards
 from toolbox.data.auto import load_run_dataset
 from toolbox.data.imagefolder import FolderImages
 from toolbox.data.manifest import check_repeated_folders, check_test_overlap
 from toolbox.data.shards import check_validation_size
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions, read_mapping
+from toolbox.plugin_host import calls
 from toolbox.run.engine import evaluate
 from toolbox.runtime import distributed
 
@@ -83,17 +86,31 @@ def check_shard_overlap(data: ImageData, options: RunOptions) -> None:
                        options.allow_overlap)
 
 
-def split_validation_and_shards(labels: torch.Tensor, options: RunOptions) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+def arrive(labels: torch.Tensor, options: RunOptions, pm: pluggy.PluginManager | None = None) -> list[torch.Tensor]:
+    """The step shards of ``labels`` by the run's ``--split``: a ``toolbox_arrivals`` plugin's
+    answer, else the built-in process (:mod:`toolbox.data.arrivals`)."""
+    args = (labels, options.steps, options.seed, options.per_class, options.split)
+    shards = None if pm is None else calls.arrivals(pm, *args)
+    if shards is None:
+        shards = default_shards(*args)
+    if shards is None:
+        raise UsageError(f"--split {options.split!r} is unknown and no enabled plugin supplies it; use stratified "
+                         "or dirichlet:ALPHA, or enable the plugin that implements toolbox_arrivals for it.")
+    return [torch.as_tensor(s, dtype=torch.int64) for s in shards]
+
+
+def split_validation_and_shards(labels: torch.Tensor, options: RunOptions,
+                                pm: pluggy.PluginManager | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """Hold out ``val_per_class`` training images per class (for choosing hyper-parameters), then
-    split the rest into the step shards. Both come from the run's seed."""
+    split the rest into the step shards (:func:`arrive`). Both come from the run's seed."""
     if not options.val_per_class:
-        return None, split_shards(labels, options.steps, options.seed, options.per_class)
+        return None, arrive(labels, options, pm)
     check_validation_size(labels, options.val_per_class, options.steps, options.per_class)
     (validation,) = split_shards(labels, 1, options.seed + 7919, options.val_per_class)
     rest = torch.ones(labels.numel(), dtype=torch.bool)
     rest[validation] = False
     remaining = rest.nonzero().flatten()
-    shards = split_shards(labels[remaining], options.steps, options.seed, options.per_class)
+    shards = arrive(labels[remaining], options, pm)
     return validation, [remaining[s] for s in shards]
 
 
@@ -107,7 +124,7 @@ def eval_part(indices: torch.Tensor | None, total: int) -> torch.Tensor | None:
 class RunData:
     """The dataset of a run with its validation split and shards, and the loaders over them."""
 
-    def __init__(self, options: RunOptions, device: torch.device) -> None:
+    def __init__(self, options: RunOptions, device: torch.device, pm: pluggy.PluginManager | None = None) -> None:
         self.options = options
         self.device = device
         self.steps: dict[int, FolderImages] = {}
@@ -129,9 +146,16 @@ class RunData:
         self.val_images = None
         self.data = load_run_data(options)
         try:
-            self.validation, self.shards = split_validation_and_shards(self.data.train_y, options)
+            self.validation, self.shards = split_validation_and_shards(self.data.train_y, options, pm)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+    def arrivals(self) -> dict[str, Any] | None:
+        """The split and every step's class counts (ascending label), for shards.json and the
+        results; None in a ``--shards`` run (the folders are the arrivals)."""
+        if self.options.shards:
+            return None
+        return {"split": self.options.split, "class_counts": class_counts(self.data.train_y, self.shards)}
 
     def schedule_shards(self) -> list[torch.Tensor]:
         """The shards ``toolbox_data_schedule`` chooses from: index tensors into the training set.

@@ -51,7 +51,20 @@ def run_markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(phase['top1'])} | {_fmt(phase['top5'])} | {_fmt(phase['train_seconds'], 1)} |"
             )
     updates = updates_markdown(results["steps"])
-    return "\n".join(lines) + "\n" + (f"\n{updates}" if updates else "")
+    return "\n".join(lines + arrivals_lines(results.get("arrivals"))) + "\n" + (f"\n{updates}" if updates else "")
+
+
+def arrivals_lines(arrivals: dict[str, Any] | None) -> list[str]:
+    """The arrivals of a run split by ``--split`` other than stratified: a line per step with its
+    images, classes present and class counts (ascending label)."""
+    if not arrivals:
+        return []
+    lines = ["", f"Arrivals (--split {arrivals['split']}), images of each class (ascending label) per step:", "",
+             "| step | images | classes present | class counts |", "|---:|---:|---:|---|"]
+    for step, counts in enumerate(arrivals["class_counts"], 1):
+        lines.append(f"| {step} | {sum(counts)} | {sum(c > 0 for c in counts)}/{len(counts)} | "
+                     f"{' '.join(map(str, counts))} |")
+    return lines
 
 
 def plot_top1(results: dict[str, Any], path: Path) -> None:

@@ -73,7 +73,7 @@ class Run:
         if options.threads:
             torch.set_num_threads(options.threads)
         promotion.parse_rule(options.promote)  # a bad --promote is refused before anything is read or written
-        self.inputs = RunData(options, self.device)
+        self.inputs = RunData(options, self.device, pm)
         self.data = self.inputs.data
         self.validation, self.shards = self.inputs.validation, self.inputs.shards
         torch.manual_seed(options.seed)
@@ -141,7 +141,7 @@ class Run:
     def prepare_directory(self) -> None:
         """Write the run directory's first files (fresh runs, and resumed ones with no complete phase)."""
         distributed.run_on_main(files.write_first_files, self.run_dir, self.options, self.shards, self.validation,
-                                self.data)
+                                self.data, self.inputs.arrivals())
         self.logs.open_log()
 
     def check_disk_space(self) -> None:
@@ -204,8 +204,10 @@ class Run:
 
     def results(self) -> dict[str, Any]:
         """The run's results: config plus one record per step."""
-        return {"config": self.options.to_dict(), "dataset_source": self.data.source,
-                "steps": self.state.results}
+        results = {"config": self.options.to_dict(), "dataset_source": self.data.source, "steps": self.state.results}
+        if self.options.split != "stratified":
+            results["arrivals"] = self.inputs.arrivals()
+        return results
 
     # ------------------------------------------------------------- one phase
     def _run_phase(self, step: int, phase: str, has_previous: bool, step_phases: list[str] | None = None) -> None:

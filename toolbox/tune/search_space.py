@@ -154,3 +154,12 @@ def _range(name: str, spec: dict[str, Any], kind: type, source: str) -> Param:
 def _is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def declared_space(plugins: list[Any]) -> dict[str, Any]:
+    """The search space a method's plugins declare (class attribute ``search_space``: option ->
+    range or choices, as in a space file), merged in ``--plugins`` order (a later one wins)."""
+    space: dict[str, Any] = {}
+    for plugin in plugins:
+        space.update(getattr(plugin, "search_space", None) or {})
+    return space
