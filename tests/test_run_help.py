@@ -1,7 +1,11 @@
-"""Options you can see: `toolbox run --help` panels per plugin, typed; `toolbox plugins show`."""
+"""Options you can see: `toolbox run --help` typed and readable at 80 columns, panels for the plugins named;
+`toolbox plugins show`."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -21,38 +25,76 @@ def help_of(*args: str) -> str:
 
 
 def row(output: str, flag: str) -> str:
-    """The help line of ``flag`` (its first line)."""
-    (line,) = [line for line in output.splitlines() if f" {flag} " in line][:1]
+    """The help line of ``flag`` in a panel (its first line)."""
+    (line,) = [line for line in output.splitlines() if line.startswith("│ ") and f" {flag} " in line][:1]
     return line
+
+
+def narrow(*args: str) -> str:
+    """``toolbox ARGS`` at 80 columns in a subprocess (typer fixes its width once per process)."""
+    env = {**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80"}
+    done = subprocess.run([sys.executable, "-m", "toolbox.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def hard_breaks(output: str) -> list[tuple[str, str]]:
+    """Pairs of lines of the text above the first panel where a line ends short although the next
+    line's first word would have fitted: a line break inside a sentence."""
+    text = [line.strip() for line in output.split("╭")[0].splitlines()]
+    return [(line, following) for line, following in zip(text, text[1:])
+            if line and following and not line.startswith("Usage") and len(line) + 1 + len(following.split()[0]) <= 76]
 
 
 def test_named_plugins_get_one_typed_panel_each() -> None:
     output = help_of("--plugins", "sst,aod,msl")
-    for panel in ("Plugin sst", "Plugin aod", "Plugin msl", "More core options"):
+    for panel in ("Plugin sst", "Plugin aod", "Plugin msl", "Your own images", "Training", "Machine"):
         assert panel in output
     assert "Plugin slimming" not in output and "Plugin lwf" not in output
     for name in ("sst", "aod", "msl"):
         for opt in plugin_options(name):
             assert f"--{opt.name.replace('_', '-')} " in output, opt.name
-    assert "FLOAT" in row(output, "--ema-decay") and "[default: 0.999]" in row(output, "--ema-decay")
-    assert "<target|subgradient|proximal>" in row(output, "--sst-mode")
+    assert "<float>" in row(output, "--ema-decay") and "[default: 0.999]" in row(output, "--ema-decay")
+    assert "target, subgradient, proximal" in row(output, "--sst-mode")  # long choices go into the help
     assert "[default: target]" in row(output, "--sst-mode")
-    assert "--no-msl-first-step" in row(output, "--msl-first-step")
-    assert "<str>" not in output and "<int>" not in output and "<float>" not in output
+    assert "<epoch|once>" in row(output, "--sst-rerank")
+    assert "--msl-first-step" in output and "--no-msl-first-step" not in output  # off by default: the flag
 
 
-def test_core_options_are_typed() -> None:
+def test_core_options_are_typed_in_typers_own_vocabulary() -> None:
     output = help_of()
-    for flag, kind in (("--steps", "INTEGER"), ("--epochs", "INTEGER"), ("--lr", "FLOAT"),
-                       ("--per-class", "INTEGER"), ("--momentum", "FLOAT"), ("--plugins", "LIST")):
+    for flag, kind in (("--steps", "<int>"), ("--epochs", "<int>"), ("--lr", "<float>"), ("--config", "<path>"),
+                       ("--per-class", "<int>"), ("--momentum", "<float>"), ("--plugins", "<a,b,...>")):
         assert kind in row(output, flag), flag
-    assert "<cosine|multistep|constant>" in row(output, "--schedule")
+    assert "cosine, multistep, constant" in row(output, "--schedule")
+    assert "<learn|compact>" in row(output, "--serve")
+    assert "(default: none, only the learn phase)" in row(output, "--plugins")
+    for word in ("INTEGER", "FLOAT", "TEXT", "BOOLEAN"):
+        assert word not in output, word
+    eval_help = runner.invoke(app, ["eval", "--help"], env=WIDE).output
+    assert "<int>" in row(eval_help, "--batch-size") and "<str>" in row(eval_help, "--device")
+    # a bool on by default is shown as the flag that turns it off
+    assert "--no-reset-optimizer" in output and "--no-channels-last" in output
+    assert "--skip-bad-images" in output and "--no-skip-bad-images" not in output
 
 
-def test_without_plugins_every_installed_plugin_is_shown() -> None:
+def test_without_plugins_one_pointer_instead_of_every_panel() -> None:
     output = help_of()
+    assert "Plugin options" in output and "--plugins sst,aod --help" in output
     for name in available_plugins():
-        assert f"Plugin {name}" in output
+        assert f"Plugin {name} " not in output and name in output
+
+
+def test_run_help_fits_80_columns_without_breaks_inside_sentences() -> None:
+    output = narrow("run", "--help")
+    lines = output.splitlines()
+    assert len(lines) < 130, len(lines)
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in output  # nothing cut off
+    assert hard_breaks(output) == []
+    assert hard_breaks(narrow("step", "--help")) == []  # a docstring wrapped in the source, rewrapped
+    assert "Plugin options" in output and "sst" in output.split("Plugin options")[1]
 
 
 def test_plugins_come_from_the_flag_or_the_config(tmp_path: Path) -> None:
@@ -78,6 +120,6 @@ def test_plugins_show() -> None:
     assert "Selective sparsity training" in result.output and "built-in" in result.output
     assert "hooks: " in result.output and "batch_end" in result.output
     assert "--sst-mode" in result.output and "target|subgradient|proximal" in result.output
-    assert "FLOAT" in result.output
+    assert "<float>" in result.output
     result = runner.invoke(app, ["plugins", "show", "nope"])
     assert result.exit_code == 2 and "Unknown plugin 'nope'; known plugins:" in result.output

@@ -9,19 +9,42 @@ validated in one place whatever its source. User errors exit with code 2 and one
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
 import typer
+from typer.core import TyperGroup
 
 from toolbox.cli.console import error_console
 from toolbox.errors import UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+def unwrap(text: str | None) -> str | None:
+    """``text`` with the line breaks inside each paragraph joined (blank lines kept), so that the
+    help wraps to the terminal: typer keeps a docstring's breaks after its first paragraph."""
+    if not text:
+        return text
+    paragraphs = re.split(r"\n\s*\n", text.strip())
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+class ToolboxGroup(TyperGroup):
+    """A typer group whose commands' help texts have no line break inside a sentence."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = unwrap(self.help)
+        for command in self.commands.values():
+            command.help = unwrap(command.help)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=ToolboxGroup,
                   help="Train CNNs on accumulated new data, step by step, with plugins.")
-plugins_app = typer.Typer(no_args_is_help=True, help="Inspect installed plugins.")
-models_app = typer.Typer(no_args_is_help=True, help="Inspect registered backbones.")
+plugins_app = typer.Typer(no_args_is_help=True, cls=ToolboxGroup, help="Inspect installed plugins.")
+models_app = typer.Typer(no_args_is_help=True, cls=ToolboxGroup, help="Inspect registered backbones.")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(models_app, name="models")
 
