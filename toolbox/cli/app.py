@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,7 +18,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from toolbox.cli.console import error_console
+from toolbox.cli.console import error_console, is_main
 from toolbox.errors import UsageError
 
 
@@ -65,13 +66,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from toolbox.run import lock as runlock
         from toolbox.run import log_file
-        from toolbox.run.engine import NumericError
-        from toolbox.runtime import distributed
-        from toolbox.storage.atomic import WriteError
 
-        who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
+        who = "" if is_main() else f"rank {_rank()}: "
         log_file.forget_last_log()
         try:
             return func(*args, **kwargs)
@@ -80,24 +77,40 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except UsageError as exc:
             error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
             raise typer.Exit(2) from None
-        except (NumericError, WriteError) as exc:
-            error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
-            raise typer.Exit(1) from None
-        except RuntimeError as exc:  # torch.distributed.DistError is one
-            if not distributed.is_peer_failure(exc):
+        except Exception as exc:  # noqa: BLE001  (the last resort: a bug is one line, not a traceback)
+            from toolbox.run.engine import NumericError
+            from toolbox.runtime import distributed
+            from toolbox.storage.atomic import WriteError
+
+            if isinstance(exc, (NumericError, WriteError)):
+                error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
+                raise typer.Exit(1) from None
+            if not isinstance(exc, RuntimeError) or not distributed.is_peer_failure(exc):  # DistError is one
                 unexpected(exc, who)
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             error_console.print(f"Error: {who}another process of this torchrun job failed or stopped answering "
                                 f"({detail}); the checkpoints written so far are intact: continue with "
                                 "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
             raise typer.Exit(1) from None
-        except Exception as exc:  # noqa: BLE001  (the last resort: a bug is one line, not a traceback)
-            unexpected(exc, who)
         finally:
-            runlock.release_all()
-            distributed.destroy()
+            _release()
 
     return wrapper
+
+
+def _rank() -> int:
+    """This process's rank under torchrun."""
+    from toolbox.runtime import distributed
+
+    return distributed.rank()
+
+
+def _release() -> None:
+    """Release the run locks and the process group a command took (neither imported: none taken)."""
+    if "toolbox.run.lock" in sys.modules:
+        sys.modules["toolbox.run.lock"].release_all()
+    if "toolbox.runtime.distributed" in sys.modules:
+        sys.modules["toolbox.runtime.distributed"].destroy()
 
 
 def unexpected(exc: Exception, who: str = "") -> None:

@@ -2,6 +2,7 @@
 
 Rich progress bars on a terminal, one plain line per epoch otherwise (CI logs); under torchrun
 only rank 0 prints and logs below ERROR, so the output reads like a single-process run's.
+torch and the run modules are imported inside the functions: ``toolbox --help`` starts without them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
-
-from toolbox.run.log_file import epoch_line, phase_line
-from toolbox.run.results import served_cell
-from toolbox.runtime import distributed
 
 console = Console(soft_wrap=True)
 error_console = Console(stderr=True, soft_wrap=True)
@@ -43,9 +39,13 @@ class Progress:
         elif event == "batch" and self.bar is not None:
             self.bar.advance(self.task)
         elif event == "epoch":
+            from toolbox.run.log_file import epoch_line
+
             line = epoch_line(info["step"], info["phase"], info["epoch"], info["epochs"], info["metrics"])
             (self.bar.console.log if self.bar is not None else console.print)(line, markup=False, highlight=False)
         elif event == "phase_end":
+            from toolbox.run.log_file import phase_line
+
             self.close()
             console.print(phase_line(info["step"], info["phase"], info["record"]), markup=False, highlight=False)
 
@@ -58,7 +58,11 @@ class Progress:
 
 def print_results(results: dict[str, Any]) -> None:
     """The results table at the end of a run (rank 0 only under torchrun)."""
-    if not distributed.is_main():
+    from rich.table import Table
+
+    from toolbox.run.results import served_cell
+
+    if not is_main():
         return
     table = Table(title=f"results ({results.get('dataset_source', '')})")
     for column in ("step", "phases", "top-1 %", "top-5 %", "served top-1 %", "train s", "params", "sparsity"):
@@ -93,10 +97,26 @@ def setup_logging() -> None:
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         root.addHandler(handler)
-    root.setLevel(logging.INFO if distributed.is_main() else logging.ERROR)
+    root.setLevel(logging.INFO if is_main() else logging.ERROR)
 
 
 def say(text: str) -> None:
     """Print a line of the command's output (rank 0 only under torchrun)."""
-    if distributed.is_main():
+    if is_main():
         console.print(text, markup=False, highlight=False)
+
+
+def is_main() -> bool:
+    """Whether this process prints: rank 0 of a torchrun job, or the only process (decided without
+    importing torch when torchrun did not start several)."""
+    import os
+
+    try:
+        several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    except ValueError:
+        several = True  # let the distributed module judge the value
+    if not several and "torch.distributed" not in sys.modules:
+        return True
+    from toolbox.runtime import distributed
+
+    return distributed.is_main()
