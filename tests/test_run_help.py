@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from typer.testing import CliRunner
 
 from toolbox.cli.commands import app
 from toolbox.cli.help import plugin_options, requested_plugins
+from toolbox.cli.plugin_docs import first_sentence, plain_text
 from toolbox.plugin_host.entry_points import available_plugins
 
 runner = CliRunner()
@@ -30,13 +33,29 @@ def row(output: str, flag: str) -> str:
     return line
 
 
-def narrow(*args: str) -> str:
-    """``toolbox ARGS`` at 80 columns in a subprocess (typer fixes its width once per process)."""
+NARROW_SCRIPT = """
+import json, sys
+from typer.testing import CliRunner
+from toolbox.cli.commands import app
+print(json.dumps([CliRunner().invoke(app, args).output for args in json.loads(sys.argv[1])]))
+"""
+NARROW_COMMANDS = (("run", "--help"), ("step", "--help"), ("plugins", "show", "sst"), ("plugins", "list"))
+
+
+@functools.cache
+def narrow_outputs() -> dict[tuple[str, ...], str]:
+    """The output of each of :data:`NARROW_COMMANDS` at 80 columns, from one fresh process (typer
+    fixes its width once per process)."""
     env = {**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80"}
-    done = subprocess.run([sys.executable, "-m", "toolbox.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", NARROW_SCRIPT, json.dumps(NARROW_COMMANDS)], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return dict(zip(NARROW_COMMANDS, json.loads(done.stdout.strip().splitlines()[-1])))
+
+
+def narrow(*args: str) -> str:
+    """``toolbox ARGS`` at 80 columns (one of :data:`NARROW_COMMANDS`)."""
+    return narrow_outputs()[args]
 
 
 def hard_breaks(output: str) -> list[tuple[str, str]]:
@@ -119,7 +138,34 @@ def test_plugins_show() -> None:
     assert result.exit_code == 0, result.output
     assert "Selective sparsity training" in result.output and "built-in" in result.output
     assert "hooks: " in result.output and "batch_end" in result.output
-    assert "--sst-mode" in result.output and "target|subgradient|proximal" in result.output
+    assert "--sst-mode" in result.output and "target, subgradient, proximal" in result.output
     assert "<float>" in result.output
-    result = runner.invoke(app, ["plugins", "show", "nope"])
-    assert result.exit_code == 2 and "Unknown plugin 'nope'; known plugins:" in result.output
+
+
+def test_plugins_show_is_plain_text_and_cuts_no_flag_at_80_columns() -> None:
+    output = narrow("plugins", "show", "sst")
+    for markup in ("``", ":mod:", ":class:", ":func:", "*selected*"):
+        assert markup not in output, markup
+    assert "sst: selective sparsity training" in output and "toolbox.sparsity.channels" in output
+    assert "…" not in output and max(len(line) for line in output.splitlines()) <= 80
+    for opt in plugin_options("sst"):
+        assert f"--{opt.name.replace('_', '-')} " in output, opt.name
+
+
+def test_rest_becomes_plain_text() -> None:
+    doc = ("``sst``: uses :mod:`toolbox.sparsity.channels`, :class:`~toolbox.options.RunOptions` and\n"
+           ":func:`f` on the *selected* filters.\n\n* one item\n  goes on\n* two")
+    assert plain_text(doc) == ("sst: uses toolbox.sparsity.channels, RunOptions and f on the selected filters."
+                               "\n\n* one item goes on\n* two")
+    assert first_sentence("A thing (e.g. B). Then more.\nSecond line.") == "A thing (e.g. B)."
+
+
+def test_plugins_list_says_what_each_plugin_does() -> None:
+    output = narrow("plugins", "list")
+    lines = output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in output
+    (sst,) = [line for line in lines if line.startswith("│ sst ")]
+    assert "Selective sparsity training" in sst and "``" not in output
+    for name in available_plugins():
+        assert any(line.startswith(f"│ {name} ") for line in lines), name
+    assert "toolbox plugins show NAME" in output

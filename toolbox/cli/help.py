@@ -241,39 +241,3 @@ def type_name(opt: PluginOption) -> str:
     """How the help names an option's type: ``<int>``, ``<float>``, ``<str>``, ``<bool>`` or a list."""
     return _TYPE_NAMES.get(opt.type, f"<{opt.type.__name__}>")
 
-
-
-def show_plugin(name: str, console: Any) -> None:
-    """Print installed plugin ``name``: source, docstrings (the plugin's, then its module's), hooks and an options table
-    (``toolbox plugins show NAME``); an unknown name is a :class:`UsageError` listing the known ones."""
-    from rich.table import Table
-
-    from toolbox.errors import UsageError
-    from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
-    from toolbox.plugin_host.manager import hooks_of
-
-    installed = available_plugins()
-    if name not in installed:
-        raise UsageError(f"Unknown plugin {name!r}; known plugins: {', '.join(installed) or 'none installed'}.")
-    obj = load_entry_point(name)
-    plugin = instantiate(obj)
-    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
-    say(f"{name} ({installed[name].source}: {installed[name].value})")
-    say("")
-    docs = [inspect.getdoc(obj), inspect.getdoc(inspect.getmodule(obj)) if inspect.isclass(obj) else None]
-    for doc in dict.fromkeys(d for d in docs if d) or ["(no docstring)"]:
-        say(doc)
-        say("")
-    say("hooks: " + (", ".join(h.removeprefix("toolbox_") for h in hooks_of(plugin)) or "none"))
-    options = plugin_options(name)
-    if not options:
-        say("options: none")
-        return
-    table = Table(title=f"options of {name}")
-    for column in ("flag", "type", "default", "choices", "help"):
-        table.add_column(column)
-    for opt in options:
-        default = ",".join(map(str, opt.default)) if isinstance(opt.default, (list, tuple)) else str(opt.default)
-        choices = "|".join(map(str, opt.choices)) if opt.choices else ""
-        table.add_row("--" + opt.name.replace("_", "-"), type_name(opt), default, choices, opt.help)
-    console.print(table)

@@ -197,27 +197,17 @@ def report_command(
 @plugins_app.command("list")
 @user_errors
 def plugins_list() -> None:
-    """Installed plugins: name, source (built-in or package version), hooks implemented."""
-    from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
-    from toolbox.plugin_host.manager import hooks_of
+    """Installed plugins: name, source (built-in or package version) and what each does."""
+    from toolbox.cli.plugin_docs import plugins_table
 
-    table = Table(title="toolbox plugins")
-    for column in ("name", "source", "hooks"):
-        table.add_column(column)
-    for name, info in available_plugins().items():
-        try:
-            hooks = ", ".join(h.removeprefix("toolbox_") for h in hooks_of(instantiate(load_entry_point(name))))
-        except Exception as exc:  # a broken third-party plugin must not hide the others
-            hooks = f"(failed to load: {exc})"
-        table.add_row(name, info.source, hooks)
-    console.print(table)
+    console.print(plugins_table(), soft_wrap=False)
 
 
 @plugins_app.command("show")
 @user_errors
 def plugins_show(name: str = typer.Argument(..., help="An installed plugin, e.g. sst.")) -> None:
     """One plugin: its source, docstring, hooks and options (type, default, choices)."""
-    from toolbox.cli.help import show_plugin
+    from toolbox.cli.plugin_docs import show_plugin
 
     show_plugin(name, console)
 
