@@ -50,6 +50,8 @@ app.add_typer(plugins_app, name="plugins")
 app.add_typer(models_app, name="models")
 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+#: List options whose flag may be given several times (the values add up).
+REPEATABLE = {"models_from"}
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,7 +145,8 @@ def parse_extra_args(tokens: list[str]) -> dict[str, Any]:
             else:
                 value = following
                 i += 1
-        values[name.replace("-", "_")] = value
+        key = name.replace("-", "_")
+        values[key] = f"{values[key]},{value}" if key in REPEATABLE and key in values else value
         i += 1
     return values
 

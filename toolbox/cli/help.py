@@ -51,6 +51,7 @@ CORE_PANELS: dict[str, dict[str, str]] = {
         "reset_optimizer": "Keep the momentum from one phase to the next.",
         "skip_nonfinite": "Skip a batch whose loss is nan/inf instead of stopping.",
         "compact_teacher": "Distil from the frozen teacher as is, not a compacted copy.",
+        "models_from": "Python files or modules to import first: your own --arch.",
     },
     "Machine (--name VALUE or config keys)": {
         "device": "auto, cpu, cuda or cuda:N.",

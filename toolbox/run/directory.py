@@ -58,6 +58,7 @@ def absolute_paths(options: RunOptions) -> None:
     options.data_root, options.train, options.test, options.out = (
         None if p is None else absolute_path(p) for p in (options.data_root, options.train, options.test, options.out))
     options.shards = [absolute_path(p) for p in options.shards]
+    options.models_from = [absolute_path(p) if p.endswith(".py") or "/" in p else p for p in options.models_from]
 
 
 def is_marked(folder: Path) -> bool:
