@@ -64,14 +64,15 @@ def print_results(results: dict[str, Any]) -> None:
 
     if not is_main():
         return
-    table = Table(title=f"results ({results.get('dataset_source', '')})")
-    for column in ("step", "phases", "top-1 %", "top-5 %", "served top-1 %", "train s", "params", "sparsity"):
-        table.add_column(column, justify="right")
+    table = Table(title=f"results in % of the test set ({results.get('dataset_source', '')})")
+    for column in ("step", "phases", "top-1", "top-5", "served", "train s", "params", "sparsity"):
+        words = column in ("phases", "served")  # these wrap at spaces; the numbers never
+        table.add_column(column, justify="left" if words else "right", no_wrap=not words)
     for step in results["steps"]:
         sparsity = step.get("sparsity")
-        table.add_row(str(step["step"]), ",".join(p["phase"] for p in step["phases"]),
-                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", served_cell(step), f"{step['train_seconds']:.1f}",
-                      f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
+        table.add_row(str(step["step"]), " ".join(p["phase"] for p in step["phases"]),
+                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", served_cell(step).replace("(", "").replace(")", ""),
+                      f"{step['train_seconds']:.1f}", f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
     console.print(table)
 
 
@@ -89,13 +90,25 @@ class _CurrentStderr(logging.StreamHandler):
         """Ignored: the stream is always the current stderr."""
 
 
+class ConsoleFormatter(logging.Formatter):
+    """Information as the plain message; only what a user may need to act on is labelled
+    (``Warning: ...``, ``Error: ...``). run.log keeps the level of every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The message, prefixed with its level from WARNING up."""
+        message = super().format(record)
+        if record.levelno < logging.WARNING:
+            return message
+        return f"{'Warning' if record.levelno < logging.ERROR else 'Error'}: {message}"
+
+
 def setup_logging() -> None:
-    """INFO and above of every logger to stderr as ``LEVEL message`` (installed once); under
+    """INFO and above of every logger to stderr (:class:`ConsoleFormatter`; installed once); under
     torchrun only rank 0 logs below ERROR, so the log reads like a single-process run's."""
     root = logging.getLogger()
     if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
         handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(ConsoleFormatter())
         root.addHandler(handler)
     root.setLevel(logging.INFO if is_main() else logging.ERROR)
 

@@ -186,7 +186,10 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def rows_markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table per step of the summary rows."""
+    """A markdown table per step of the summary rows; one table for one method (a row per step),
+    with "± std" only where there are several seeds."""
+    if len({r["method"] for r in rows}) == 1:
+        return single_method_markdown(rows)
     lines = []
     for step in sorted({r["step"] for r in rows}):
         lines += [f"### Step {step}", "",
@@ -199,6 +202,20 @@ def rows_markdown(rows: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['sparsity'], 3)} | {r['train_seconds']:.1f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def single_method_markdown(rows: list[dict[str, Any]]) -> str:
+    """One table, a row per step, for the rows of one method (one run or its seeds)."""
+    seeds = max(r["seeds"] for r in rows)
+    top1 = "top-1 % (mean ± std)" if seeds > 1 else "top-1 %"
+    lines = [f"{rows[0]['method']} ({seeds} seed{'s' if seeds > 1 else ''})", "",
+             f"| step | {top1} | top-5 % | params | MMACs | sparsity | train s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["step"]):
+        cell = f"{r['top1_mean']:.2f}" + (f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else "")
+        lines.append(f"| {r['step']} | {cell} | {r['top5_mean']:.2f} | {r['params'] or '-'} | "
+                     f"{_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | {_fmt(r['sparsity'], 3)} | "
+                     f"{r['train_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def steps_markdown(rows: list[dict[str, Any]]) -> str:
