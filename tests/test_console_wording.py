@@ -39,3 +39,20 @@ def test_a_report_on_one_run_is_one_table_without_a_zero_std() -> None:
     assert "| 3 | 53.00 |" in text
     several = [{**r, "seeds": 3, "top1_std": 0.5} for r in rows]
     assert "53.00 ± 0.50" in rows_markdown(several) and rows_markdown(several).count("| step |") == 1
+
+
+def test_the_top1_plot_names_method_and_dataset_and_its_phase_points(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.pyplot as plt
+
+    from toolbox.run.results import plot_top1
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    steps = [dict(step=k, top1=50.0 + k, phases=[{"phase": "learn", "top1": 49.0}, {"phase": "sparsify", "top1": 48.0}])
+             for k in (1, 2)]
+    plot_top1({"config": {"plugins": ["sst", "aod"], "dataset": "fashion_mnist", "arch": "cifar_resnet20"},
+               "steps": steps}, tmp_path / "top1.png")
+    (ax,) = figures[0].axes
+    assert ax.get_title() == "sst+aod on fashion_mnist, cifar_resnet20"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["end of step", "after each phase (learn, sparsify)"]
+    assert (tmp_path / "top1.png").stat().st_size > 0

@@ -62,15 +62,20 @@ def plot_top1(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     steps = results["steps"]
     ax.plot([s["step"] for s in steps], [s["top1"] for s in steps], marker="o", label="end of step")
+    phases = list(dict.fromkeys(p["phase"] for s in steps for p in s["phases"]))
     for s in steps:
         n = len(s["phases"])
         xs = [s["step"] - 0.5 + (i + 1) / n * 0.5 for i in range(n)]
-        ax.scatter(xs, [p["top1"] for p in s["phases"]], s=10, color="gray")
+        ax.scatter(xs, [p["top1"] for p in s["phases"]], s=10, color="gray",
+                   label=f"after each phase ({', '.join(phases)})" if s is steps[0] else None)
+    config = results.get("config") or {}
+    method = "+".join(config.get("plugins") or []) or "no plugins"
+    ax.set_title(f"{method} on {config.get('dataset', '?')}, {config.get('arch', '')}", fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 on the full test set (%)")
     ax.set_xticks([s["step"] for s in steps])
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
