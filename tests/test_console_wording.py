@@ -56,3 +56,21 @@ def test_the_top1_plot_names_method_and_dataset_and_its_phase_points(tmp_path, m
     assert ax.get_title() == "sst+aod on fashion_mnist, cifar_resnet20"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["end of step", "after each phase (learn, sparsify)"]
     assert (tmp_path / "top1.png").stat().st_size > 0
+
+
+def test_a_run_directory_is_named_after_the_dataset_auto_resolved_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolbox.data import auto
+    from toolbox.data.datasets import DatasetNotFoundError
+    from toolbox.options import RunOptions
+    from toolbox.run.directory import default_run_dir
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise DatasetNotFoundError("no Fashion-MNIST here")
+
+    monkeypatch.setattr(auto, "load_dataset", missing)
+    assert default_run_dir(RunOptions(dataset="auto")).name.endswith("-synthetic-cifar_resnet20")
+    found = object()
+    monkeypatch.setattr(auto, "load_dataset", lambda *args, **kwargs: found)
+    assert default_run_dir(RunOptions(dataset="auto", data_root="/d")).name.endswith("-fashion_mnist-cifar_resnet20")
+    assert auto.load_run_dataset("auto", "/d", 4, None) is found  # loaded once, reused by the run
+    assert default_run_dir(RunOptions(dataset="cifar100")).name.endswith("-cifar100-cifar_resnet20")

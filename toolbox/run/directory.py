@@ -195,6 +195,10 @@ def check_disk_space(run_dir: Path, model: nn.Module, options: RunOptions, phase
 
 
 def default_run_dir(options: RunOptions) -> Path:
-    """``runs/<date-time>-<dataset>-<arch>`` under the working directory."""
+    """``runs/<date-time>-<dataset>-<arch>`` under the working directory; for ``--dataset auto`` the
+    dataset it resolves to (``fashion_mnist`` or ``synthetic``). Existing runs keep their names."""
+    from toolbox.data.auto import auto_name
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{options.dataset}-{options.arch}"
+    dataset = auto_name(options.data_root) if options.dataset == "auto" else options.dataset
+    return Path("runs") / f"{stamp}-{dataset}-{options.arch}"
