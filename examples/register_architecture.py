@@ -18,8 +18,13 @@ or run the paper's pipeline (sst, aod, msl) on it; tiny settings on the syntheti
     python examples/register_architecture.py --dataset fashion_mnist --width 0.5 --epochs 3 --steps 4
     python examples/register_architecture.py --resume runs/<dir>     # the model must be registered first
 
-In a config file or ``toolbox run``, the name only resolves once this module has been imported
-(e.g. a plugin package that imports it, or ``python -c "import register_architecture; ..."``).
+From the command line, ``--models-from`` imports this file before the registry is read; config.yaml
+records it, so ``toolbox run --resume``, ``toolbox step`` and ``toolbox eval`` import it again::
+
+    toolbox run --arch cifar_vgg11_bn --models-from examples/register_architecture.py --dataset synthetic
+
+(``models_from: [examples/register_architecture.py]`` in a config file does the same; a module
+name such as ``my_package.backbones`` works too).
 """
 
 from __future__ import annotations

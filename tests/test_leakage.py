@@ -105,6 +105,7 @@ def test_a_folder_repeating_a_few_images_is_a_warning(caplog: pytest.LogCaptureF
 
 
 def test_the_override_is_listed_in_the_help() -> None:
-    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    result = runner.invoke(app, ["run", "--plugins", "sst", "--help"],
+                           env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     (line,) = [line for line in result.output.splitlines() if " --allow-overlap " in line]
-    assert "Warn instead of refusing" in line and "[default: no-allow-overlap]" in line
+    assert "Warn instead of refusing" in line

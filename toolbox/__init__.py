@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.3.0"
 
-from toolbox import (
-    _legacy,  # noqa: E402
-    models,  # noqa: E402,F401  (registers the CIFAR backbones in timm)
-)
+from toolbox import _legacy  # noqa: E402
 
 _legacy.install()  # the flat import paths of 0.2, with a DeprecationWarning
+
+
+class _RegisterWithTimm(importlib.abc.MetaPathFinder):
+    """Registers the toolbox's backbones (``import toolbox.models``) the moment timm is imported, so
+    that ``timm.create_model('cifar_resnet20')`` works after ``import toolbox`` while ``import
+    toolbox`` itself (and so ``toolbox --help``) imports neither timm nor torch."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> Any:
+        """timm's own spec, its loader wrapped to import ``toolbox.models`` once timm is loaded."""
+        if fullname != "timm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")
+        loader = getattr(spec, "loader", None)
+        if loader is not None and hasattr(loader, "exec_module"):
+            run_timm = loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                run_timm(module)
+                importlib.import_module("toolbox.models")
+
+            loader.exec_module = exec_module
+        return spec
+
+
+if "timm" in sys.modules:
+    importlib.import_module("toolbox.models")
+elif not any(isinstance(finder, _RegisterWithTimm) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWithTimm())
+
+
+def __getattr__(name: str) -> Any:
+    """``toolbox.models`` (the backbones) on first use."""
+    if name == "models":
+        return importlib.import_module("toolbox.models")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 if TYPE_CHECKING:
     from torch import nn

@@ -105,6 +105,7 @@ class RunOptions:
 
     plugins: list[str] = field(default_factory=list)
     arch: str = "cifar_resnet20"
+    models_from: list[str] = field(default_factory=list)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "synthetic"
     data_root: str | None = None

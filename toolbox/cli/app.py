@@ -9,23 +9,49 @@ validated in one place whatever its source. User errors exit with code 2 and one
 from __future__ import annotations
 
 import functools
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
 import typer
+from typer.core import TyperGroup
 
-from toolbox.cli.console import error_console
+from toolbox.cli.console import error_console, is_main
 from toolbox.errors import UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+def unwrap(text: str | None) -> str | None:
+    """``text`` with the line breaks inside each paragraph joined (blank lines kept), so that the
+    help wraps to the terminal: typer keeps a docstring's breaks after its first paragraph."""
+    if not text:
+        return text
+    paragraphs = re.split(r"\n\s*\n", text.strip())
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+class ToolboxGroup(TyperGroup):
+    """A typer group whose commands' help texts have no line break inside a sentence."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = unwrap(self.help)
+        for command in self.commands.values():
+            command.help = unwrap(command.help)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=ToolboxGroup,
                   help="Train CNNs on accumulated new data, step by step, with plugins.")
-plugins_app = typer.Typer(no_args_is_help=True, help="Inspect installed plugins.")
-models_app = typer.Typer(no_args_is_help=True, help="Inspect registered backbones.")
+plugins_app = typer.Typer(no_args_is_help=True, cls=ToolboxGroup, help="Inspect installed plugins.")
+models_app = typer.Typer(no_args_is_help=True, cls=ToolboxGroup, help="Inspect registered backbones.")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(models_app, name="models")
 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+#: List options whose flag may be given several times (the values add up).
+REPEATABLE = {"models_from"}
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,13 +68,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from toolbox.run import lock as runlock
         from toolbox.run import log_file
-        from toolbox.run.engine import NumericError
-        from toolbox.runtime import distributed
-        from toolbox.storage.atomic import WriteError
 
-        who = "" if distributed.is_main() else f"rank {distributed.rank()}: "
+        who = "" if is_main() else f"rank {_rank()}: "
         log_file.forget_last_log()
         try:
             return func(*args, **kwargs)
@@ -57,24 +79,40 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except UsageError as exc:
             error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
             raise typer.Exit(2) from None
-        except (NumericError, WriteError) as exc:
-            error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
-            raise typer.Exit(1) from None
-        except RuntimeError as exc:  # torch.distributed.DistError is one
-            if not distributed.is_peer_failure(exc):
+        except Exception as exc:  # noqa: BLE001  (the last resort: a bug is one line, not a traceback)
+            from toolbox.run.engine import NumericError
+            from toolbox.runtime import distributed
+            from toolbox.storage.atomic import WriteError
+
+            if isinstance(exc, (NumericError, WriteError)):
+                error_console.print(f"Error: {who}{exc}", markup=False, highlight=False)
+                raise typer.Exit(1) from None
+            if not isinstance(exc, RuntimeError) or not distributed.is_peer_failure(exc):  # DistError is one
                 unexpected(exc, who)
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             error_console.print(f"Error: {who}another process of this torchrun job failed or stopped answering "
                                 f"({detail}); the checkpoints written so far are intact: continue with "
                                 "`toolbox run --resume <run dir>`.", markup=False, highlight=False)
             raise typer.Exit(1) from None
-        except Exception as exc:  # noqa: BLE001  (the last resort: a bug is one line, not a traceback)
-            unexpected(exc, who)
         finally:
-            runlock.release_all()
-            distributed.destroy()
+            _release()
 
     return wrapper
+
+
+def _rank() -> int:
+    """This process's rank under torchrun."""
+    from toolbox.runtime import distributed
+
+    return distributed.rank()
+
+
+def _release() -> None:
+    """Release the run locks and the process group a command took (neither imported: none taken)."""
+    if "toolbox.run.lock" in sys.modules:
+        sys.modules["toolbox.run.lock"].release_all()
+    if "toolbox.runtime.distributed" in sys.modules:
+        sys.modules["toolbox.runtime.distributed"].destroy()
 
 
 def unexpected(exc: Exception, who: str = "") -> None:
@@ -107,7 +145,8 @@ def parse_extra_args(tokens: list[str]) -> dict[str, Any]:
             else:
                 value = following
                 i += 1
-        values[name.replace("-", "_")] = value
+        key = name.replace("-", "_")
+        values[key] = f"{values[key]},{value}" if key in REPEATABLE and key in values else value
         i += 1
     return values
 

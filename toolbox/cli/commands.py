@@ -29,9 +29,9 @@ from toolbox.errors import UsageError
 @user_errors
 def run(
     ctx: typer.Context,
-    plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins, e.g. sst,aod,msl."),
+    plugins: Optional[str] = typer.Option(None, help="Comma-separated plugins, e.g. sst,aod,msl (default: none, only the learn phase)."),
     arch: Optional[str] = typer.Option(None, help="Backbone name in timm's registry (default cifar_resnet20)."),
-    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, imagefolder (your own class folders: --data-root DIR with train/ and test/, or --train DIR --test DIR; --image-size, --channels, --mean/--std, --skip-bad-images), or auto (Fashion-MNIST where present, else synthetic)."),
+    dataset: Optional[str] = typer.Option(None, help="cifar100, tiny_imagenet, fashion_mnist, synthetic, auto (Fashion-MNIST where present, else synthetic) or imagefolder (your own class folders: --data-root DIR with train/ and test/, or --train DIR --test DIR)."),
     data_root: Optional[str] = typer.Option(None, help="Dataset folder (else $TOOLBOX_DATA, else ~/.cache/toolbox/data)."),
     steps: Optional[str] = typer.Option(None, help="Number of data shards / steps (default 4)."),
     epochs: Optional[str] = typer.Option(None, help="Epochs per phase (default 1)."),
@@ -45,9 +45,8 @@ def run(
 ) -> None:
     """Run the multi-step pipeline: every step learns a new shard through the plugins' phases.
 
-    The other core options and every option a plugin declares are accepted as --name VALUE (or as
-    config keys); they are listed below, one panel per plugin (`--plugins a,b --help` shows only
-    those; `toolbox plugins show NAME` describes one plugin).
+    The options after the first panel, and those of the plugins, are given as --name VALUE or as
+    config keys. `toolbox run --plugins a,b --help` lists the options of plugins a and b.
     """
     from toolbox.run.seeds import EXPERIMENT_FILE, resume_seeds, run_seeds
     from toolbox.run.start import resume_run, start_run

@@ -2,6 +2,7 @@
 
 Rich progress bars on a terminal, one plain line per epoch otherwise (CI logs); under torchrun
 only rank 0 prints and logs below ERROR, so the output reads like a single-process run's.
+torch and the run modules are imported inside the functions: ``toolbox --help`` starts without them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
-
-from toolbox.run.log_file import epoch_line, phase_line
-from toolbox.run.results import served_cell
-from toolbox.runtime import distributed
 
 console = Console(soft_wrap=True)
 error_console = Console(stderr=True, soft_wrap=True)
@@ -43,9 +39,13 @@ class Progress:
         elif event == "batch" and self.bar is not None:
             self.bar.advance(self.task)
         elif event == "epoch":
+            from toolbox.run.log_file import epoch_line
+
             line = epoch_line(info["step"], info["phase"], info["epoch"], info["epochs"], info["metrics"])
             (self.bar.console.log if self.bar is not None else console.print)(line, markup=False, highlight=False)
         elif event == "phase_end":
+            from toolbox.run.log_file import phase_line
+
             self.close()
             console.print(phase_line(info["step"], info["phase"], info["record"]), markup=False, highlight=False)
 
@@ -58,16 +58,21 @@ class Progress:
 
 def print_results(results: dict[str, Any]) -> None:
     """The results table at the end of a run (rank 0 only under torchrun)."""
-    if not distributed.is_main():
+    from rich.table import Table
+
+    from toolbox.run.results import served_cell
+
+    if not is_main():
         return
-    table = Table(title=f"results ({results.get('dataset_source', '')})")
-    for column in ("step", "phases", "top-1 %", "top-5 %", "served top-1 %", "train s", "params", "sparsity"):
-        table.add_column(column, justify="right")
+    table = Table(title=f"results in % of the test set ({results.get('dataset_source', '')})")
+    for column in ("step", "phases", "top-1", "top-5", "served", "train s", "params", "sparsity"):
+        words = column in ("phases", "served")  # these wrap at spaces; the numbers never
+        table.add_column(column, justify="left" if words else "right", no_wrap=not words)
     for step in results["steps"]:
         sparsity = step.get("sparsity")
-        table.add_row(str(step["step"]), ",".join(p["phase"] for p in step["phases"]),
-                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", served_cell(step), f"{step['train_seconds']:.1f}",
-                      f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
+        table.add_row(str(step["step"]), " ".join(p["phase"] for p in step["phases"]),
+                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", served_cell(step).replace("(", "").replace(")", ""),
+                      f"{step['train_seconds']:.1f}", f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
     console.print(table)
 
 
@@ -85,18 +90,46 @@ class _CurrentStderr(logging.StreamHandler):
         """Ignored: the stream is always the current stderr."""
 
 
+class ConsoleFormatter(logging.Formatter):
+    """Information as the plain message; only what a user may need to act on is labelled
+    (``Warning: ...``, ``Error: ...``). run.log keeps the level of every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The message, prefixed with its level from WARNING up."""
+        message = super().format(record)
+        if record.levelno < logging.WARNING:
+            return message
+        return f"{'Warning' if record.levelno < logging.ERROR else 'Error'}: {message}"
+
+
 def setup_logging() -> None:
-    """INFO and above of every logger to stderr as ``LEVEL message`` (installed once); under
+    """INFO and above of every logger to stderr (:class:`ConsoleFormatter`; installed once); under
     torchrun only rank 0 logs below ERROR, so the log reads like a single-process run's."""
     root = logging.getLogger()
     if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
         handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(ConsoleFormatter())
         root.addHandler(handler)
-    root.setLevel(logging.INFO if distributed.is_main() else logging.ERROR)
+    root.setLevel(logging.INFO if is_main() else logging.ERROR)
 
 
 def say(text: str) -> None:
     """Print a line of the command's output (rank 0 only under torchrun)."""
-    if distributed.is_main():
+    if is_main():
         console.print(text, markup=False, highlight=False)
+
+
+def is_main() -> bool:
+    """Whether this process prints: rank 0 of a torchrun job, or the only process (decided without
+    importing torch when torchrun did not start several)."""
+    import os
+
+    try:
+        several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    except ValueError:
+        several = True  # let the distributed module judge the value
+    if not several and "torch.distributed" not in sys.modules:
+        return True
+    from toolbox.runtime import distributed
+
+    return distributed.is_main()

@@ -28,9 +28,11 @@ def eval_checkpoint(
     test: Optional[Path] = typer.Option(None, help="Folder of test images in ImageFolder layout (default: the run's test folder; for a moved one)."),
     batch_size: int = typer.Option(512, help="Evaluation batch size."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    models_from: Optional[list[str]] = typer.Option(None, help="Python file or module registering the backbone (default: what the run's config.yaml records); repeatable."),
 ) -> None:
     """Evaluate a checkpoint on the full test set (top-1 / top-5), normalized as its run trained."""
     from toolbox.data import BatchLoader
+    from toolbox.models.sources import import_sources
     from toolbox.run.engine import evaluate
     from toolbox.runtime.device import select_device
     from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
@@ -48,12 +50,25 @@ def eval_checkpoint(
             f"channels but {name} has {data.num_classes} / {data.in_chans}; pass the dataset it was trained on."
         )
     dev = select_device(device)
+    import_sources(models_from or recorded_sources(checkpoint))
     model = model_from_checkpoint(data_checkpoint).to(dev)
     loader = BatchLoader(data.test_x, data.test_y, None, batch_size, data.mean, data.std, train=False, device=dev)
     result = evaluate(model, loader, dev)
     console.print(f"{checkpoint}: {data_checkpoint['arch']} step {data_checkpoint['step']} "
                   f"{data_checkpoint['phase']} on {name} test set: top-1 {result['top1']:.2f}% "
                   f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}", markup=False, highlight=False)
+
+
+def recorded_sources(checkpoint: Path) -> list[str]:
+    """The ``models_from`` that the config.yaml of the run holding ``checkpoint`` (in its
+    checkpoints/ or serve/ folder) records; never read from the checkpoint itself, which may come
+    from elsewhere (importing runs code)."""
+    from toolbox.options import read_mapping
+
+    config = checkpoint.parent.parent / "config.yaml"
+    if checkpoint.parent.name not in ("serve", "checkpoints") or not config.is_file():
+        return []
+    return [str(source) for source in read_mapping(config).get("models_from") or []]
 
 
 def run_options(checkpoint: Path) -> dict[str, Any]:
@@ -218,27 +233,17 @@ def report_command(
 @plugins_app.command("list")
 @user_errors
 def plugins_list() -> None:
-    """Installed plugins: name, source (built-in or package version), hooks implemented."""
-    from toolbox.plugin_host.entry_points import available_plugins, instantiate, load_entry_point
-    from toolbox.plugin_host.manager import hooks_of
+    """Installed plugins: name, source (built-in or package version) and what each does."""
+    from toolbox.cli.plugin_docs import plugins_table
 
-    table = Table(title="toolbox plugins")
-    for column in ("name", "source", "hooks"):
-        table.add_column(column)
-    for name, info in available_plugins().items():
-        try:
-            hooks = ", ".join(h.removeprefix("toolbox_") for h in hooks_of(instantiate(load_entry_point(name))))
-        except Exception as exc:  # a broken third-party plugin must not hide the others
-            hooks = f"(failed to load: {exc})"
-        table.add_row(name, info.source, hooks)
-    console.print(table)
+    console.print(plugins_table(), soft_wrap=False)
 
 
 @plugins_app.command("show")
 @user_errors
 def plugins_show(name: str = typer.Argument(..., help="An installed plugin, e.g. sst.")) -> None:
     """One plugin: its source, docstring, hooks and options (type, default, choices)."""
-    from toolbox.cli.help import show_plugin
+    from toolbox.cli.plugin_docs import show_plugin
 
     show_plugin(name, console)
 

@@ -19,6 +19,26 @@ log = logging.getLogger("toolbox")
 FALLBACK_SOURCE = "SYNTHETIC shapes (Fashion-MNIST not found): these numbers are not Fashion-MNIST's"
 
 
+#: Fashion-MNIST as :func:`auto_name` loaded it, for the run's own load (so it is read once).
+_resolved: dict[str, ImageData] = {}
+
+
+def _key(data_root: str | os.PathLike[str] | None) -> str:
+    """The cache key of a data root (absolute, so a relative and an absolute spelling agree)."""
+    return "" if data_root is None else os.path.abspath(os.path.expanduser(data_root))
+
+
+def auto_name(data_root: str | os.PathLike[str] | None) -> str:
+    """The dataset ``auto`` resolves to with ``data_root``: ``fashion_mnist`` where it is found or
+    downloaded, else ``synthetic`` (no warning here; :func:`load_run_dataset` gives it and reuses
+    what this loaded)."""
+    try:
+        _resolved[_key(data_root)] = load_dataset("fashion_mnist", data_root, download=True)
+    except DatasetNotFoundError:
+        return "synthetic"
+    return "fashion_mnist"
+
+
 def load_run_dataset(name: str, data_root: str | os.PathLike[str] | None, steps: int,
                      per_class: int | None, val_per_class: int = 0) -> ImageData:
     """Load dataset ``name`` for a run of ``steps`` shards of ``per_class`` images per class.
@@ -29,6 +49,9 @@ def load_run_dataset(name: str, data_root: str | os.PathLike[str] | None, steps:
     :class:`DatasetNotFoundError` or ``ValueError`` (unknown name) like :func:`load_dataset`.
     """
     if name == "auto":
+        found = _resolved.pop(_key(data_root), None)
+        if found is not None:
+            return found
         try:
             return load_dataset("fashion_mnist", data_root, download=True)
         except DatasetNotFoundError as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, List
+from typing import Any, List, Sequence
 
 import timm
 from torch import nn
@@ -83,13 +83,18 @@ def check_model_kwargs(model_kwargs: Any, source: str = "model_kwargs") -> dict[
     return dict(model_kwargs)
 
 
-def build_model(arch: str, num_classes: int, in_chans: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+def build_model(arch: str, num_classes: int, in_chans: int, model_kwargs: dict[str, Any] | None = None,
+                models_from: Sequence[str] = ()) -> nn.Module:
     """Create ``arch`` through timm's registry (CIFAR backbones are registered by toolbox), with
-    ``model_kwargs`` that passed :func:`check_model_kwargs`."""
+    ``model_kwargs`` that passed :func:`check_model_kwargs`, after importing ``models_from`` (files
+    or modules that register backbones: :mod:`toolbox.models.sources`)."""
+    from toolbox.models.sources import import_sources
+
     kwargs = check_model_kwargs(model_kwargs)
+    import_sources(models_from)
     if not isinstance(arch, str) or not timm.is_model(arch):
-        raise UsageError(f"Unknown --arch {str(arch)[:60]!r}; `toolbox models list` shows the CIFAR backbones "
-                         "and `toolbox models list '*'` every timm model.")
+        raise UsageError(f"Unknown --arch {str(arch)[:60]!r}; `toolbox models list` shows the CIFAR backbones, "
+                         "`toolbox models list '*'` every timm model, and --models-from FILE imports your own.")
     try:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except (TypeError, ValueError, AttributeError, KeyError, AssertionError) as exc:

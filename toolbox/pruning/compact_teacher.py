@@ -163,7 +163,7 @@ def distillation_teacher(teacher: nn.Module, masks: dict[str, torch.Tensor] | No
     module = ch.unwrap(teacher) if small is None else small
     folded, folding = inference_copy(module, input_size)
     if small is None:
-        logger.info("%s: distilling from the dense model (%s; %s).", name, reason, folding)
+        logger.info("%s: distilling from the dense model, as expected here (%s; %s).", name, reason, folding)
     else:
         dense_macs, compact_macs = _macs(teacher, input_size), _macs(small, input_size)
         ratio = f"; MACs x{compact_macs / dense_macs:.3f}" if dense_macs and compact_macs else ""

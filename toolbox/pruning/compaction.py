@@ -212,6 +212,6 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, rati
     stats = {"filters": int(graph.num_units), "removed": int(sum(len(p.removed) for p in plans)),
              "carriers": int(sum(len(p.carriers) for p in plans)),
              "spared": int(sum(len(p.spared) for p in plans)), "unfolded": unfolded}
-    log.info("compact: removed %d of %d filters (%d kept as constant carriers).", stats["removed"],
-             stats["filters"], stats["carriers"])
+    log.info("compact: removed %d of %d filters (%d more with a constant output stay: they carry that constant "
+             "onward; the model computes the same).", stats["removed"], stats["filters"], stats["carriers"])
     return work, {"format": STRUCTURE_FORMAT, "ops": ops, "compactions": [stats]}

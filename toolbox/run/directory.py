@@ -59,6 +59,7 @@ def absolute_paths(options: RunOptions) -> None:
         None if p is None else absolute_path(p)
         for p in (options.data_root, options.train, options.test, options.val, options.out))
     options.shards = [absolute_path(p) for p in options.shards]
+    options.models_from = [absolute_path(p) if p.endswith(".py") or "/" in p else p for p in options.models_from]
 
 
 def is_marked(folder: Path) -> bool:
@@ -198,6 +199,10 @@ def check_disk_space(run_dir: Path, model: nn.Module, options: RunOptions, phase
 
 
 def default_run_dir(options: RunOptions) -> Path:
-    """``runs/<date-time>-<dataset>-<arch>`` under the working directory."""
+    """``runs/<date-time>-<dataset>-<arch>`` under the working directory; for ``--dataset auto`` the
+    dataset it resolves to (``fashion_mnist`` or ``synthetic``). Existing runs keep their names."""
+    from toolbox.data.auto import auto_name
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{options.dataset}-{options.arch}"
+    dataset = auto_name(options.data_root) if options.dataset == "auto" else options.dataset
+    return Path("runs") / f"{stamp}-{dataset}-{options.arch}"

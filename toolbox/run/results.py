@@ -77,15 +77,20 @@ def plot_top1(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     steps = results["steps"]
     ax.plot([s["step"] for s in steps], [s["top1"] for s in steps], marker="o", label="end of step")
+    phases = list(dict.fromkeys(p["phase"] for s in steps for p in s["phases"]))
     for s in steps:
         n = len(s["phases"])
         xs = [s["step"] - 0.5 + (i + 1) / n * 0.5 for i in range(n)]
-        ax.scatter(xs, [p["top1"] for p in s["phases"]], s=10, color="gray")
+        ax.scatter(xs, [p["top1"] for p in s["phases"]], s=10, color="gray",
+                   label=f"after each phase ({', '.join(phases)})" if s is steps[0] else None)
+    config = results.get("config") or {}
+    method = "+".join(config.get("plugins") or []) or "no plugins"
+    ax.set_title(f"{method} on {config.get('dataset', '?')}, {config.get('arch', '')}", fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 on the full test set (%)")
     ax.set_xticks([s["step"] for s in steps])
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
@@ -215,7 +220,10 @@ def flip_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rows_markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table per step of the summary rows."""
+    """A markdown table per step of the summary rows; one table for one method (a row per step),
+    with "± std" only where there are several seeds."""
+    if len({r["method"] for r in rows}) == 1:
+        return single_method_markdown(rows)
     lines = []
     for step in sorted({r["step"] for r in rows}):
         lines += [f"### Step {step}", "",
@@ -230,6 +238,20 @@ def rows_markdown(rows: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['sparsity'], 3)} | {r['train_seconds']:.1f} | {flips} | {r.get('promoted', '-')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def single_method_markdown(rows: list[dict[str, Any]]) -> str:
+    """One table, a row per step, for the rows of one method (one run or its seeds)."""
+    seeds = max(r["seeds"] for r in rows)
+    top1 = "top-1 % (mean ± std)" if seeds > 1 else "top-1 %"
+    lines = [f"{rows[0]['method']} ({seeds} seed{'s' if seeds > 1 else ''})", "",
+             f"| step | {top1} | top-5 % | params | MMACs | sparsity | train s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["step"]):
+        cell = f"{r['top1_mean']:.2f}" + (f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else "")
+        lines.append(f"| {r['step']} | {cell} | {r['top5_mean']:.2f} | {r['params'] or '-'} | "
+                     f"{_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | {_fmt(r['sparsity'], 3)} | "
+                     f"{r['train_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def steps_markdown(rows: list[dict[str, Any]]) -> str:

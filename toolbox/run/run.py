@@ -101,7 +101,8 @@ class Run:
     def fresh_model(self) -> nn.Module:
         """A freshly initialized model of the run's architecture, on the run's device."""
         options, data = self.options, self.data
-        return self.to_device(build_model(options.arch, data.num_classes, data.in_chans, options.model_kwargs))
+        return self.to_device(build_model(options.arch, data.num_classes, data.in_chans, options.model_kwargs,
+                                          options.models_from))
 
     def load_weights(self, data: dict[str, Any], source: str) -> None:
         """Load a checkpoint's weights into the current model (a mismatch is one sentence)."""

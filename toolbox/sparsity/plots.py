@@ -34,7 +34,7 @@ def plot_gamma_histogram(model: nn.Module, graph: ch.ChannelGraph, selection: li
     ax.set_xlabel("max |gamma| per filter (values below the x range are piled at its left edge)")
     ax.set_ylabel("filters")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the bars, never on them
     atomic_savefig(fig, path, dpi=100, bbox_inches="tight")
 
 
@@ -45,7 +45,7 @@ def plot_controller(s_history: list[float], ratio_history: list[float], target: 
     phase, written to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
     epochs = list(range(1, len(ratio_history) + 1))
     fig = Figure(figsize=(6, 5))
@@ -60,6 +60,8 @@ def plot_controller(s_history: list[float], ratio_history: list[float], target: 
     bottom.plot(epochs[:len(s_history)], s_history, marker="o", color="tab:orange")
     if any(v > 0 for v in s_history):
         bottom.set_yscale("log", nonpositive="mask")  # s = 0 (selection held at 0) is not drawn
+        bottom.yaxis.set_major_locator(LogLocator(numticks=4))  # a few decades, labelled
+        bottom.yaxis.set_minor_formatter(NullFormatter())
     bottom.set_ylabel("effective strength s")
     bottom.set_xlabel("epoch")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
