@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from toolbox.data.arrivals import check_split
 from toolbox.errors import UsageError
 from toolbox.plugin_host.names import plugin_names  # noqa: F401  (its public home was here)
 from toolbox.plugin_host.phases import installed_phases
@@ -170,6 +169,8 @@ class RunOptions:
             raise UsageError(f"--per-class must be at least 1, got {self.per_class}.")
         if self.val_per_class < 0:
             raise UsageError(f"--val-per-class must be >= 0, got {self.val_per_class}.")
+        from toolbox.data.arrivals import check_split  # here: toolbox.data imports torch, --help must not
+
         check_split(self.split, bool(self.shards))
         if self.phase_epochs:
             known = list(installed_phases() if phases is None else phases)
