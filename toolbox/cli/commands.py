@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from toolbox.cli import deploy_commands as cli_deploy  # noqa: F401  (registers export and serve)
 from toolbox.cli import inspect_commands as cli_inspect  # noqa: F401  (registers the inspecting commands)
 from toolbox.cli.app import EXTRA, app, merged_values, parse_extra_args, user_errors  # noqa: F401
 from toolbox.cli.console import Progress, console, error_console, print_results, say, setup_logging
