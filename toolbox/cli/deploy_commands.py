@@ -7,6 +7,7 @@ They register on the shared app of :mod:`toolbox.cli.app`; :mod:`toolbox.cli.com
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -28,3 +29,19 @@ def export(
     extra = f" (+ {result.sidecar})" if result.sidecar else ""
     console.print(f"{result.source} (step {result.step}) -> {result.out}{extra}: {format} logits match PyTorch, "
                   f"max abs difference {result.max_abs_diff:.2e} <= {TOLERANCE:g}", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory: its promoted model (serve/current.pt), followed as it changes."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_upload_mb: float = typer.Option(16.0, help="Largest request body accepted (413 above it)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for inference (default: torch's)."),
+) -> None:
+    """Serve the run's promoted model over HTTP: POST /predict (image files -> top-k), GET /health, GET /model."""
+    from toolbox.deploy.http_server import serve as serve_http
+
+    serve_http(run_dir, host=host, port=port, max_upload_mb=max_upload_mb, threads=threads,
+               announce=lambda line: console.print(line, markup=False, highlight=False))

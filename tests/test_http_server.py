@@ -1,0 +1,153 @@
+"""``toolbox serve`` on loopback with a real HTTP client: no request fails while a new model is
+promoted, every answer names its step and the step changes once; 400 / 413 with one sentence;
+SIGTERM stops it with exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from fabricate import write_image_folder
+from typer.testing import CliRunner
+
+from toolbox.cli.commands import app
+from toolbox.storage.atomic import atomic_write_bytes, atomic_write_json
+
+runner = CliRunner()
+CLASSES = ("ant", "bee", "cat")
+TINY = ["--arch", "cifar_resnet20", "--epochs", "1", "--batch-size", "8", "--eval-batch-size", "32",
+        "--device", "cpu", "--threads", "1", "--image-size", "16", "--plugins", "sst,aod,msl"]
+START_S, REQUEST_S = 90.0, 20.0  # bounded waits: the server's start (imports on a busy machine), one request
+
+
+def promote(run: Path, step: int) -> None:
+    """What the promotion gate does: ``serve/current.pt`` a byte copy of ``serve/step{step}.pt``
+    (written beside it, then os.replace) and ``serve/history.json``'s ``current`` entry."""
+    serve = run / "serve"
+    atomic_write_bytes(serve / "current.pt", (serve / f"step{step}.pt").read_bytes())
+    atomic_write_json(serve / "history.json", {"current": {"step": step, "promoted_at": datetime.now(timezone.utc).isoformat(),
+                                                           "top1": 50.0}, "decisions": []})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body of ``files`` (name, bytes) and its content type."""
+    boundary = uuid.uuid4().hex
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + blob + b"\r\n" for name, blob in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def call(url: str, files: list[tuple[str, bytes]] | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of a GET (no files) or a POST of ``files``."""
+    body, kind = multipart(files) if files is not None else (None, "")
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": kind} if kind else {})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-step folder run (step 1 promoted), with the next step's folder d2 beside it."""
+    root = tmp_path_factory.mktemp("serve")
+    for name, seed in (("d1", 10), ("d2", 11)):
+        write_image_folder(root / name, CLASSES, per_class=6, size=(20, 20), seed=seed)
+    write_image_folder(root / "test", CLASSES, per_class=1, size=(20, 20), seed=99)
+    result = runner.invoke(app, ["run", "--shards", str(root / "d1"), "--test", str(root / "test"),
+                                 "--out", str(root / "run"), *TINY])
+    assert result.exit_code == 0, result.output
+    promote(root / "run", 1)
+    return root / "run"
+
+
+@pytest.fixture
+def server(folder_run: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``toolbox serve RUN`` in a subprocess on a free loopback port; always stopped afterwards."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "toolbox.cli", "serve", str(folder_run), "--port", str(port),
+                                "--max-upload-mb", "1", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_S
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if call(url + "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not answer /health in time"
+            time.sleep(0.2)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def test_requests_during_a_promotion_all_succeed_and_the_step_changes_once(server: tuple[Any, str], folder_run: Path) -> None:
+    process, url = server
+    image = ("img0.png", (folder_run.parent / "test" / "ant" / "img0.png").read_bytes())
+    answers: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        for _ in range(5000):  # bounded; stopped once the new step has answered a few times
+            if stop.is_set():
+                return
+            try:
+                status, body = call(url + "/predict?top_k=2", [image, image])
+            except OSError as exc:
+                status, body = 0, {"detail": str(exc)}
+            answers.append((status, body.get("step") if status == 200 else body))
+
+    client = threading.Thread(target=loop, daemon=True)
+    client.start()
+    try:
+        result = runner.invoke(app, ["step", str(folder_run), "--data", str(folder_run.parent / "d2")])
+        assert result.exit_code == 0, result.output
+        promote(folder_run, 2)  # until the gate promotes in `toolbox step` itself
+        deadline = time.monotonic() + 30
+        while [step for _, step in answers[-3:]] != [2, 2, 2] and time.monotonic() < deadline and client.is_alive():
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        client.join(timeout=REQUEST_S + 5)
+    assert answers and all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    steps = [step for _, step in answers]
+    assert set(steps) == {1, 2} and steps == sorted(steps)  # 1 ... 1 2 ... 2: one change
+    status, model = call(url + "/model")
+    assert status == 200 and model["step"] == 2 and model["promoted_at"] and model["gate"] == {"top1": 50.0}
+    assert model["classes"] == list(CLASSES)
+
+    status, body = call(url + "/predict", [("notes.png", b"not an image at all")])
+    assert status == 400 and body["detail"].startswith("notes.png is not an image")
+    assert body["detail"].endswith(".") and body["detail"].count(". ") == 0  # one sentence
+    status, body = call(url + "/predict", [("big.png", b"\0" * (1_100_000))])
+    assert status == 413 and "1 MB" in body["detail"] and body["detail"].count(". ") == 0
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
