@@ -16,6 +16,8 @@ _legacy.install()  # the flat import paths of 0.2, with a DeprecationWarning
 if TYPE_CHECKING:
     from torch import nn
 
+    from toolbox.deploy.predictor import Predictor
+
 
 def load_model(path: str) -> "nn.Module":
     """The model of a serve file (``RUN_DIR/serve/step{k}.pt``) or any toolbox checkpoint, rebuilt
@@ -23,3 +25,12 @@ def load_model(path: str) -> "nn.Module":
     from toolbox.storage import checkpoint
 
     return checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path))
+
+
+def load_predictor(path: str, device: str = "cpu") -> "Predictor":
+    """The model of a serve file, checkpoint or run directory (its promoted model) with the
+    preprocessing it was trained with: ``predict``, ``preprocess``, ``classes``, ``recipe``
+    (see :mod:`toolbox.deploy.predictor`)."""
+    from toolbox.deploy.predictor import load_predictor as load
+
+    return load(path, device=device)

@@ -4,8 +4,11 @@ The geometry is torchvision's ``Resize(N)`` + ``CenterCrop(N)`` for images whose
 is larger than N (bilinear resampling), and ``CenterCrop(N)`` alone otherwise: a side shorter
 than N is zero-padded (``(N - s) // 2`` pixels before, the rest after), a longer one is cropped
 around its centre. A 28 x 28 Fashion-MNIST PNG at N = 32 thus gets 2 zero pixels on every side,
-exactly as the built-in ``fashion_mnist`` dataset. This module imports only numpy and Pillow,
-so worker processes start fast.
+exactly as the built-in ``fashion_mnist`` dataset. Colour is Pillow's conversion to mode ``L``
+(one channel) or ``RGB`` (three; alpha is dropped), 16- and 32-bit grayscale scaled from 0..65535.
+:func:`decode_image` opens a file and :func:`image_pixels` does the rest, for a file or an image
+already in memory (the predictor's inputs, :mod:`toolbox.deploy.predictor`). This module imports
+only numpy and Pillow, so worker processes start fast.
 """
 
 from __future__ import annotations
@@ -79,7 +82,14 @@ def decode_image(path: str | io.BytesIO, size: int, channels: int) -> np.ndarray
     with Image.open(path) as image:
         if image.format == "JPEG":  # decode at a reduced scale that still covers size x size
             image.draft("L" if channels == 1 else "RGB", (size, size))
-        pixels = np.asarray(_resized(_eight_bit(image, channels), size))
+        return image_pixels(image, size, channels)
+
+
+def image_pixels(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """An opened or in-memory Pillow image as a ``channels`` x ``size`` x ``size`` uint8 array: the
+    colour conversion and the geometry of the module docstring (what :func:`decode_image` does after
+    opening the file)."""
+    pixels = np.asarray(_resized(_eight_bit(image, channels), size))
     h, w = pixels.shape[:2]
     (src_y, dst_y), (src_x, dst_x) = _placement(h, size), _placement(w, size)
     out = np.zeros((channels, size, size), dtype=np.uint8)
@@ -88,6 +98,18 @@ def decode_image(path: str | io.BytesIO, size: int, channels: int) -> np.ndarray
     else:
         out[:, dst_y, dst_x] = pixels[src_y, src_x].transpose(2, 0, 1)
     return out
+
+
+def image_from_array(array: np.ndarray) -> Image.Image:
+    """A uint8 H x W (grey), H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA) array as a Pillow image;
+    anything else raises ``ValueError`` naming its shape or dtype."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
+        return Image.fromarray(np.ascontiguousarray(array))  # mode L, RGB or RGBA
+    raise ValueError(f"an image array must be H x W or H x W x C with C 1, 3 or 4, got shape {tuple(array.shape)}")
 
 
 @dataclass

@@ -138,6 +138,12 @@ def _walk(folder: Path, above: frozenset[tuple[int, int]] = frozenset()) -> Iter
             yield entry
 
 
+def image_files(folder: Path) -> Iterator[str]:
+    """Paths of the image files under ``folder`` in the order training reads a class folder (sorted,
+    sub-folders followed, hidden names and non-image extensions skipped)."""
+    return (entry.path for entry in _walk(Path(folder)))
+
+
 def list_images(folder: Path, classes: Sequence[str], require_all_classes: bool = True,
                 what: str = "image", bad_names: list[str] | None = None) -> FileList:
     """Every image of ``folder``'s class folders, labelled by its folder's position in

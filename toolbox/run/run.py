@@ -372,7 +372,8 @@ class Run:
             self.model if model is None else model, self.state.masks if masks is None else masks,
             compacted=phase != LEARN, arch=options.arch,
             num_classes=data.num_classes, in_chans=data.in_chans, model_kwargs=options.model_kwargs, step=step,
-            phase=phase, input_size=self.inputs.input_size, classes=data.classes, mean=data.mean, std=data.std)
+            phase=phase, input_size=self.inputs.input_size, classes=data.classes, mean=data.mean, std=data.std,
+            dataset=data.name)
         ckpt.save_checkpoint(serve_path(self.run_dir, step), checkpoint)
 
     def _restore_serve_files(self) -> None:
