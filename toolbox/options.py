@@ -118,6 +118,8 @@ class RunOptions:
     classes: list[str] | None = None
     open_ended: bool = False
     serve: str = "learn"
+    promote: str = "top1>=prev-0.5"  # the promotion gate's rule (toolbox.run.promotion)
+    val: str | None = None  # a folder of validation images for --shards runs (the gate judges on it)
     steps: int = 4
     per_class: int | None = None
     val_per_class: int = 0
@@ -181,13 +183,9 @@ class RunOptions:
             if any(not 0 <= s <= MAX_SEED for s in seeds):
                 raise UsageError(f"Seeds must be >= 0 and at most {MAX_SEED}; {flag} got {','.join(map(str, seeds))}.")
         if self.schedule not in SCHEDULES:
-            raise UsageError(
-                f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}."
-            )
+            raise UsageError(f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}.")
         if self.precision not in PRECISIONS:
-            raise UsageError(
-                f"--precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}."
-            )
+            raise UsageError(f"--precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}.")
         if self.warmup_epochs < 0:
             raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}.")
         if self.threads is not None and self.threads < 1:
@@ -196,6 +194,8 @@ class RunOptions:
             raise UsageError(f"--serve {self.serve!r} is unknown; use one of {', '.join(SERVES)}.")
         if self.classes and not self.shards:
             raise UsageError("--classes is recorded by --shards runs (the first folder's classes); drop it.")
+        if self.val and not self.shards:
+            raise UsageError("--val DIR is for --shards runs; other runs hold out --val-per-class N images instead.")
         if self.shards:
             self.steps, self.open_ended, self.dataset = len(self.shards), True, "imagefolder"
         self._validate_images()

@@ -107,6 +107,8 @@ def step(
                                        "trained on (more than half) or that shares images with the test folder."),
     test: Optional[Path] = typer.Option(None, help="The run's test folder, where it was moved to (default: the "
                                         "recorded one)."),
+    val: Optional[Path] = typer.Option(None, help="The run's validation folder (--val), where it was moved to."),
+    promote: Optional[str] = typer.Option(None, help="A new promotion rule from this step on (default: the run's)."),
 ) -> None:
     """Add one step to a finished run with a newly arrived folder of images; earlier folders are
     not needed."""
@@ -115,7 +117,7 @@ def step(
     setup_logging()
     progress = Progress()
     try:
-        runner = add_step(run_dir, data, progress, allow_overlap, test)
+        runner = add_step(run_dir, data, progress, allow_overlap, test, val, promote)
         results = runner.execute()
     finally:
         progress.close()

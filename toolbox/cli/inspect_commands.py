@@ -157,6 +157,21 @@ def prune(
     console.print(table)
 
 
+@app.command()
+@user_errors
+def promote(
+    run_dir: Path = typer.Argument(..., help="A run directory (its --out)."),
+    step: int = typer.Option(..., help="The step whose served model becomes serve/current.pt (an earlier one rolls back)."),
+) -> None:
+    """Serve a step's model by hand: serve/current.pt becomes its copy, and history.json says so."""
+    from toolbox.run.promotion import promote_by_hand
+
+    history = promote_by_hand(run_dir, step)
+    current = history["current"]
+    console.print(f"serve/current.pt is now step {current['step']}'s model ({current['reason']}); "
+                  f"recorded in {run_dir / 'serve' / 'history.json'}.")
+
+
 @app.command("check")
 @user_errors
 def check(

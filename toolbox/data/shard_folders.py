@@ -55,6 +55,13 @@ def load_step(options: Any, step: int) -> FolderImages:
                               options.skip_bad_images, what=f"step {step} image")
 
 
+def load_validation(options: Any) -> FolderImages:
+    """The decoded images of the ``--val`` folder (validation images the promotion gate judges on)."""
+    return load_image_folders([Path(options.val).expanduser()], options.classes, options.image_size,
+                              options.channels, options.skip_bad_images, require_all_classes=False,
+                              what="validation image")
+
+
 def folder_manifest(options: Any, folder: Path, what: str) -> Manifest:
     """The manifest of ``folder`` decoded with the run's settings (through the decoded cache, so
     the step that trains on it later reads the cache)."""

@@ -63,12 +63,13 @@ def check_overlap(run_dir: Path, values: dict[str, Any], data: Path, allow: bool
 
 
 def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = None,
-             allow_overlap: bool = False, test: Path | None = None) -> Run:
+             allow_overlap: bool = False, test: Path | None = None, val: Path | None = None,
+             promote: str | None = None) -> Run:
     """Reopen the finished run in ``run_dir``, append ``data`` as its next step and return the
     run, ready for :meth:`Run.execute` (which trains just the new step). ``allow_overlap`` turns
     the refusal of a folder the run already trained on (or that shares test images) into a
-    warning, and is recorded in the run's config; ``test`` is the run's test folder where it was
-    moved to."""
+    warning, and is recorded in the run's config; ``test`` (``val``) is the run's test (validation)
+    folder where it was moved to; ``promote`` a new promotion rule from this step on."""
     run_dir, data = Path(run_dir), Path(data).expanduser().resolve()
     values = distributed.run_on_main(read_run_config, run_dir)
     if test is not None:
@@ -78,7 +79,9 @@ def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = No
                          "with `toolbox run --shards DIR1,DIR2 --test DIR` to add steps later.")
     check_classes(data, list(values.get("classes") or []))
     manifests, new = check_overlap(run_dir, values, data, allow_overlap)
-    run = resume_run(run_dir, progress, changes={"test": None if test is None else str(test)})
+    changes = {"test": None if test is None else str(test), "val": None if val is None else absolute_path(val),
+               "promote": promote}
+    run = resume_run(run_dir, progress, changes=changes)
     pending = [item for item in run.phase_order() if item not in run.state.done]
     if pending:
         raise UsageError(f"{run_dir} has unfinished phases (step {pending[0][0]} {pending[0][1]}); finish them with "

@@ -55,8 +55,9 @@ def absolute_path(path: str | Path) -> str:
 def absolute_paths(options: RunOptions) -> None:
     """Make the run's data folders and run directory absolute, as config.yaml records them, so a
     later command run from another directory (``toolbox step`` from cron) finds them."""
-    options.data_root, options.train, options.test, options.out = (
-        None if p is None else absolute_path(p) for p in (options.data_root, options.train, options.test, options.out))
+    options.data_root, options.train, options.test, options.val, options.out = (
+        None if p is None else absolute_path(p)
+        for p in (options.data_root, options.train, options.test, options.val, options.out))
     options.shards = [absolute_path(p) for p in options.shards]
 
 

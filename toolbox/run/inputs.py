@@ -124,7 +124,9 @@ class RunData:
             else:  # checked when the run started (and by `toolbox step`); manifests.json holds them
                 self.data.manifests = None
             self.validation, self.shards = None, []
+            self.val_images = shard_folders.load_validation(options) if options.val else None
             return
+        self.val_images = None
         self.data = load_run_data(options)
         try:
             self.validation, self.shards = split_validation_and_shards(self.data.train_y, options)
@@ -216,14 +218,27 @@ class RunData:
         data = self.data
         return self._eval_loader(data.test_x, data.test_y, None)
 
-    def validation_loader(self) -> BatchLoader:
-        """The held-out validation images (from the training set), unaugmented."""
-        data = self.data
-        return self._eval_loader(data.train_x, data.train_y, self.validation)
+    @property
+    def has_validation(self) -> bool:
+        """Whether the run holds out validation images (``--val-per-class`` or ``--val DIR``)."""
+        return self.validation is not None or self.val_images is not None
 
-    def _eval_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None) -> BatchLoader:
+    def validation_loader(self, whole: bool = False) -> BatchLoader:
+        """The held-out validation images (from the training set, or ``--val DIR``'s), unaugmented."""
+        if self.val_images is not None:
+            return self._eval_loader(self.val_images.x, self.val_images.y, None, whole)
+        data = self.data
+        return self._eval_loader(data.train_x, data.train_y, self.validation, whole)
+
+    def whole_test_loader(self) -> BatchLoader:
+        """Every test image on this process (for the step review, which runs on one process)."""
+        return self._eval_loader(self.data.test_x, self.data.test_y, None, whole=True)
+
+    def _eval_loader(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor | None,
+                     whole: bool = False) -> BatchLoader:
         data, options = self.data, self.options
-        return BatchLoader(x, y, eval_part(indices, y.numel()), options.eval_batch_size, data.mean, data.std,
+        part = indices if whole else eval_part(indices, y.numel())
+        return BatchLoader(x, y, part, options.eval_batch_size, data.mean, data.std,
                            train=False, seed=0, device=self.device, channels_last=options.channels_last)
 
     def evaluate(self, model: nn.Module, precision: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -231,7 +246,7 @@ class RunData:
         processes) and, with a validation split, its top-1 and loss."""
         test = evaluate(model, self.test_loader(), self.device, precision, across_processes=True)
         scores = {"top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"]}
-        if self.validation is not None:
+        if self.has_validation:
             val = evaluate(model, self.validation_loader(), self.device, precision, across_processes=True)
             scores.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
         broken = [name for name in ("test_loss", "val_loss") if name in scores and not math.isfinite(scores[name])]

@@ -67,6 +67,10 @@ class RunLogs:
         self.board.phase(step, phase, record, model)
         self.log.phase(step, phase, record)
 
+    def review(self, step: int, entry: Mapping[str, Any]) -> None:
+        """After a step's review (``entry``: the step's results entry, with ``update`` and ``promotion``)."""
+        self.board.review(step, entry["phases"][-1]["phase"], entry)
+
     def close(self) -> None:
         """Close the event files and detach run.log."""
         self.board.close()

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from toolbox.run.update_report import plot_class_changes, updates_markdown
 from toolbox.storage.atomic import atomic_savefig, atomic_write_json, atomic_write_text
 
 
@@ -49,7 +50,8 @@ def run_markdown(results: dict[str, Any]) -> str:
                 f"| {step['step']} | {phase['phase']} | {phase['epochs']} | {phase['images']} | "
                 f"{_fmt(phase['top1'])} | {_fmt(phase['top5'])} | {_fmt(phase['train_seconds'], 1)} |"
             )
-    return "\n".join(lines) + "\n"
+    updates = updates_markdown(results["steps"])
+    return "\n".join(lines) + "\n" + (f"\n{updates}" if updates else "")
 
 
 def plot_top1(results: dict[str, Any], path: Path) -> None:
@@ -83,6 +85,7 @@ def write_run_report(run_dir: Path, results: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "results.md", run_markdown(results))
     if results["steps"]:
         plot_top1(results, run_dir / "top1_per_step.png")
+        plot_class_changes(results["steps"], run_dir / "class_top1_change.png")
 
 
 # --------------------------------------------------------------------- across runs and seeds
@@ -181,8 +184,21 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                          "top5_mean": mean_std([s["top5"] for s in records])[0],
                          "params": records[0].get("params"), "macs": records[0].get("macs"),
                          "sparsity": mean_std(sparsity)[0] if sparsity else None,
-                         "train_seconds": seconds})
+                         "train_seconds": seconds, **flip_summary(records)})
     return rows
+
+
+def flip_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Negative flip rate (mean and std over seeds, fractions) and how many seeds' models were
+    promoted, for one step's records; empty for steps without a review."""
+    flips = [r["update"]["nfr"] for r in records if r.get("update")]
+    promoted = [bool(r["promotion"]["promoted"]) for r in records if r.get("promotion")]
+    summary: dict[str, Any] = {}
+    if flips:
+        summary["nfr_mean"], summary["nfr_std"] = mean_std(flips)
+    if promoted:
+        summary["promoted"] = f"{sum(promoted)}/{len(promoted)}"
+    return summary
 
 
 def rows_markdown(rows: list[dict[str, Any]]) -> str:
@@ -190,13 +206,15 @@ def rows_markdown(rows: list[dict[str, Any]]) -> str:
     lines = []
     for step in sorted({r["step"] for r in rows}):
         lines += [f"### Step {step}", "",
-                  "| method | seeds | top-1 % (mean ± std) | top-5 % | params | MMACs | sparsity | train s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | seeds | top-1 % (mean ± std) | top-5 % | params | MMACs | sparsity | train s "
+                  "| negative flips % | promoted |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["step"] == step):
+            flips = f"{100 * r['nfr_mean']:.2f} ± {100 * r['nfr_std']:.2f}" if "nfr_mean" in r else "-"
             lines.append(
                 f"| {r['method']} | {r['seeds']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
                 f"{r['top5_mean']:.2f} | {r['params'] or '-'} | {_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | "
-                f"{_fmt(r['sparsity'], 3)} | {r['train_seconds']:.1f} |")
+                f"{_fmt(r['sparsity'], 3)} | {r['train_seconds']:.1f} | {flips} | {r.get('promoted', '-')} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -283,7 +301,7 @@ def write_comparison(paths: list[Path], out: Path) -> list[dict[str, Any]]:
     atomic_write_json(out / "report.json", {"runs": [str(p) for p in run_dirs], "rows": rows})
     atomic_write_text(out / "report.md", f"# Comparison of {len(run_dirs)} runs\n\n" + rows_markdown(rows))
     buffer = io.StringIO()
-    fields = [k for k in rows[0] if k != "seed_list"]
+    fields = list(dict.fromkeys(k for row in rows for k in row if k != "seed_list"))  # later steps add flips
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

@@ -38,7 +38,8 @@ log = logging.getLogger("toolbox")
 #: the model or the random draws of what is already trained.
 RESUMABLE = frozenset({"lr", "batch_size", "eval_batch_size", "epochs", "phase_epochs", "momentum", "weight_decay",
                        "schedule", "milestones", "lr_decay", "warmup_epochs", "warmup_lr", "device", "channels_last",
-                       "precision", "threads", "skip_nonfinite", "tensorboard", "compact_teacher"})
+                       "precision", "threads", "skip_nonfinite", "tensorboard", "compact_teacher",
+                       "promote", "val"})
 
 
 def resumed_options(values: dict[str, Any], changes: dict[str, Any],

@@ -34,6 +34,7 @@ from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phase
 from toolbox.preflight.analysis import check_run
 from toolbox.pruning.cost import count_macs, count_params
 from toolbox.run import directory as files
+from toolbox.run import promotion
 from toolbox.run import results as report
 from toolbox.run import resume
 from toolbox.run.engine import Trainer, build_optimizer, check_finite, near_chance
@@ -41,6 +42,7 @@ from toolbox.run.inputs import RunData
 from toolbox.run.logs import RunLogs, batch_callback
 from toolbox.run.serve_files import serve_checkpoint, serve_path
 from toolbox.run.state import RunState
+from toolbox.run.step_review import review_step
 from toolbox.runtime import distributed
 from toolbox.runtime.device import run_precision, select_device
 from toolbox.storage import checkpoint as ckpt
@@ -70,6 +72,7 @@ class Run:
         distributed.local_batch_size(options.batch_size)  # refuses a global batch the processes cannot share
         if options.threads:
             torch.set_num_threads(options.threads)
+        promotion.parse_rule(options.promote)  # a bad --promote is refused before anything is read or written
         self.inputs = RunData(options, self.device)
         self.data = self.inputs.data
         self.validation, self.shards = self.inputs.validation, self.inputs.shards
@@ -322,6 +325,9 @@ class Run:
         state.optimizer_state = None if options.reset_optimizer else optimizer.state_dict()
         state.done.add((step, phase))
         distributed.run_on_main(self._write_serve, step, phase)  # before the checkpoint that marks the phase done
+        if phase == self.plan(step)[-1]:  # the step is done: what it changed, and is it promoted?
+            state.results[-1].update(distributed.run_on_main(review_step, self, step))
+            self.logs.review(step, state.results[-1])
         distributed.run_on_main(files.save_phase, self.run_dir, step, phase,
                                 self._checkpoint(step, phase, state.masks, state.records, state.optimizer_state),
                                 self.results())

@@ -61,9 +61,12 @@ def resume_run(run_dir: Path, progress: Callable[..., Any] | None = None,
     values = distributed.run_on_main(files.read_run_config, run_dir)
     pm = load_plugins(plugin_names(values), extra_plugins)
     options, changed = resume.resumed_options(values, changes or {}, declared_options(pm))
-    if options.test and not distributed.run_on_main(Path(options.test).is_dir):
-        raise UsageError(f"The run's test folder {options.test} does not exist (moved or deleted); pass its new "
-                         "place with --test DIR (`toolbox step` and `toolbox run --resume` take it).")
+    for flag in ("test", "val"):
+        folder = getattr(options, flag)
+        if folder and not distributed.run_on_main(Path(folder).is_dir):
+            raise UsageError(f"The run's {'test' if flag == 'test' else 'validation'} folder {folder} does not exist "
+                             f"(moved or deleted); pass its new place with --{flag} DIR (`toolbox step` and "
+                             "`toolbox run --resume` take it).")
     run = Run(options, pm, run_dir, progress)
     distributed.run_on_main(runlock.hold, run, run_dir)
     if changed:

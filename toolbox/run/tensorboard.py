@@ -169,6 +169,26 @@ class RunBoard:
             self.bn_gamma_histograms(model, x)
         self.writer.flush()
 
+    def review(self, step: int, last_phase: str, entry: Mapping[str, Any]) -> None:
+        """What step ``step`` changed and its promotion, at the end of its last phase:
+        ``update/nfr``, ``update/pfr``, ``update/class_top1_change/<class>``, ``promotion/promoted``
+        (1 or 0) and the gate's validation numbers as ``promotion/<name>``."""
+        if self.writer is None:
+            return
+        x = self.phase_end(step, last_phase)
+        update, promotion = entry.get("update"), entry.get("promotion")
+        if update:
+            self.writer.add_scalar("update/nfr", update["nfr"], x)
+            self.writer.add_scalar("update/pfr", update["pfr"], x)
+            for name, values in update["per_class"].items():
+                if values["change"] is not None:
+                    self.writer.add_scalar(f"update/class_top1_change/{name}", values["change"], x)
+        if promotion:
+            self.writer.add_scalar("promotion/promoted", float(promotion["promoted"]), x)
+            for name, value in _numbers(promotion.get("numbers") or {}):
+                self.writer.add_scalar(f"promotion/{name}", value, x)
+        self.writer.flush()
+
     def bn_gamma_histograms(self, model: nn.Module, x: int) -> None:
         """Histograms of |gamma| of every BatchNorm layer, one per layer and ``bn_gamma/all``."""
         gammas = []
