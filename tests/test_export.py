@@ -23,7 +23,7 @@ from toolbox.deploy import export
 runner = CliRunner()
 CLASSES = ("ant", "bee", "cat")
 TINY = ["--arch", "cifar_resnet20", "--epochs", "1", "--batch-size", "8", "--eval-batch-size", "32",
-        "--device", "cpu", "--threads", "1", "--image-size", "16", "--plugins", "sst,aod,msl"]
+        "--device", "cpu", "--threads", "1", "--image-size", "16", "--plugins", "sst"]
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,10 @@ def folder_images(meta: dict[str, Any], test: Path) -> tuple[np.ndarray, np.ndar
     """The test folder preprocessed with the recipe that travels with the export: (images, labels)."""
     recipe = meta["preprocessing"]
     paths = sorted(test.glob("*/*.png"))
-    raw = np.stack([decode_image(str(p), recipe["size"][0], recipe["channels"]) for p in paths]).astype(np.float32)
+    raw = np.stack([decode_image(str(p), recipe["image_size"], recipe["channels"]) for p in paths]).astype(np.float32)
     mean, std = (np.asarray(recipe[k], np.float32).reshape(1, -1, 1, 1) for k in ("mean", "std"))
     labels = np.array([meta["classes"].index(p.parent.name) for p in paths])
-    return ((raw * np.float32(recipe["scale"]) - mean) / std).astype(np.float32), labels
+    return ((raw / np.float32(255) - mean) / std).astype(np.float32), labels  # recipe["scaling"]
 
 
 
@@ -121,8 +121,10 @@ def test_out_never_replaces_a_file_the_toolbox_did_not_write(folder_run: Path, t
     assert result.exit_code == 2 and "was not written by toolbox export" in result.output
     assert foreign.read_bytes() == b"mine"
     ours = tmp_path / "model.pt"
-    for _ in range(2):  # its own export it may replace
-        assert runner.invoke(app, ["export", str(folder_run), "--format", "torchscript", "--out", str(ours)]).exit_code == 0
+    assert runner.invoke(app, ["export", str(folder_run), "--format", "torchscript", "--out", str(ours)]).exit_code == 0
+    before = ours.stat().st_ino
+    assert runner.invoke(app, ["export", str(folder_run), "--format", "torchscript", "--out", str(ours)]).exit_code == 0
+    assert ours.stat().st_ino != before  # its own export it may replace (atomically: a new file)
     export.sidecar_path(ours).write_text("{}")  # a sidecar that is not ours any more
     result = runner.invoke(app, ["export", str(folder_run), "--format", "torchscript", "--out", str(ours)])
     assert result.exit_code == 2 and export.sidecar_path(ours).read_text() == "{}"

@@ -1,7 +1,8 @@
 """The ``toolbox`` command line (typer): the commands that train: run, step, train, tune.
 
 The others (eval, prune, check, report, plugins, models) are :mod:`toolbox.cli.inspect_commands`'s,
-``predict`` is :mod:`toolbox.cli.predict_command`'s; the app and what every command shares are :mod:`toolbox.cli.app`'s.
+``predict`` is :mod:`toolbox.cli.predict_command`'s, ``export`` and ``serve`` are
+:mod:`toolbox.cli.deploy_commands`'; the app and what every command shares are :mod:`toolbox.cli.app`'s.
 
 Core flags and plugin flags share one path: every ``--name VALUE`` goes through
 :func:`toolbox.options.build_options` together with the config file, so a value is parsed and

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolbox.data.recipe import checkpoint_recipe
 from toolbox.deploy.model_file import resolve_model
 from toolbox.errors import UsageError
-from toolbox.pruning.compaction import checkpoint_input_size
 from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.atomic import atomic_write_bytes, atomic_write_json
 
@@ -55,22 +55,12 @@ class ExportResult:
     step: int
 
 
-def recipe_of(data: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """The serve file's preprocessing recipe (``data["preprocessing"]``), else the one its
-    recorded input size and normalization imply (decode, resize + centre crop/pad, /255, normalize)."""
-    if isinstance(data.get("preprocessing"), dict):
-        return dict(data["preprocessing"])
-    channels, height, width = checkpoint_input_size(data, model)
-    norm = ckpt.recorded_normalization(data) or ([0.0] * channels, [1.0] * channels)
-    return {"channels": channels, "size": [height, width], "resize": "shorter side to size, then centre crop or zero pad",
-            "scale": 1 / 255, "mean": list(norm[0]), "std": list(norm[1])}
-
-
-def metadata(data: dict[str, Any], model: nn.Module, source: Path) -> dict[str, Any]:
-    """The facts that travel with an export: the toolbox's mark, arch, step, classes, recipe, I/O names."""
-    classes = data.get("classes") or [str(i) for i in range(int(data["num_classes"]))]
+def metadata(data: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The facts that travel with an export: the toolbox's mark, arch, step, classes, the
+    preprocessing recipe (:mod:`toolbox.data.recipe`) and the input / output names."""
+    recipe = checkpoint_recipe(data, source)
     return {"format": MARK, "arch": data["arch"], "step": int(data["step"]), "phase": data.get("phase"),
-            "classes": list(classes), "preprocessing": recipe_of(data, model), "input": "images",
+            "classes": list(recipe["classes"]), "preprocessing": recipe, "input": "images",
             "output": "logits", "source": str(source)}
 
 
@@ -192,8 +182,9 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path, tolerance: f
     source = resolve_model(model_path)
     data = ckpt.load_checkpoint(source)
     model = ckpt.model_from_checkpoint(data).float().cpu().eval()
-    meta = metadata(data, model, source)
-    input_size = checkpoint_input_size(data, model)
+    meta = metadata(data, source)
+    recipe = meta["preprocessing"]
+    input_size = (int(recipe["channels"]), int(recipe["image_size"]), int(recipe["image_size"]))
     to_bytes, run = EXPORTERS[fmt]
     blob = to_bytes(model, probe_batch(input_size, 2), meta)
     probe = probe_batch(input_size)

@@ -20,6 +20,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request  # module level: FastAPI reads the annotations here
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from toolbox.deploy.live_model import LiveModel, top_k
+from toolbox.deploy.predictor import ImageInputError
 from toolbox.errors import UsageError
 
 log = logging.getLogger("toolbox")
@@ -89,15 +91,15 @@ def predict(live: LiveModel, files: list[tuple[str, bytes]], k: int) -> dict[str
     """The answer of the model served now for ``files`` (name, bytes); ``ValueError`` names a bad image."""
     loaded = live.get()
     predictor = loaded.predictor
-    batches = []
+    pixels = []
     for name, blob in files:
         try:
-            batches.append(predictor.preprocess([blob]))
-        except Exception as exc:  # noqa: BLE001 - whatever the decoder says, the image is unusable
-            reason = re.sub(r"\s*<[^>]*>", "", (str(exc).strip().splitlines() or [type(exc).__name__])[0])[:100].rstrip(".")
+            pixels.append(predictor.pixels(blob))
+        except ImageInputError as exc:
+            found = re.search(r"\((.*)\); pass", str(exc))  # the decoder's reason, without object addresses
+            reason = re.sub(r"\s*<[^>]*>", "", found.group(1) if found else "it does not decode")[:100].rstrip(".")
             raise ValueError(f"{name} is not an image the server can decode ({reason}); send PNG or JPEG files.") from None
-    with torch.no_grad():
-        probabilities = torch.softmax(predictor.model(torch.cat(batches)).float(), dim=1).tolist()
+    probabilities = torch.softmax(predictor.logits(np.stack(pixels)), dim=1).tolist()
     return {"step": loaded.step,
             "predictions": [{"file": name, "top": top_k(p, predictor.classes, k)} for (name, _), p in zip(files, probabilities)]}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from toolbox.deploy.model_file import resolve_model
+from toolbox.deploy.predictor import load_predictor
 from toolbox.errors import UsageError
 
 log = logging.getLogger("toolbox")
@@ -27,17 +28,6 @@ def file_identity(path: Path) -> tuple[int, int, int, int]:
     """What changes when a file is replaced or rewritten: (device, inode, mtime ns, size)."""
     stat = os.stat(path)
     return stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-
-def load_predictor(path: Path) -> Any:
-    """The predictor of one model file (:func:`toolbox.load_predictor` where present)."""
-    import toolbox
-
-    if hasattr(toolbox, "load_predictor"):
-        return toolbox.load_predictor(path)
-    from toolbox.deploy.simple_predictor import SimplePredictor  # until the predictor is merged
-
-    return SimplePredictor(path)
 
 
 @dataclass(frozen=True)
