@@ -23,6 +23,7 @@ from fabricate import write_image_folder
 from typer.testing import CliRunner
 
 from toolbox.cli.commands import app
+from toolbox.deploy.live_model import LiveModel
 
 runner = CliRunner()
 CLASSES = ("ant", "bee", "cat")
@@ -139,3 +140,20 @@ def test_requests_during_a_promotion_all_succeed_and_the_step_changes_once(serve
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
+
+
+def test_a_promoted_file_that_does_not_load_leaves_the_old_model_serving(folder_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "serve").mkdir(parents=True)
+    step1 = (folder_run / "serve" / "step1.pt").read_bytes()
+    (run / "serve" / "current.pt").write_bytes(step1)
+    live = LiveModel(run)
+    first = live.get()
+    assert first.step == 1 and live.get() is first  # unchanged file: no reload
+    (run / "serve" / "current.pt.new").write_bytes(step1[: len(step1) // 2])
+    os.replace(run / "serve" / "current.pt.new", run / "serve" / "current.pt")  # a truncated promotion
+    assert live.get() is first and live.reloads == 0
+    assert live.get() is first and live._refused is not None  # not tried again until it changes
+    os.replace(run / "serve" / "current.pt", run / "serve" / "broken.pt")
+    (run / "serve" / "current.pt").write_bytes(step1)  # a good promotion after the bad one
+    assert live.get() is not first and live.get().step == 1 and live.reloads == 1

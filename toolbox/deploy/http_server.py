@@ -8,7 +8,7 @@
 
 The model follows ``RUN/serve/current.pt`` between requests (:class:`~toolbox.deploy.live_model.LiveModel`).
 A malformed image gets 400, a body over ``--max-upload-mb`` 413 (refused while it arrives), both
-with one sentence in ``detail``. SIGTERM or Ctrl-C stops the server after the requests in flight.
+with one sentence in ``detail``. SIGTERM or Ctrl-C stops the server after the requests in flight (exit code 0).
 """
 
 from __future__ import annotations
@@ -171,10 +171,11 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_up
              "(POST /predict, GET /health, GET /model); it follows serve/current.pt; SIGTERM or Ctrl-C stops it")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off")
-    # uvicorn stops on SIGTERM, then raises it again under the handler it found: a quiet one, so
-    # that a stop requested by SIGTERM ends with exit code 0
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # uvicorn stops on SIGTERM / SIGINT, then raises the signal again under the handler it found:
+    # quiet ones, so that a stop asked for ends the command normally (exit code 0)
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         uvicorn.Server(config).run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -48,13 +48,16 @@ class LiveModel:
         self.attempts = attempts
         self._lock = threading.Lock()
         self._loaded: Loaded | None = None
+        self._refused: tuple[int, int, int, int] | None = None  # a file that did not load: not tried again
         self.reloads = 0
         if self.get() is None:
             raise UsageError(f"{self.run_dir} has no model that loads; pass a run directory after its first step.")
 
     def _load(self) -> Loaded | None:
-        """Load what the run serves now; ``None`` when it is replaced while loading every time, or cannot be loaded."""
+        """Load what the run serves now; ``None`` when it cannot be loaded (it is then not tried
+        again until it changes) or is replaced while loading every time."""
         for _ in range(self.attempts):
+            before = None
             try:
                 path = resolve_model(self.run_dir)
                 before = file_identity(path)
@@ -62,27 +65,26 @@ class LiveModel:
                 if file_identity(path) == before:  # the bytes loaded are the file's of that identity
                     return Loaded(predictor, int(predictor.step), path, before)
             except (UsageError, OSError) as exc:
+                self._refused = before
                 log.warning("serve: keeping the model of step %s: %s", getattr(self._loaded, "step", "?"), exc)
                 return None
         return None
 
+    def _changed(self) -> bool:
+        """Whether the served file is another than the loaded one (and not one that failed to load)."""
+        try:
+            identity = file_identity(resolve_model(self.run_dir))
+        except (UsageError, OSError):
+            return False
+        return identity != self._refused and (self._loaded is None or identity != self._loaded.identity)
+
     def get(self) -> Loaded | None:
         """The model to answer this request with (reloaded first when the served file changed)."""
-        current = self._loaded
-        try:
-            changed = current is None or file_identity(resolve_model(self.run_dir)) != current.identity
-        except (UsageError, OSError):
-            changed = False
-        if not changed:
-            return current
+        if not self._changed():
+            return self._loaded
         with self._lock:  # one reload at a time; requests meanwhile wait, then see the new model
-            current = self._loaded
-            try:
-                still = current is None or file_identity(resolve_model(self.run_dir)) != current.identity
-            except (UsageError, OSError):
-                still = False
-            if still:
-                fresh = self._load()
+            if self._changed():
+                current, fresh = self._loaded, self._load()
                 if fresh is not None:
                     if current is not None:
                         log.info("serve: step %d -> step %d (%s)", current.step, fresh.step, fresh.path)
