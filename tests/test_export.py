@@ -128,3 +128,9 @@ def test_out_never_replaces_a_file_the_toolbox_did_not_write(folder_run: Path, t
     export.sidecar_path(ours).write_text("{}")  # a sidecar that is not ours any more
     result = runner.invoke(app, ["export", str(folder_run), "--format", "torchscript", "--out", str(ours)])
     assert result.exit_code == 2 and export.sidecar_path(ours).read_text() == "{}"
+
+
+def test_an_unknown_format_is_one_sentence(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", str(tmp_path), "--format", "tflite", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "--format tflite is not known; use one of onnx, torchscript." in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -157,3 +157,13 @@ def test_a_promoted_file_that_does_not_load_leaves_the_old_model_serving(folder_
     os.replace(run / "serve" / "current.pt", run / "serve" / "broken.pt")
     (run / "serve" / "current.pt").write_bytes(step1)  # a good promotion after the bad one
     assert live.get() is not first and live.get().step == 1 and live.reloads == 1
+
+
+def test_serve_refuses_a_run_without_a_model_and_a_taken_port(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", str(tmp_path / "nothing"), "--port", str(free_port())])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = runner.invoke(app, ["serve", str(tmp_path), "--port", str(taken.getsockname()[1])])
+    assert result.exit_code == 2 and "Cannot listen on 127.0.0.1:" in result.output

@@ -50,8 +50,10 @@ class LiveModel:
         self._loaded: Loaded | None = None
         self._refused: tuple[int, int, int, int] | None = None  # a file that did not load: not tried again
         self.reloads = 0
-        if self.get() is None:
-            raise UsageError(f"{self.run_dir} has no model that loads; pass a run directory after its first step.")
+        path = resolve_model(self.run_dir)  # nothing served: its one sentence
+        identity = file_identity(path)  # before loading: a file replaced meanwhile is loaded again
+        predictor = load_predictor(path)  # a file that does not load: its one sentence
+        self._loaded = Loaded(predictor, int(predictor.step), path, identity)
 
     def _load(self) -> Loaded | None:
         """Load what the run serves now; ``None`` when it cannot be loaded (it is then not tried
