@@ -159,6 +159,12 @@ EXPORTERS: dict[str, tuple[Callable[..., bytes], Callable[[bytes, np.ndarray], n
 OWNERS: dict[str, Callable[[Path], dict[str, Any] | None]] = {"onnx": onnx_metadata, "torchscript": torchscript_metadata}
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), at most 120 characters."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:120].rstrip(".")
+
+
 def check_out(out: Path, fmt: str) -> None:
     """Refuse an ``out`` (or its sidecar) that exists and was not written by a toolbox export."""
     targets = [(out, lambda p: OWNERS[fmt](p) is not None)]
@@ -186,15 +192,17 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path, tolerance: f
     recipe = meta["preprocessing"]
     input_size = (int(recipe["channels"]), int(recipe["image_size"]), int(recipe["image_size"]))
     to_bytes, run = EXPORTERS[fmt]
-    blob = to_bytes(model, probe_batch(input_size, 2), meta)
+    try:
+        blob = to_bytes(model, probe_batch(input_size, 2), meta)
+    except Exception as exc:  # noqa: BLE001 - an operator the exporter lacks, a model it cannot trace
+        raise UsageError(f"{source} cannot be exported to {fmt} ({first_line(exc)}); try the other --format.") from None
     probe = probe_batch(input_size)
     with torch.no_grad():
         expected = model(probe).numpy()
     try:
         got = run(blob, probe.numpy())
     except Exception as exc:  # noqa: BLE001 - a graph its runtime cannot run fails the check
-        raise UsageError(f"The {fmt} export of {source} does not run in its runtime "
-                         f"({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__}); "
+        raise UsageError(f"The {fmt} export of {source} does not run in its runtime ({first_line(exc)}); "
                          "nothing was written.") from None
     diff = float(np.abs(np.asarray(got, dtype=np.float64) - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= tolerance:
