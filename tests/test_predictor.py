@@ -224,3 +224,16 @@ def test_built_in_datasets_get_their_recipe() -> None:
     other = make_recipe(channels=3, image_size=32, mean=(0.5,) * 3, std=(0.2,) * 3, classes=None, num_classes=100,
                         dataset="cifar100")
     assert other["classes"][:3] == ["0", "1", "2"] and other["pillow_mode"] == "RGB"
+    drawn = make_recipe(channels=3, image_size=16, mean=(0.5,) * 3, std=(0.2,) * 3, classes=None, num_classes=10,
+                        dataset="synthetic")
+    assert drawn["classes"][:2] == ["disc", "ring"]
+
+
+def test_a_pruned_serve_file_keeps_its_recipe(run: dict[str, Any], tmp_path: Path) -> None:
+    from toolbox.pruning.prune_file import prune_checkpoint
+
+    serve = run["out"] / "serve" / "step1.pt"
+    prune_checkpoint(serve, tmp_path / "small.pt", ratio=0.25, repeats=0)
+    small = toolbox.load_predictor(str(tmp_path / "small.pt"))
+    assert small.recipe == ckpt.load_checkpoint(serve)["preprocessing"]
+    assert small.predict(str(run["test"] / "ant" / "0_0.png")).label in CLASSES

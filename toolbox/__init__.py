@@ -27,10 +27,10 @@ def load_model(path: str) -> "nn.Module":
     return checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path))
 
 
-def load_predictor(path: str, device: str = "cpu") -> "Predictor":
+def load_predictor(path: str, device: str = "cpu", batch_size: int = 256) -> "Predictor":
     """The model of a serve file, checkpoint or run directory (its promoted model) with the
     preprocessing it was trained with: ``predict``, ``preprocess``, ``classes``, ``recipe``
     (see :mod:`toolbox.deploy.predictor`)."""
     from toolbox.deploy.predictor import load_predictor as load
 
-    return load(path, device=device)
+    return load(path, device=device, batch_size=batch_size)

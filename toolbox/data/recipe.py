@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from toolbox.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from toolbox.errors import CheckpointError
 
 RECIPE_FORMAT = "toolbox-preprocessing/1"
@@ -39,6 +40,7 @@ SCALING = "float32 (pixel / 255 - mean) / std per channel, laid out N x C x imag
 DATASET_CLASSES = {
     "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                       "Ankle boot"],
+    "synthetic": list(SYNTHETIC_CLASSES),
 }
 SOURCE_IMAGES = {
     "fashion_mnist": "Fashion-MNIST's 28 x 28 grey images, zero-padded by 2 pixels on every side to 32 x 32",

@@ -66,6 +66,8 @@ def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = No
         records=records, options=data.get("options") or {}, results=data.get("results") or [], optimizer=None,
         input_size=data.get("input_size"), classes=data.get("classes"),
         normalization=ckpt.recorded_normalization(data, path))
+    if data.get("preprocessing") is not None:  # a pruned serve file keeps its recipe
+        result["preprocessing"] = data["preprocessing"]
     ckpt.save_checkpoint(Path(out), result)
     report = compaction_report(model, small, size, repeats=repeats, batch_sizes=batch_sizes)
     stats = structure["compactions"][-1]
