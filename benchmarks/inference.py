@@ -8,7 +8,7 @@ For every backbone (randomly initialized, BN scales from U(0.05, 1) as in ``benc
 the dense model and its compact copy at ratio r (the r smallest-|gamma| filters zeroed, then
 removed by :func:`toolbox.pruning.compaction.compact`, exact) run in PyTorch eager (fp32, NCHW,
 ``torch.no_grad``) and as the ONNX file ``toolbox export`` writes, in ONNX Runtime (CPU provider,
-all graph optimizations). Images/s at batch 1 and 64: every configuration is timed once per
+all graph optimizations, pool threads not spinning between runs). Images/s at batch 1 and 64: every configuration is timed once per
 round (rotating order, after a warm-up), ``--rounds`` rounds, the median reported; so load from
 other processes hits all configurations alike. Then ``toolbox serve`` runs in a subprocess over a
 run directory holding the dense cifar_resnet20, and ``--requests`` POST /predict of one 32 x 32 PNG
@@ -57,6 +57,9 @@ def runners(arch: str, ratio: float, threads: int) -> dict[tuple[str, str, str],
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's pool threads spin after each run by default: on 2 shared cores that steals the CPU from
+    # the next (eager) configuration of the interleaved rounds
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     out = {}
     for kind, model in (("dense", dense.eval()), ("compact", small.eval())):
         def eager(x: np.ndarray, model: torch.nn.Module = model) -> object:
