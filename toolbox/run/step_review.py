@@ -42,27 +42,60 @@ def load_served(path: Path, device: torch.device) -> nn.Module:
 def review_step(run: "Run", step: int) -> dict[str, Any]:
     """``{"update": ..., "promotion": ...}`` of ``step`` for its results entry; writes the promotion
     decision to ``serve/history.json`` (and ``serve/current.pt`` when promoted)."""
-    run_dir, inputs, device, precision = run.run_dir, run.inputs, run.device, run.options.precision
+    run_dir, options = run.run_dir, run.options
     new_file = serve_path(run_dir, step)
-    new_model = load_served(new_file, device)
+    predictions = Predictions(run)
     entry: dict[str, Any] = {}
-    previous_file = serve_path(run_dir, step - 1)
-    if step > 1 and previous_file.exists():
-        after, labels = predicted_labels(new_model, inputs.whole_test_loader(), device, precision)
-        before, _ = predicted_labels(load_served(previous_file, device), inputs.whole_test_loader(), device, precision)
+    if step > 1 and serve_path(run_dir, step - 1).exists():
+        labels = run.inputs.data.test_y.cpu()
+        before, after = predictions.of(step - 1, "test"), predictions.of(step, "test")
         entry["update"] = update_record(before, after, labels, class_names(run.data), step - 1)
     history = promotion.read_history(run_dir)
     against = promotion.promoted_before(history, step)
     numbers = None
-    if inputs.has_validation and against is not None:
-        numbers = gate_numbers(new_model, load_served(serve_path(run_dir, against), device), inputs, device, precision)
-    promote, reason = promotion.judge(run.options.promote, numbers, first=against is None)
-    decision = {"step": step, "promoted": promote, "reason": reason, "rule": run.options.promote,
+    if run.inputs.has_validation and against is not None:
+        numbers = gate_numbers(predictions.of(against, "val"), predictions.of(step, "val"), predictions.val_labels())
+    promote, reason = promotion.judge(options.promote, numbers, first=against is None)
+    decision = {"step": step, "promoted": promote, "reason": reason, "rule": options.promote,
                 "against_step": against, "numbers": numbers, "by": "gate"}
     history = promotion.record_decision(run_dir, decision, new_file)
     entry["promotion"] = {key: decision[key] for key in ("promoted", "reason", "against_step", "numbers")}
     say_decision(step, decision, history)
+    predictions.keep(step, against if not promote else step)
     return entry
+
+
+class Predictions:
+    """The served models' predictions on the test and validation images, each computed once: a
+    run keeps those of the last step and of the promoted one for the next review (a resumed run
+    computes them again from the serve files)."""
+
+    def __init__(self, run: "Run") -> None:
+        self.run = run
+        self.cache: dict[tuple[int, str], torch.Tensor] = getattr(run, "served_predictions", {})
+        run.served_predictions = self.cache
+
+    def of(self, step: int, images: str) -> torch.Tensor:
+        """Predictions of ``serve/step{step}.pt`` on the ``"test"`` or ``"val"`` images."""
+        if (step, images) not in self.cache:
+            run = self.run
+            model = load_served(serve_path(run.run_dir, step), run.device)
+            for which in ("test", "val") if run.inputs.has_validation else ("test",):
+                loader = run.inputs.whole_test_loader() if which == "test" else run.inputs.validation_loader(whole=True)
+                self.cache[(step, which)] = predicted_labels(model, loader, run.device, run.options.precision)[0]
+        return self.cache[(step, images)]
+
+    def val_labels(self) -> torch.Tensor:
+        """The validation images' labels, in the loader's order."""
+        inputs = self.run.inputs
+        if inputs.val_images is not None:
+            return inputs.val_images.y.cpu()
+        return inputs.data.train_y[inputs.validation].cpu()
+
+    def keep(self, *steps: int | None) -> None:
+        """Forget the predictions of every step but ``steps``."""
+        for key in [key for key in self.cache if key[0] not in steps]:
+            del self.cache[key]
 
 
 def class_names(data: Any) -> list[str]:
@@ -70,11 +103,9 @@ def class_names(data: Any) -> list[str]:
     return list(data.classes) if data.classes else [str(i) for i in range(data.num_classes)]
 
 
-def gate_numbers(new: nn.Module, promoted: nn.Module, inputs: Any, device: torch.device,
-                 precision: str) -> dict[str, float]:
-    """The gate's numbers on the validation images: ``top1`` (new), ``prev`` (promoted), ``nfr``, ``pfr``."""
-    after, labels = predicted_labels(new, inputs.validation_loader(whole=True), device, precision)
-    before, _ = predicted_labels(promoted, inputs.validation_loader(whole=True), device, precision)
+def gate_numbers(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The gate's numbers on the validation images from the promoted model's predictions ``before``
+    and the new model's ``after``: ``top1`` (new), ``prev`` (promoted), ``nfr``, ``pfr``."""
     count = max(labels.numel(), 1)
     return {"top1": round(100.0 * float((after == labels).sum()) / count, 4),
             "prev": round(100.0 * float((before == labels).sum()) / count, 4),
