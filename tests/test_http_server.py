@@ -135,6 +135,8 @@ def test_requests_during_a_promotion_all_succeed_and_the_step_changes_once(serve
     status, body = call(url + "/predict", [("notes.png", b"not an image at all")])
     assert status == 400 and body["detail"].startswith("notes.png is not an image")
     assert body["detail"].endswith(".") and body["detail"].count(". ") == 0  # one sentence
+    status, body = call(url + "/predict?top_k=many", [image])
+    assert status == 400 and body["detail"].startswith("top_k is not valid")
     status, body = call(url + "/predict", [("big.png", b"\0" * (1_100_000))])
     assert status == 413 and "1 MB" in body["detail"] and body["detail"].count(". ") == 0
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request  # module level: FastAPI reads the annotations here
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
@@ -107,6 +108,13 @@ def predict(live: LiveModel, files: list[tuple[str, bytes]], k: int) -> dict[str
 def create_app(live: LiveModel, max_upload_bytes: int) -> Any:
     """The FastAPI app over ``live`` (wrapped in the upload limit)."""
     app = FastAPI(title="toolbox serve", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "query") or "the request"
+        return JSONResponse({"detail": f"{where} is not valid ({first.get('msg', 'bad value')}); "
+                                       "e.g. /predict?top_k=3."}, status_code=400)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
