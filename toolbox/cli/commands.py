@@ -1,7 +1,8 @@
 """The ``toolbox`` command line (typer): the commands that train: run, step, train, tune.
 
 The others (eval, prune, check, report, plugins, models) are :mod:`toolbox.cli.inspect_commands`'s,
-``predict`` is :mod:`toolbox.cli.predict_command`'s; the app and what every command shares are :mod:`toolbox.cli.app`'s.
+``predict`` is :mod:`toolbox.cli.predict_command`'s, ``export`` and ``serve`` are
+:mod:`toolbox.cli.deploy_commands`'; the app and what every command shares are :mod:`toolbox.cli.app`'s.
 
 Core flags and plugin flags share one path: every ``--name VALUE`` goes through
 :func:`toolbox.options.build_options` together with the config file, so a value is parsed and
@@ -17,6 +18,7 @@ from typing import Any, Optional
 import typer
 
 from toolbox.cli import compare_command as cli_compare  # noqa: F401  (registers toolbox compare)
+from toolbox.cli import deploy_commands as cli_deploy  # noqa: F401  (registers export and serve)
 from toolbox.cli import inspect_commands as cli_inspect  # noqa: F401  (registers the inspecting commands)
 from toolbox.cli import predict_command  # noqa: F401  (registers toolbox predict)
 from toolbox.cli.app import EXTRA, app, merged_values, parse_extra_args, user_errors  # noqa: F401
