@@ -49,7 +49,8 @@ class ImageData:
     ``std`` are per-channel statistics in [0, 1] units, meant for normalising the images after
     dividing by 255. ``source`` says where the data came from, for logs and reports.
     ``classes`` names the classes in label order where the dataset knows them (image folders);
-    ``skipped`` lists the unreadable images left out (``--skip-bad-images``), as "path (reason)".
+    ``skipped`` lists the unreadable images left out (``--skip-bad-images``), as "path (reason)";
+    ``skipped_by_folder`` (``--shards`` runs) the same per folder (``"test"``, ``"step K"``).
     ``manifests`` (a :class:`toolbox.data.manifest.RunManifests`, ``--shards`` runs) lists the
     images of the run's folders with their content hashes.
     The image tensors may be memory-mapped from a decoded cache: read them, never write to them.
@@ -66,6 +67,7 @@ class ImageData:
     source: str
     classes: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
+    skipped_by_folder: dict[str, list[str]] | None = None
     manifests: Any = None
 
     @classmethod
