@@ -67,3 +67,12 @@ def test_images_left_out_of_every_step_folder_are_in_data_json(grown: tuple[Path
         (left_out,) = by_folder[f"step {step}"]
         assert left_out.startswith(f"{root / name / 'bee' / 'broken.png'} (") and left_out.endswith(")"), left_out
     assert record["skipped_images"] == by_folder["step 2"] + by_folder["step 3"]
+
+
+def test_each_folder_is_decoded_into_one_cache(grown: tuple[Path, Path, Counter[str]]) -> None:
+    """The statistics pass (which chooses the channels), the leakage check and step 1's training
+    pass all read D1's single entry."""
+    root, _, builds = grown
+    assert builds == {"D1": 1, "D2": 1, "D3": 1, "T": 1}, builds
+    keys = sorted(p.name.split("-")[0] for p in (root / decoded_cache.CACHE_DIRNAME).glob("*.json"))
+    assert keys == ["D1", "D2", "D3", "T"], keys

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from toolbox.data.datasets import ImageData
-from toolbox.data.imagefolder import DEFAULT_IMAGE_SIZE, NAME, FolderImages, class_folders, load_image_folders
+from toolbox.data.imagefolder import (
+    DEFAULT_IMAGE_SIZE,
+    NAME,
+    FolderImages,
+    class_folders,
+    folder_channels,
+    load_image_folders,
+)
 from toolbox.data.manifest import Manifest, RunManifests
 from toolbox.errors import UsageError
 
@@ -38,9 +45,10 @@ def fix_shared_settings(options: Any) -> None:
     first = Path(options.shards[0]).expanduser()
     options.classes = options.classes or class_folders(first, "step 1 image")
     options.image_size = options.image_size or DEFAULT_IMAGE_SIZE
-    if options.channels is None or options.mean is None or options.std is None:
+    if options.channels is None:  # fixed first, so this pass and the training pass share one cache entry
+        options.channels = folder_channels(first, options.classes, "step 1 image")
+    if options.mean is None or options.std is None:
         images = load_step(options, 1)
-        options.channels = options.channels or images.channels
         options.mean = list(options.mean or images.mean)
         options.std = list(options.std or images.std)
 
