@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from toolbox.data.datasets import ImageData
+from toolbox.data.datasets import ImageData, check_normalization
 from toolbox.data.imagefolder import (
     DEFAULT_IMAGE_SIZE,
     NAME,
@@ -47,10 +47,13 @@ def fix_shared_settings(options: Any) -> None:
     options.image_size = options.image_size or DEFAULT_IMAGE_SIZE
     if options.channels is None:  # fixed first, so this pass and the training pass share one cache entry
         options.channels = folder_channels(first, options.classes, "step 1 image")
+    own = options.std
     if options.mean is None or options.std is None:
         images = load_step(options, 1)
-        options.mean = list(options.mean or images.mean)
-        options.std = list(options.std or images.std)
+        options.mean, own = list(options.mean or images.mean), images.std
+    # a constant channel (std 0) or a --mean/--std of the wrong length: one sentence, before the run directory
+    options.std = list(check_normalization(f"the step 1 images in {first}", options.channels, options.mean,
+                                           options.std, own))
 
 
 def load_step(options: Any, step: int) -> FolderImages:
