@@ -149,8 +149,9 @@ def test_sigkill_at_every_epoch_of_every_phase(reference: Path, tmp_path: Path) 
     assert not leftovers(out)
 
 
+#: 20 images per class and step: 4 batches an epoch, enough for every kill point below (batch <= 3).
 SMALL = {"dataset": "synthetic", "arch": "cifar_resnet20", "steps": 2, "epochs": 2, "batch_size": 64,
-         "eval_batch_size": 256, "device": "cpu", "seed": 3}
+         "eval_batch_size": 256, "device": "cpu", "seed": 3, "per_class": 20}
 
 
 @pytest.mark.parametrize("extra,kills", [
@@ -190,13 +191,13 @@ def test_partial_checkpoint_holds_what_a_phase_needs(tmp_path: Path) -> None:
     where = (data["step"], data["phase"], data["epochs_done"], data["epochs"], data["partial"])
     assert where == (1, "learn", 2, 3, True)
     assert data["optimizer"]["state"] and data["rng"]["cpu"].dtype == torch.uint8
-    assert data["done"] == [] and data["global_batch"] == 2 * 10  # 600 images in batches of 64
+    assert data["done"] == [] and data["global_batch"] == 2 * 4  # 200 images in batches of 64
     with pytest.raises(Killed):
         start_run({**SMALL, "steps": 2, "epochs": 3, "plugins": "sst", "out": str(tmp_path / "sparsify")},
                   extra_plugins={"killer": KillAt(1, "sparsify", 3)}).execute()
     data = ckpt.load_checkpoint(ckpt.partial_checkpoint_path(tmp_path / "sparsify"))
     state = data["plugins"]["sst"]
-    assert state["done"] == 2 * 5 and len(state["s_history"]) == 2  # 300 images in batches of 64
+    assert state["done"] == 2 * 4 and len(state["s_history"]) == 2  # 200 images in batches of 64
     assert all(s.dtype == torch.bool for s in state["selection"])
 
 
@@ -274,7 +275,7 @@ def test_full_disk_during_a_checkpoint_write(tmp_path: Path, monkeypatch: pytest
                                              spare: int, small_reference: tuple[Path, dict[str, Any]]) -> None:
     out = tmp_path / "run"
     flags = ["--dataset", "synthetic", "--steps", "2", "--epochs", "2", "--batch-size", "64", "--device", "cpu",
-             "--eval-batch-size", "256", "--seed", "3", "--out", str(out)]
+             "--eval-batch-size", "256", "--seed", "3", "--per-class", "20", "--out", str(out)]
     with monkeypatch.context() as patch:
         fail_writes_to(victim, patch, spare)  # the writes of step 1 go through, step 2's first one fails
         result = runner.invoke(app, ["run", *flags])
