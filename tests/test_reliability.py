@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 import torch
-from cli_process import cli_flags, toolbox_cli
+from cli_process import cli_flags, forked_cli, toolbox_cli
 from run_compare import comparable, metric_lines
 from typer.testing import CliRunner
 
@@ -90,6 +90,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(reference: Path, tmp_path: Path) -> None:
+    """The console script killed for real: the first and the last process are fresh interpreters
+    (``python -m toolbox.cli``), the kills between them forked copies of this one (the same process
+    death, without an interpreter start each)."""
     out = tmp_path / "run"
     kills = [
         "batch:1:learn:2:2",              # mid-epoch: partial.pt after epoch 1 of the first phase
@@ -99,9 +102,11 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(reference: Pat
         "batch:3:learn:2:1",              # mid-epoch in an AOD phase with a teacher
     ]
     for number, event in enumerate(kills):
-        args = ["run", "--resume", str(out)] if number else ["run", *cli_flags(KILL_RUN), "--out", str(out)]
-        done = toolbox_cli(*args, kill_at=event)
-        assert done.returncode == -signal.SIGKILL, (event, done.stderr[-2000:])
+        if number == 0:
+            done = toolbox_cli("run", *cli_flags(KILL_RUN), "--out", str(out), kill_at=event)
+            assert done.returncode == -signal.SIGKILL, (event, done.stderr[-2000:])
+        else:
+            assert forked_cli("run", "--resume", str(out), kill_at=event) == -signal.SIGKILL, event
         if event.startswith("before-rename:"):  # the temp file is left; the next resume removes it
             assert list(out.rglob(f".{event.split(':')[1]}.*{tbio.TEMP_SUFFIX}")), event
     done = toolbox_cli("run", "--resume", str(out))
@@ -116,25 +121,37 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(reference: Pat
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
+#: Kill points chosen so that every phase (plain learn, sparsify, AOD learn with its teacher, the
+#: run's last phase) is killed mid-epoch and in a checkpoint write, and every kind of kill (mid first
+#: epoch, mid last epoch, temp file not yet renamed, file renamed but partial.pt not yet deleted) hits
+#: a plain learn phase, a sparsify phase and an AOD phase: 15 kills instead of every kill at every
+#: phase (21), with the same resume paths.
+EVERY_KIND_OF_KILL = [
+    "batch:1:learn:1:3", "batch:1:learn:3:4", "before-rename:step1_learn.pt", "after-write:step1_learn.pt",
+    "batch:1:sparsify:3:4", "after-write:step1_sparsify.pt",
+    "batch:2:learn:1:3", "batch:2:learn:3:4", "before-rename:step2_learn.pt",
+    "batch:2:sparsify:1:3", "before-rename:step2_sparsify.pt",
+    "batch:3:learn:3:4", "before-rename:step3_learn.pt", "after-write:step3_learn.pt",
+    "before-rename:results.json",
+]
+
+
 @pytest.mark.slow
 def test_sigkill_at_every_epoch_of_every_phase(reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    events = []
-    for step, phase in ((1, "learn"), (1, "sparsify"), (2, "learn"), (2, "sparsify"), (3, "learn")):
-        events += [f"batch:{step}:{phase}:1:3", f"batch:{step}:{phase}:3:4",
-                   f"before-rename:step{step}_{phase}.pt", f"after-write:step{step}_{phase}.pt"]
-    events.append("before-rename:results.json")
-    for number, event in enumerate(events):
+    for number, event in enumerate(EVERY_KIND_OF_KILL):
         args = ["run", "--resume", str(out)] if number else ["run", *cli_flags(KILL_RUN), "--out", str(out)]
-        assert toolbox_cli(*args, kill_at=event).returncode == -signal.SIGKILL, event
-    assert toolbox_cli("run", "--resume", str(out)).returncode == 0
+        assert forked_cli(*args, kill_at=event) == -signal.SIGKILL, event
+    assert forked_cli("run", "--resume", str(out)) == 0
     assert comparable(json.loads((out / "results.json").read_text())) == \
         comparable(json.loads((reference / "results.json").read_text()))
     assert metric_lines(out) == metric_lines(reference)
+    assert not leftovers(out)
 
 
+#: 20 images per class and step: 4 batches an epoch, enough for every kill point below (batch <= 3).
 SMALL = {"dataset": "synthetic", "arch": "cifar_resnet20", "steps": 2, "epochs": 2, "batch_size": 64,
-         "eval_batch_size": 256, "device": "cpu", "seed": 3}
+         "eval_batch_size": 256, "device": "cpu", "seed": 3, "per_class": 20}
 
 
 @pytest.mark.parametrize("extra,kills", [
@@ -174,13 +191,13 @@ def test_partial_checkpoint_holds_what_a_phase_needs(tmp_path: Path) -> None:
     where = (data["step"], data["phase"], data["epochs_done"], data["epochs"], data["partial"])
     assert where == (1, "learn", 2, 3, True)
     assert data["optimizer"]["state"] and data["rng"]["cpu"].dtype == torch.uint8
-    assert data["done"] == [] and data["global_batch"] == 2 * 10  # 600 images in batches of 64
+    assert data["done"] == [] and data["global_batch"] == 2 * 4  # 200 images in batches of 64
     with pytest.raises(Killed):
         start_run({**SMALL, "steps": 2, "epochs": 3, "plugins": "sst", "out": str(tmp_path / "sparsify")},
                   extra_plugins={"killer": KillAt(1, "sparsify", 3)}).execute()
     data = ckpt.load_checkpoint(ckpt.partial_checkpoint_path(tmp_path / "sparsify"))
     state = data["plugins"]["sst"]
-    assert state["done"] == 2 * 5 and len(state["s_history"]) == 2  # 300 images in batches of 64
+    assert state["done"] == 2 * 4 and len(state["s_history"]) == 2  # 200 images in batches of 64
     assert all(s.dtype == torch.bool for s in state["selection"])
 
 
@@ -258,7 +275,7 @@ def test_full_disk_during_a_checkpoint_write(tmp_path: Path, monkeypatch: pytest
                                              spare: int, small_reference: tuple[Path, dict[str, Any]]) -> None:
     out = tmp_path / "run"
     flags = ["--dataset", "synthetic", "--steps", "2", "--epochs", "2", "--batch-size", "64", "--device", "cpu",
-             "--eval-batch-size", "256", "--seed", "3", "--out", str(out)]
+             "--eval-batch-size", "256", "--seed", "3", "--per-class", "20", "--out", str(out)]
     with monkeypatch.context() as patch:
         fail_writes_to(victim, patch, spare)  # the writes of step 1 go through, step 2's first one fails
         result = runner.invoke(app, ["run", *flags])

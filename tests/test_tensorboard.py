@@ -19,7 +19,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
-from test_reliability import cli_flags, toolbox_cli
+from cli_process import cli_flags, forked_cli, toolbox_cli
 from typer.testing import CliRunner
 
 from toolbox.cli.commands import app
@@ -199,7 +199,7 @@ def test_killed_and_resumed_run_has_no_duplicate_points(tmp_path: Path) -> None:
     ]
     for number, event in enumerate(kills):
         args = ["run", "--resume", str(out)] if number else ["run", *cli_flags(RUN), "--out", str(out)]
-        assert toolbox_cli(*args, kill_at=event).returncode == -signal.SIGKILL, event
+        assert forked_cli(*args, kill_at=event) == -signal.SIGKILL, event  # a forked copy: no interpreter start
     done = toolbox_cli("run", "--resume", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     resume_run(out).execute()  # a finished run resumed once more writes its hparams point again

@@ -215,3 +215,19 @@ def test_an_unexpected_error_outside_a_run_goes_to_a_crash_log(tmp_path: Path,
     assert result.output.strip().splitlines()[-1] == (f"Error: unexpected KeyError: 'no such key'; the full "
                                                       f"traceback is in {crash}")
     assert "Traceback (most recent call last)" in crash.read_text() and "KeyError: 'no such key'" in crash.read_text()
+
+
+def test_a_constant_channel_in_the_first_step_folder_is_refused_before_the_run_directory(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    paths = write_image_folder(root / "D1", per_class=3, size=(8, 8), rgb=True)
+    write_image_folder(root / "T", per_class=1, size=(8, 8), rgb=True, seed=1)
+    for path in paths:
+        pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        pixels[..., 2] = 200  # blue is the same everywhere: std 0
+        write_image(path, pixels)
+    out = tmp_path / "run"
+    args = ["run", "--shards", str(root / "D1"), "--test", str(root / "T"), "--image-size", "8", "--out", str(out),
+            *TINY[2:]]
+    refused(args, "Channel 3 of 3", str(root / "D1"), "constant", "--std 0.", out=out)
+    refused([*args, "--std", "0.2,0.2"], "--std gives 2 values", "3 channel(s)", out=out)
+    assert runner.invoke(app, [*args, "--std", "0.2,0.2,0.2", "--plugins", "finetune"]).exit_code == 0

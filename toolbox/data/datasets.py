@@ -49,7 +49,8 @@ class ImageData:
     ``std`` are per-channel statistics in [0, 1] units, meant for normalising the images after
     dividing by 255. ``source`` says where the data came from, for logs and reports.
     ``classes`` names the classes in label order where the dataset knows them (image folders);
-    ``skipped`` lists the unreadable images left out (``--skip-bad-images``), as "path (reason)".
+    ``skipped`` lists the unreadable images left out (``--skip-bad-images``), as "path (reason)";
+    ``skipped_by_folder`` (``--shards`` runs) the same per folder (``"test"``, ``"step K"``).
     ``manifests`` (a :class:`toolbox.data.manifest.RunManifests`, ``--shards`` runs) lists the
     images of the run's folders with their content hashes.
     The image tensors may be memory-mapped from a decoded cache: read them, never write to them.
@@ -66,6 +67,7 @@ class ImageData:
     source: str
     classes: list[str] | None = None
     skipped: list[str] = field(default_factory=list)
+    skipped_by_folder: dict[str, list[str]] | None = None
     manifests: Any = None
 
     @classmethod
@@ -159,19 +161,27 @@ def load_dataset(
 
 def with_normalization(data: ImageData, mean: list[float] | None, std: list[float] | None) -> ImageData:
     """``data`` with the given per-channel ``mean`` and/or ``std`` (``--mean/--std``) instead of its
-    own; a list whose length is not the number of channels, or a constant channel (std 0) that
-    ``--std`` does not replace, is one sentence."""
+    own; see :func:`check_normalization` for what is refused."""
+    final = check_normalization(f"the {data.name} images", data.in_chans, mean, std, data.std)
+    return replace(data, mean=tuple(mean) if mean else data.mean, std=final)
+
+
+def check_normalization(what: str, channels: int, mean: list[float] | None, std: list[float] | None,
+                        own_std: tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """The std the images of ``what`` are normalized with (``std``, else their own); a ``--mean``
+    or ``--std`` whose length is not ``channels``, or a constant channel (std 0) that ``--std``
+    does not replace, is one sentence."""
     for flag, values in (("--mean", mean), ("--std", std)):
-        if values and len(values) != data.in_chans:
-            raise UsageError(f"{flag} gives {len(values)} values but the {data.name} images have "
-                             f"{data.in_chans} channel(s); give one value per channel.")
-    final = tuple(std) if std else data.std
+        if values and len(values) != channels:
+            raise UsageError(f"{flag} gives {len(values)} values but {what} have {channels} channel(s); give one "
+                             "value per channel.")
+    final = tuple(std) if std else tuple(own_std)
     flat = next((c for c, v in enumerate(final) if not v > 0), None)
     if flat is not None:
-        raise UsageError(f"Channel {flat + 1} of {len(final)} of the {data.name} training images is constant "
-                         f"(std {final[flat]:g}), so it cannot be normalized; pass --mean/--std with a positive std "
-                         f"for every channel, e.g. --std {','.join(f'{v:.3g}' if v > 0 else '1' for v in final)}.")
-    return replace(data, mean=tuple(mean) if mean else data.mean, std=final)
+        raise UsageError(f"Channel {flat + 1} of {len(final)} of {what} is constant (std {final[flat]:g}), so it "
+                         "cannot be normalized; pass --mean/--std with a positive std for every channel, e.g. "
+                         f"--std {','.join(f'{v:.3g}' if v > 0 else '1' for v in final)}.")
+    return final
 
 
 def not_found_message(title: str, folder: Path | str, download: bool, what: str) -> str:

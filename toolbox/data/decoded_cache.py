@@ -293,7 +293,7 @@ def _build(files: FileList, size: int, channels: int | None, entry: Path, key: s
             if workers > 1 and len(chunks) > 1 else None)
     try:
         if channels is None:
-            channels = _majority_channels(paths, pool, what)
+            channels = majority_channels(paths, what, pool)
         images_tmp = _temp(_images_path(entry))
         try:
             kept, skipped, sums, sq_sums, digests = _decode_into(images_tmp, chunks, size, channels, pool, what)
@@ -345,8 +345,9 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _majority_channels(paths: list[str], pool: ProcessPoolExecutor | None, what: str) -> int:
-    """1 when most files are grayscale, else 3 (reads only the headers)."""
+def majority_channels(paths: list[str], what: str, pool: ProcessPoolExecutor | None = None) -> int:
+    """1 when most files are grayscale, else 3 (reads only the headers): what ``channels`` None
+    decodes to."""
     found = list(pool.map(native_channels, paths, chunksize=256) if pool else map(native_channels, paths))
     gray, colour = found.count(1), found.count(3)
     channels = 1 if gray > colour else 3

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from toolbox.data.datasets import ImageData, resolve_data_root
-from toolbox.data.decoded_cache import FileList, cache_folder, load_decoded
+from toolbox.data.decoded_cache import FileList, cache_folder, load_decoded, majority_channels
 from toolbox.data.image_decode import image_extensions
 from toolbox.data.manifest import Manifest, check_test_overlap, folder_manifests
 from toolbox.errors import UsageError
@@ -229,6 +229,14 @@ def load_image_folders(folders: Sequence[str | os.PathLike[str]], classes: Seque
                         skipped=skipped,
                         cache=decoded.path, built=decoded.built,
                         manifests=folder_manifests(paths, files, counts, decoded.digests))
+
+
+def folder_channels(folder: str | os.PathLike[str], classes: Sequence[str], what: str = "image") -> int:
+    """The channels ``channels=None`` gives ``folder``'s images (1 when most are grayscale, else
+    3; only the headers are read), so a caller can fix them before decoding and every later load
+    of the folder, with the channels given, finds the same cache entry."""
+    files = list_images(Path(folder), classes, what=what, bad_names=[])
+    return majority_channels(files.paths, f"{what}s in {folder}")
 
 
 def _entry_name(folders: list[Path], image_size: int, channels: int | None) -> str:

@@ -16,8 +16,15 @@ from typing import Any
 
 import torch
 
-from toolbox.data.datasets import ImageData
-from toolbox.data.imagefolder import DEFAULT_IMAGE_SIZE, NAME, FolderImages, class_folders, load_image_folders
+from toolbox.data.datasets import ImageData, check_normalization
+from toolbox.data.imagefolder import (
+    DEFAULT_IMAGE_SIZE,
+    NAME,
+    FolderImages,
+    class_folders,
+    folder_channels,
+    load_image_folders,
+)
 from toolbox.data.manifest import Manifest, RunManifests
 from toolbox.errors import UsageError
 
@@ -38,11 +45,15 @@ def fix_shared_settings(options: Any) -> None:
     first = Path(options.shards[0]).expanduser()
     options.classes = options.classes or class_folders(first, "step 1 image")
     options.image_size = options.image_size or DEFAULT_IMAGE_SIZE
-    if options.channels is None or options.mean is None or options.std is None:
+    if options.channels is None:  # fixed first, so this pass and the training pass share one cache entry
+        options.channels = folder_channels(first, options.classes, "step 1 image")
+    own = options.std
+    if options.mean is None or options.std is None:
         images = load_step(options, 1)
-        options.channels = options.channels or images.channels
-        options.mean = list(options.mean or images.mean)
-        options.std = list(options.std or images.std)
+        options.mean, own = list(options.mean or images.mean), images.std
+    # a constant channel (std 0) or a --mean/--std of the wrong length: one sentence, before the run directory
+    options.std = list(check_normalization(f"the step 1 images in {first}", options.channels, options.mean,
+                                           options.std, own))
 
 
 def load_step(options: Any, step: int) -> FolderImages:
@@ -62,19 +73,35 @@ def load_validation(options: Any) -> FolderImages:
                               what="validation image")
 
 
-def folder_manifest(options: Any, folder: Path, what: str) -> Manifest:
+def folder_manifest(options: Any, folder: Path, what: str, skipped: list[str] | None = None) -> Manifest:
     """The manifest of ``folder`` decoded with the run's settings (through the decoded cache, so
-    the step that trains on it later reads the cache)."""
-    return load_image_folders([Path(folder).expanduser()], options.classes, options.image_size, options.channels,
-                              options.skip_bad_images, what=what).manifests[0]
+    the step that trains on it later reads the cache); the images ``--skip-bad-images`` left out
+    are appended to ``skipped`` (as "path (reason)") when given."""
+    images = load_image_folders([Path(folder).expanduser()], options.classes, options.image_size, options.channels,
+                                options.skip_bad_images, what=what)
+    if skipped is not None:
+        skipped += images.skipped
+    return images.manifests[0]
 
 
-def step_manifests(options: Any, known: Collection[int] = ()) -> dict[int, Manifest]:
+def step_manifests(options: Any, known: Collection[int] = (),
+                   skipped: dict[str, list[str]] | None = None) -> dict[int, Manifest]:
     """The manifests of the step folders that still exist (a finished step's folder may be gone),
-    except the steps in ``known``."""
-    return {step: folder_manifest(options, Path(folder), f"step {step} image")
-            for step, folder in enumerate(options.shards, 1)
-            if step not in known and Path(folder).expanduser().is_dir()}
+    except the steps in ``known``; ``skipped`` (when given) gets each decoded folder's left-out
+    images under ``"step K"``."""
+    manifests = {}
+    for step, folder in enumerate(options.shards, 1):
+        if step not in known and Path(folder).expanduser().is_dir():
+            left_out: list[str] = []
+            manifests[step] = folder_manifest(options, Path(folder), f"step {step} image", left_out)
+            if skipped is not None:
+                skipped[step_key(step)] = left_out
+    return manifests
+
+
+def step_key(step: int) -> str:
+    """The key of step ``step``'s folder in data.json's ``skipped_by_folder``."""
+    return f"step {step}"
 
 
 def shard_source(steps: int, test: Path | str) -> str:
@@ -93,5 +120,5 @@ def load_shard_run_data(options: Any) -> ImageData:
     return ImageData(name=NAME, train_x=empty_x, train_y=torch.zeros(0, dtype=torch.int64), test_x=test.x,
                      test_y=test.y, num_classes=len(options.classes), mean=tuple(options.mean),
                      std=tuple(options.std), source=shard_source(len(options.shards), test.folders[0]),
-                     classes=list(options.classes), skipped=test.skipped,
-                     manifests=RunManifests(test=test.manifests[0]))
+                     classes=list(options.classes), skipped=list(test.skipped),
+                     skipped_by_folder={"test": list(test.skipped)}, manifests=RunManifests(test=test.manifests[0]))

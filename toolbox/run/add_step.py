@@ -24,7 +24,7 @@ from toolbox.data import shard_folders
 from toolbox.data.imagefolder import class_folders
 from toolbox.data.manifest import Manifest, RunManifests, check_new_folder, check_test_overlap
 from toolbox.errors import UsageError
-from toolbox.run.directory import absolute_path, read_manifests, read_run_config, write_manifests
+from toolbox.run.directory import absolute_path, read_manifests, read_run_config, record_skipped, write_manifests
 from toolbox.run.run import Run
 from toolbox.run.start import resume_run
 from toolbox.runtime import distributed
@@ -46,16 +46,18 @@ def check_classes(folder: Path, classes: list[str]) -> None:
                          f"same {len(classes)} classes, so add its images.")
 
 
-def check_overlap(run_dir: Path, values: dict[str, Any], data: Path, allow: bool) -> tuple[RunManifests, Manifest]:
+def check_overlap(run_dir: Path, values: dict[str, Any], data: Path, allow: bool,
+                  skipped: list[str] | None = None) -> tuple[RunManifests, Manifest]:
     """Refuse a new folder the run already trained on or that shares images with its test folder
-    (``allow``: a warning); return the run's manifests and the new folder's. A run started before
-    manifests were kept is checked against the folders that still exist."""
+    (``allow``: a warning); return the run's manifests and the new folder's (its images
+    ``--skip-bad-images`` left out go into ``skipped``). A run started before manifests were kept
+    is checked against the folders that still exist."""
     options = SimpleNamespace(**values)
     manifests = distributed.run_on_main(read_manifests, run_dir) or RunManifests()
     manifests.steps.update(shard_folders.step_manifests(options, known=manifests.steps))
     if manifests.test is None and options.test and Path(options.test).expanduser().is_dir():
         manifests.test = shard_folders.folder_manifest(options, Path(options.test), "test image")
-    new = shard_folders.folder_manifest(options, data, "new image")
+    new = shard_folders.folder_manifest(options, data, "new image", skipped)
     check_new_folder(new, manifests.steps, allow)
     if manifests.test is not None:
         check_test_overlap([("the new folder", new)], manifests.test, allow)
@@ -78,7 +80,8 @@ def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = No
         raise UsageError(f"{run_dir} was not started with --shards, so it has no folders to add to; start the run "
                          "with `toolbox run --shards DIR1,DIR2 --test DIR` to add steps later.")
     check_classes(data, list(values.get("classes") or []))
-    manifests, new = check_overlap(run_dir, values, data, allow_overlap)
+    skipped: list[str] = []
+    manifests, new = check_overlap(run_dir, values, data, allow_overlap, skipped)
     changes = {"test": None if test is None else str(test), "val": None if val is None else absolute_path(val),
                "promote": promote}
     run = resume_run(run_dir, progress, changes=changes)
@@ -92,6 +95,7 @@ def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = No
     run.options.allow_overlap = run.options.allow_overlap or allow_overlap
     manifests.steps[run.options.steps] = new
     distributed.run_on_main(write_manifests, run_dir, manifests)
+    distributed.run_on_main(record_skipped, run_dir, shard_folders.step_key(run.options.steps), skipped)
     distributed.run_on_main(atomic_write_text, run_dir / "config.yaml",
                             yaml.safe_dump(run.options.to_dict(), sort_keys=False))
     log.info("Adding step %d to %s with %s.", run.options.steps, run_dir, data)

@@ -121,12 +121,40 @@ def write_first_files(run_dir: Path, options: RunOptions, shards: list[torch.Ten
                        "shards": [s.tolist() for s in shards],
                        "validation": None if validation is None else validation.tolist(),
                        **(arrivals or {})})
-    atomic_write_json(run_dir / "data.json", {"dataset": data.name, "source": data.source, "classes": data.classes,
-                                              "mean": list(data.mean), "std": list(data.std),
-                                              "skipped_images": list(data.skipped)})
+    record = {"dataset": data.name, "source": data.source, "classes": data.classes, "mean": list(data.mean),
+              "std": list(data.std), "skipped_images": list(data.skipped)}
+    if data.skipped_by_folder is not None:  # a resumed run decoded only its test folder: keep the steps' lists
+        earlier = _data_record(run_dir).get("skipped_by_folder") if data.manifests is None else None
+        record.update(_with_folders(record, {**(earlier if isinstance(earlier, dict) else {}),
+                                             **data.skipped_by_folder}))
+    atomic_write_json(run_dir / "data.json", record)
     if data.manifests is not None:
         write_manifests(run_dir, data.manifests)
     atomic_write_text(run_dir / "metrics.jsonl", "")
+
+
+def record_skipped(run_dir: Path, folder: str, images: list[str]) -> None:
+    """Record in data.json the images ``--skip-bad-images`` left out of ``folder`` (``"step K"``:
+    a step folder ``toolbox step`` added)."""
+    record = _data_record(run_dir)
+    earlier = record.get("skipped_by_folder")
+    by_folder = dict(earlier) if isinstance(earlier, dict) else {"test": list(record.get("skipped_images") or [])}
+    atomic_write_json(run_dir / "data.json", {**record, **_with_folders(record, {**by_folder, folder: images})})
+
+
+def _with_folders(record: dict[str, Any], by_folder: dict[str, list[str]]) -> dict[str, Any]:
+    """data.json's ``skipped_by_folder`` and, every folder's lists together, ``skipped_images``."""
+    return {"skipped_images": [image for images in by_folder.values() for image in images],
+            "skipped_by_folder": by_folder}
+
+
+def _data_record(run_dir: Path) -> dict[str, Any]:
+    """The run's data.json (empty when missing or unreadable)."""
+    try:
+        record = json.loads((Path(run_dir) / "data.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def write_config(run_dir: Path, options: RunOptions) -> None:

@@ -79,9 +79,11 @@ def started_before(options: RunOptions) -> bool:
 
 def check_shard_overlap(data: ImageData, options: RunOptions) -> None:
     """Decode every step folder (into the cache the steps read later) and refuse a test image that
-    is also in a step folder (``--allow-overlap``: a warning); the manifests go into ``data``."""
-    manifests = data.manifests
-    manifests.steps = shard_folders.step_manifests(options)
+    is also in a step folder (``--allow-overlap``: a warning); the manifests and the images
+    ``--skip-bad-images`` left out of each folder go into ``data``."""
+    manifests, skipped = data.manifests, data.skipped_by_folder
+    manifests.steps = shard_folders.step_manifests(options, skipped=skipped)
+    data.skipped = [image for images in skipped.values() for image in images]
     check_test_overlap([(f"step {k}'s folder", m) for k, m in sorted(manifests.steps.items())], manifests.test,
                        options.allow_overlap)
 
