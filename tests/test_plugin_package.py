@@ -71,7 +71,9 @@ def test_entry_points_are_discovered_with_their_package(installed: Path) -> None
     result = CliRunner().invoke(app, ["plugins", "list"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     line = [row for row in result.output.splitlines() if " replay " in row][0]
-    assert "toolbox-replay 0.1.0" in line and "data_schedule" in line
+    assert "toolbox-replay 0.1.0" in line and "Train step k on shard k plus a small" in line  # what it does
+    shown = CliRunner().invoke(app, ["plugins", "show", "replay"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "data_schedule" in shown.output  # its hooks
 
 
 def test_replay_buffer_and_l2_gradient_on_tiny_tensors(installed: Path) -> None:

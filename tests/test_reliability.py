@@ -420,7 +420,8 @@ CORE_CASES = [
     ("mean", "0.1,0.2", "--mean gives 2 values"), ("std", "0", "--std values must be positive"),
     ("skip_bad_images", "maybe", "--skip-bad-images"),
     ("shards", "{tmp}", "--shards needs --test DIR"), ("open_ended", "maybe", "--open-ended"),
-    ("serve", "fast", "--serve"), ("classes", "a,b", "--classes"), ("tensorboard", "maybe", "--tensorboard"),
+    ("serve", "fast", "--serve"), ("promote", "top1>>1", "--promote"), ("val", "{tmp}", "--val DIR is for --shards"),
+    ("split", "zipf", "--split 'zipf' is unknown"), ("models_from", "{tmp}/nomodule.py", "--models-from"), ("classes", "a,b", "--classes"), ("tensorboard", "maybe", "--tensorboard"),
     ("allow_overlap", "maybe", "--allow-overlap"),
 ]
 if not torch.cuda.is_available():

@@ -14,7 +14,7 @@ def _load():
 def test_tiny_throughput_run_reports_every_table(tmp_path: Path) -> None:
     bench = _load()
     record = bench.main(["--dataset", "synthetic", "--batch-size", "8", "--batches", "2", "--repeats", "1",
-                         "--threads", "1", "--no-compile", "--out", str(tmp_path / "t.json")])
+                         "--threads", "1", "--no-compile", "--peak-size", "256", "--out", str(tmp_path / "t.json")])
     assert len(record["loops"]) == 6 and len(record["pipelines"]) == 4 and record["compact_teacher_gain"] > 0
     assert all(v > 0 for table in ("loops", "pipelines", "settings") for v in record[table].values())
     assert record["teacher"]["teacher_compact_folded_ms"] > 0 and 0 < record["flops"]["fraction"]["fp32"] < 1
