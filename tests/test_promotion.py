@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli_process import toolbox_cli as run_cli
-from tests.fabricate import write_image
+from cli_process import toolbox_cli as run_cli
+from fabricate import write_image
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
 from toolbox.run import lock as runlock
