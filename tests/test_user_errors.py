@@ -60,14 +60,19 @@ def test_symbolic_link_loops_in_an_image_folder(tmp_path: Path, link: str, targe
     refused(folder_run(root, out), named, str(root / "train" / "ant" / link), "remove", out=out)
 
 
+def constant_channel_folders(train: Path, test: Path, size: int, channel: int, value: int) -> None:
+    """RGB class folders whose training images all have ``value`` in ``channel`` (std 0 there)."""
+    paths = write_image_folder(train, per_class=3, size=(size, size), rgb=True)
+    write_image_folder(test, per_class=1, size=(size, size), rgb=True, seed=1)
+    for path in paths:
+        pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels[..., channel] = value
+        write_image(path, pixels)
+
+
 def test_a_constant_channel_is_refused_before_the_run_directory(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    paths = write_image_folder(root / "train", per_class=3, size=(32, 32), rgb=True)
-    write_image_folder(root / "test", per_class=1, size=(32, 32), rgb=True, seed=1)
-    for path in paths:
-        pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        pixels[..., 1] = 9  # green is the same everywhere: std 0
-        write_image(path, pixels)
+    constant_channel_folders(root / "train", root / "test", size=32, channel=1, value=9)  # green: std 0
     out = tmp_path / "run"
     refused(folder_run(root, out), "Channel 2 of 3", "constant", "--mean/--std", "--std", out=out)
 
@@ -219,12 +224,7 @@ def test_an_unexpected_error_outside_a_run_goes_to_a_crash_log(tmp_path: Path,
 
 def test_a_constant_channel_in_the_first_step_folder_is_refused_before_the_run_directory(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    paths = write_image_folder(root / "D1", per_class=3, size=(8, 8), rgb=True)
-    write_image_folder(root / "T", per_class=1, size=(8, 8), rgb=True, seed=1)
-    for path in paths:
-        pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        pixels[..., 2] = 200  # blue is the same everywhere: std 0
-        write_image(path, pixels)
+    constant_channel_folders(root / "D1", root / "T", size=8, channel=2, value=200)  # blue: std 0
     out = tmp_path / "run"
     args = ["run", "--shards", str(root / "D1"), "--test", str(root / "T"), "--image-size", "8", "--out", str(out),
             *TINY[2:]]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import python_multipart  # noqa: F401 - request.form() needs it; missing, every upload would read as "not multipart"
 import torch
 from fastapi import FastAPI, HTTPException, Request  # module level: FastAPI reads the annotations here
 from fastapi.exceptions import RequestValidationError
