@@ -131,3 +131,50 @@ def test_a_plugin_declared_space_is_used_and_a_user_file_overrides_it() -> None:
     assert defaults({"plugins": ["sst"]}, {"ratio": [0.3, 0.7]}) == {}  # sst's default 0.5 is not a choice
     with pytest.raises(UsageError, match="declares a search space"):
         row_space(Row("plain", ()), {"plugins": []}, None)
+
+
+def test_equal_tuning_runs_one_study_per_row_with_the_same_budget(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    space = tmp_path / "space.yaml"
+    space.write_text("finetune:\n  lr: {low: 0.01, high: 0.1, log: true}\n")
+    args = ["compare", "--methods", "sst", "finetune", "--seeds", "0", "--rows", "sst,finetune", "--trials", "2",
+            "--space", str(space), "--out", str(out), "--dataset", "synthetic", "--per-class", "6",
+            "--val-per-class", "2", "--lr", "0.05", *TINY]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for row, searched in (("sst", {"ratio"}), ("finetune", {"lr"})):  # sst declares ratio
+        record = json.loads((out / "tune" / f"{row}.json").read_text())
+        assert record["budget"] == 2 and set(record["space"]) == searched  # the plugin's space, or the user's
+        trials = sorted((out / "tune" / row / "trials").iterdir())
+        assert len(trials) == 2
+        config = (out / "runs" / row / "seed0" / "config.yaml").read_text()
+        for name, value in record["values"].items():  # the chosen values train the compared run
+            assert f"{name}: {value}" in config or f"{name}: '{value}'" in config, (name, value)
+    # the row's own value is the first trial: finetune's lr 0.05 lies in the user's space
+    first = json.loads((out / "tune" / "finetune" / "trials" / "0000" / "results.json").read_text())
+    assert first["config"]["lr"] == 0.05
+    kept = {p: p.stat().st_mtime_ns for p in (out / "tune").glob("*.json")}
+    again = runner.invoke(app, ["compare", "--resume", str(out)])
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "tune").glob("*.json")} == kept  # not tuned again
+
+
+def test_compare_on_shards_with_two_workers(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    classes = ("ant", "bee", "cow")
+    for number in (1, 2):
+        write_image_folder(root / f"d{number}", classes, per_class=4, size=(12, 12), seed=number)
+    write_image_folder(root / "test", classes, per_class=2, size=(12, 12), seed=9)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", "--methods", "finetune", "lwf", "--seeds", "0,1", "--workers", "2",
+                                 "--out", str(out), "--shards", f"{root / 'd1'},{root / 'd2'}",
+                                 "--test", str(root / "test"), "--image-size", "12", *TINY])
+    assert result.exit_code == 0, result.output
+    text = (out / "compare.md").read_text()
+    assert "| step | finetune | lwf |" in text and "4 of 4 runs finished" in text
+    for step in (1, 2):
+        assert expected_paired_line(out, step, "finetune", ["lwf"], [0, 1]) in text
+    for seed in (0, 1):
+        configs = [results_of(out, row, seed)["config"] for row in ("finetune", "lwf")]
+        assert configs[0]["shards"] == configs[1]["shards"] == [str(root / "d1"), str(root / "d2")]
+        assert configs[0]["threads"] == configs[1]["threads"] == 1  # two workers share the two cores

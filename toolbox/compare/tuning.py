@@ -18,9 +18,9 @@ import yaml
 
 from toolbox.compare.plan import Row
 from toolbox.errors import UsageError
-from toolbox.options import RunOptions, plugin_names
+from toolbox.options import build_options, plugin_names
 from toolbox.plugin_host.calls import declared_options
-from toolbox.plugin_host.manager import load_plugins
+from toolbox.plugin_host.manager import dormant_options, load_plugins
 from toolbox.storage.atomic import atomic_write_json, atomic_write_text
 from toolbox.tune import study as tune
 from toolbox.tune.report import best_trial
@@ -53,12 +53,16 @@ def read_user_space(path: Path | None) -> dict[str, Any] | None:
 
 
 def defaults(values: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
-    """The row's own values of the searched options that lie in the space: the first trial."""
-    declared = declared_options(load_plugins(plugin_names(values)))
+    """The row's own values of the searched options that lie in the space: the first trial.
+
+    ``values`` may hold flags as the command line gave them (``lr: '0.05'``): they are read as the
+    run reads them (typed, with plugin defaults) before they are checked against the space."""
+    names = plugin_names(values)
+    options = build_options({k: v for k, v in values.items() if k != "out"},
+                            declared_options(load_plugins(names)), dormant_options(names))
     chosen = {}
     for name, spec in space.items():
-        value = values[name] if name in values else (declared[name].default if name in declared
-                                                      else getattr(RunOptions(), name, None))
+        value = options.plugin[name] if name in options.plugin else getattr(options, name, None)
         inside = value in spec if isinstance(spec, list) else (
             isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"])
         if inside:
