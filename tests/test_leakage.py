@@ -1,6 +1,7 @@
 """Nothing leaked: a folder twice in ``--shards``, test images that are training images, a
-``toolbox step`` folder the run already trained on: each refused (exit 2, one sentence, nothing
-written) unless ``--allow-overlap``; the manifests the run keeps."""
+``toolbox step`` folder the run already trained on, validation images that are test or training
+images: each refused (exit 2, one sentence, nothing written) unless ``--allow-overlap``; the
+manifests the run keeps."""
 
 from __future__ import annotations
 
@@ -109,3 +110,31 @@ def test_the_override_is_listed_in_the_help() -> None:
                            env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     (line,) = [line for line in result.output.splitlines() if " --allow-overlap " in line]
     assert "Warn instead of refusing" in line
+
+
+def test_validation_images_that_are_test_or_training_images_are_refused(tmp_path: Path) -> None:
+    d1, d2 = folders(tmp_path / "data", 2)
+    test = tmp_path / "data" / "test"
+    val = tmp_path / "val"
+    write_image_folder(val, CLASSES, per_class=2, size=(20, 20), seed=55)
+    shutil.copy(test / "bee" / "img1.png", val / "bee" / "from_test.png")
+    out = tmp_path / "run"
+    args = ["run", "--shards", f"{d1},{d2}", "--test", str(test), "--val", str(val), "--out", str(out), *TINY,
+            "--steps", "2"]
+    message = refused(args)
+    assert (f"1 of the 7 images in the validation folder {val.resolve()} are also in the test folder {test.resolve()}"
+            in message and "the promotion gate would judge on test images" in message and not out.exists())
+    (val / "bee" / "from_test.png").unlink()
+    shutil.copy(d2 / "cat" / "img0.png", val / "cat" / "from_d2.png")
+    message = refused(args)
+    assert f"also in step 2's folder {d2.resolve()}" in message and "count images the model trained on" in message
+    assert not out.exists()
+    (val / "cat" / "from_d2.png").unlink()
+    ok(["run", "--shards", str(d1), "--test", str(test), "--val", str(val), "--out", str(out), *TINY, "--steps", "1"])
+    d3 = tmp_path / "data" / "d3"  # a new month's folder that holds a validation image
+    write_image_folder(d3, CLASSES, per_class=6, size=(20, 20), seed=77)
+    shutil.copy(val / "ant" / "img0.png", d3 / "ant" / "from_val.png")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    message = refused(["step", str(out), "--data", str(d3)])
+    assert f"validation folder {val.resolve()} are also in the new folder {d3.resolve()}" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -127,6 +127,21 @@ def check_test_overlap(training: Sequence[tuple[str, Manifest]], test: Manifest,
                            "remove them from one of the folders", allow)
 
 
+def check_validation_overlap(val: Manifest, test: Manifest | None, training: Sequence[tuple[str, Manifest]],
+                             allow: bool) -> None:
+    """Refuse a validation image (``--val``) that is also a test image (promotion would then look at
+    the test set) or a training image (``(label, manifest)`` each: its validation top-1 would count
+    images the model trained on)."""
+    held_out = [("the test folder", test, "the promotion gate would judge on test images")] if test is not None else []
+    for label, other, why in held_out + [(label, m, "validation top-1 would count images the model trained on")
+                                         for label, m in training]:
+        shared = shared_paths(val, other)
+        if shared:
+            refuse_or_warn(f"{len(shared)} of the {len(val.files)} images in the validation folder {val.folder} are "
+                           f"also in {label} {other.folder} (same content, e.g. {shared[0]}), so {why}",
+                           "remove them from one of the folders", allow)
+
+
 def check_new_folder(new: Manifest, trained: dict[int, Manifest], allow: bool,
                      fraction: float = MAX_REPEATED) -> None:
     """Refuse a new step folder when more than ``fraction`` of its images were trained on in an

@@ -22,7 +22,8 @@ import yaml
 
 from toolbox.data import shard_folders
 from toolbox.data.imagefolder import class_folders
-from toolbox.data.manifest import Manifest, RunManifests, check_new_folder, check_test_overlap
+from toolbox.data.manifest import (Manifest, RunManifests, check_new_folder, check_test_overlap,
+                                   check_validation_overlap)
 from toolbox.errors import UsageError
 from toolbox.run.directory import absolute_path, read_manifests, read_run_config, record_skipped, write_manifests
 from toolbox.run.run import Run
@@ -61,6 +62,10 @@ def check_overlap(run_dir: Path, values: dict[str, Any], data: Path, allow: bool
     check_new_folder(new, manifests.steps, allow)
     if manifests.test is not None:
         check_test_overlap([("the new folder", new)], manifests.test, allow)
+    if getattr(options, "val", None) and Path(options.val).expanduser().is_dir():
+        val = shard_folders.load_validation(options).manifests[0]
+        steps = [(f"step {k}'s folder", m) for k, m in sorted(manifests.steps.items())]
+        check_validation_overlap(val, manifests.test, [*steps, ("the new folder", new)], allow)
     return manifests, new
 
 
@@ -75,7 +80,9 @@ def add_step(run_dir: Path, data: Path, progress: Callable[..., Any] | None = No
     run_dir, data = Path(run_dir), Path(data).expanduser().resolve()
     values = distributed.run_on_main(read_run_config, run_dir)
     if test is not None:
-        values["test"] = absolute_path(test)  # for the overlap check below
+        values["test"] = absolute_path(test)  # for the overlap checks below
+    if val is not None:
+        values["val"] = absolute_path(val)
     if not values.get("shards"):
         raise UsageError(f"{run_dir} was not started with --shards, so it has no folders to add to; start the run "
                          "with `toolbox run --shards DIR1,DIR2 --test DIR` to add steps later.")
