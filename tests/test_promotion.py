@@ -20,7 +20,7 @@ from toolbox.hookspecs import hookimpl
 from toolbox.run import lock as runlock
 from toolbox.run import promotion
 from toolbox.run.flips import flip_rates, per_class_top1, update_record
-from toolbox.run.start import start_run
+from toolbox.run.start import resume_run, start_run
 
 COLOURS = {"blue": (0, 0, 220), "green": (0, 200, 0), "red": (220, 0, 0)}  # sorted: class 0, 1, 2
 
@@ -131,6 +131,36 @@ def test_a_step_made_worse_on_validation_is_not_promoted_even_when_better_on_tes
     assert "| 2 | 0.00 |" in (run / "results.md").read_text() and "**no**: fails top1>=prev-0.5" in (
         run / "results.md").read_text()
     assert (run / "class_top1_change.png").stat().st_size > 0
+
+
+class CrashAtStep2:
+    """Kills the run (an exception) as step 2 starts, after step 1 and its decision are on disk."""
+
+    @hookimpl
+    def toolbox_phase_start(self, ctx: Any) -> None:
+        if ctx.step == 2:
+            raise KeyboardInterrupt
+
+
+def test_a_rule_given_with_resume_judges_the_steps_still_to_come(tmp_path: Path) -> None:
+    g = {"blue": "green", "green": "red", "red": "blue"}
+    shards = [str(colour_folder(tmp_path / f"s{k}", 12, seed=k)) for k in (1, 2)]
+    values = folder_values(tmp_path, shards=",".join(shards), val=str(colour_folder(tmp_path / "val", 6, seed=8)),
+                           test=str(colour_folder(tmp_path / "test", 6, seed=9, labels=g)))
+    names = sorted(COLOURS)
+    saboteur = Saboteur([names.index(g[c]) for c in names])
+    with pytest.raises(KeyboardInterrupt):
+        start_run(values, extra_plugins={"saboteur": saboteur, "crash": CrashAtStep2()}).execute()
+    runlock.release_all()
+    run = Path(values["out"])
+    assert promotion.read_history(run)["decisions"][0]["rule"] == "top1>=prev-0.5"
+    resume_run(run, extra_plugins={"saboteur": saboteur}, changes={"promote": "always"}).execute()
+    runlock.release_all()
+    history = json.loads((run / "serve" / "history.json").read_text())
+    assert [(d["step"], d["rule"], d["promoted"]) for d in history["decisions"]] == [
+        (1, "top1>=prev-0.5", True), (2, "always", True)]  # the old rule would have refused step 2
+    assert history["decisions"][1]["reason"] == "--promote always" and history["current"]["step"] == 2
+    assert "promote: always" in (run / "config.yaml").read_text()
 
 
 def test_toolbox_step_judges_and_toolbox_promote_rolls_back(tmp_path: Path) -> None:
