@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or
-                                importlib.util.find_spec("mkdocstrings") is None,
-                                reason="mkdocs / mkdocstrings not installed (pip install -e '.[dev]')")
+PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
+needs_mkdocs = pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or
+                                  importlib.util.find_spec("mkdocstrings") is None,
+                                  reason="mkdocs / mkdocstrings not installed (pip install -e '.[dev]')")
+#: What a reader cannot follow: the project's internal issue numbers and its planning notes.
+INTERNAL = re.compile(r"\bissues? ?#?\d+|\bFINDINGS\b|\bPAPER\.md|\bDESIGN\.md")
+#: A path into the repository's own folders, as the pages name them (`examples/configs/demo.yaml`).
+REPO_PATH = re.compile(r"(?<![\w/.~-])((?:examples|benchmarks|tests|docs|toolbox|plugins|\.ci)/[\w./{},*-]*\w)")
 
 
 def build(project: Path, site: Path) -> subprocess.CompletedProcess[str]:
@@ -28,6 +34,7 @@ def build(project: Path, site: Path) -> subprocess.CompletedProcess[str]:
                           cwd=project, env=env, capture_output=True, text=True, timeout=180)
 
 
+@needs_mkdocs
 def test_the_site_builds_strictly_with_its_generated_pages(tmp_path: Path) -> None:
     done = build(ROOT, tmp_path / "site")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -39,6 +46,7 @@ def test_the_site_builds_strictly_with_its_generated_pages(tmp_path: Path) -> No
     assert (tmp_path / "site" / "img" / "accuracy_primary_tuned.png").exists()
 
 
+@needs_mkdocs
 def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(ROOT / "docs", project / "docs")
@@ -50,3 +58,23 @@ def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:
     done = build(project, tmp_path / "site")
     assert done.returncode != 0
     assert "no-such-page.md" in done.stdout + done.stderr
+
+
+def missing_paths(text: str) -> list[str]:
+    """The repository paths ``text`` names that do not exist (``{a,b}`` and ``*`` patterns expanded)."""
+    missing = []
+    for path in REPO_PATH.findall(text):
+        options = [path.replace(m.group(0), part) for m in [re.search(r"\{([^}]*)\}", path)] if m
+                   for part in m.group(1).split(",")] or [path]
+        if not any(list(ROOT.glob(o)) or (ROOT / (o + ".py")).exists() for o in options):
+            missing.append(path)
+    return missing
+
+
+def test_the_pages_name_no_internal_issue_and_no_missing_file() -> None:
+    internal = [f"{p.name}: {m.group(0)}" for p in PAGES for m in INTERNAL.finditer(p.read_text())]
+    assert internal == []
+    assert [f"{p.name}: {path}" for p in PAGES for path in missing_paths(p.read_text())] == []
+    assert missing_paths("`examples/configs/demo.yaml` `benchmarks/records/acc-{bf16,fp32}/primary`") == []
+    assert missing_paths("see `examples/gone.yaml` and tests/test_nothing.py") == ["examples/gone.yaml",
+                                                                                   "tests/test_nothing.py"]
