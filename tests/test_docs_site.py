@@ -78,3 +78,14 @@ def test_the_pages_name_no_internal_issue_and_no_missing_file() -> None:
     assert missing_paths("`examples/configs/demo.yaml` `benchmarks/records/acc-{bf16,fp32}/primary`") == []
     assert missing_paths("see `examples/gone.yaml` and tests/test_nothing.py") == ["examples/gone.yaml",
                                                                                    "tests/test_nothing.py"]
+
+
+def test_the_cli_reference_is_every_commands_help_without_torch() -> None:
+    probe = ("import sys, mkdocs_hooks; page = mkdocs_hooks.cli_reference()\n"
+             "print(page.count('## toolbox '), page.count('Usage: toolbox'), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    headings, usages, torch_loaded = done.stdout.split()
+    assert int(headings) >= 15 and int(usages) == int(headings) + 1  # toolbox --help, then every command
+    assert torch_loaded == "False"
