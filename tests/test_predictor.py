@@ -1,5 +1,5 @@
 """The served model with its preprocessing: the recipe in every serve file, ``toolbox.load_predictor``,
-``toolbox predict`` and the README's plain torch + PIL snippet reproduce a run's served top-1 on
+``toolbox predict`` and the plain torch + PIL snippet of docs/use-the-model.md reproduce a run's served top-1 on
 images smaller than, equal to and larger than ``--image-size``, grey and colour."""
 
 from __future__ import annotations
@@ -107,14 +107,15 @@ def test_toolbox_predict_prints_and_writes_the_served_top1(run: dict[str, Any], 
     assert f"top-1 {printed:.2f}%" in result.output, result.output
 
 
-def readme_snippet() -> str:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    return next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "def preprocess(" in block)
+def docs_snippet() -> str:
+    """The ``preprocess`` function of docs/use-the-model.md, as its source."""
+    page = (Path(__file__).parent.parent / "docs" / "use-the-model.md").read_text()
+    return next(block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "def preprocess(" in block)
 
 
-def test_the_readme_snippet_reproduces_the_preprocessing(run: dict[str, Any]) -> None:
+def test_the_docs_snippet_reproduces_the_preprocessing(run: dict[str, Any]) -> None:
     namespace: dict[str, Any] = {}
-    exec(readme_snippet(), namespace)  # noqa: S102 - the README's own code
+    exec(docs_snippet(), namespace)  # noqa: S102 - the docs' own code
     data = torch.load(run["out"] / "serve" / "step1.pt", weights_only=True)
     files = labelled_files(run["test"])
     x = torch.stack([namespace["preprocess"](path, data["preprocessing"]) for path, _ in files])
