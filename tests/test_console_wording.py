@@ -74,3 +74,28 @@ def test_a_run_directory_is_named_after_the_dataset_auto_resolved_to(monkeypatch
     assert default_run_dir(RunOptions(dataset="auto", data_root="/d")).name.endswith("-fashion_mnist-cifar_resnet20")
     assert auto.load_run_dataset("auto", "/d", 4, None) is found  # loaded once, reused by the run
     assert default_run_dir(RunOptions(dataset="cifar100")).name.endswith("-cifar100-cifar_resnet20")
+
+
+def test_the_data_is_named_in_words_with_where_it_came_from() -> None:
+    from toolbox.data.auto import FALLBACK_SOURCE
+    from toolbox.data.titles import describe_data
+
+    assert describe_data("fashion_mnist", "/usr/share/datasets/fashion-mnist") == (
+        "Fashion-MNIST (real, /usr/share/datasets/fashion-mnist)")
+    assert describe_data("synthetic", FALLBACK_SOURCE).startswith("synthetic shapes (no Fashion-MNIST found")
+    assert describe_data("synthetic", "synthetic (generated, 8 train + 4 test images per class)") == (
+        "synthetic shapes (generated, 8 train + 4 test images per class)")
+    assert describe_data("imagefolder", "/data/shop") == "image folders (/data/shop)"
+
+
+def test_a_run_prints_its_data_first(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from toolbox.cli.commands import app
+
+    result = CliRunner().invoke(app, ["run", "--dataset", "synthetic", "--plugins", "sst", "--steps", "1", "--epochs", "1",
+                                      "--per-class", "4", "--batch-size", "32", "--tensorboard", "false",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("data: synthetic shapes (generated"), result.output

@@ -60,7 +60,7 @@ def run(
 
     def announce(runner: Any) -> None:
         processes = f"  processes: {distributed.world_size()}" if distributed.active() else ""
-        say(f"run directory: {runner.run_dir}  data: {runner.data.source}  device: {runner.device}{processes}")
+        say(f"run directory: {runner.run_dir}  device: {runner.device}{processes}")
 
     experiment: Optional[Path] = None
     try:

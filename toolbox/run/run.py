@@ -31,6 +31,7 @@ from toolbox.models.modules import freeze
 from toolbox.options import RunOptions
 from toolbox.plugin_host import calls
 from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
+from toolbox.data.titles import describe_data
 from toolbox.preflight.analysis import check_run
 from toolbox.pruning.cost import count_macs, count_params
 from toolbox.run import directory as files
@@ -75,6 +76,7 @@ class Run:
         promotion.parse_rule(options.promote)  # a bad --promote is refused before anything is read or written
         self.inputs = RunData(options, self.device, pm)
         self.data = self.inputs.data
+        log.info("data: %s", describe_data(self.data.name, self.data.source))  # the first line a run prints
         self.validation, self.shards = self.inputs.validation, self.inputs.shards
         torch.manual_seed(options.seed)
         self.model = self.fresh_model()
