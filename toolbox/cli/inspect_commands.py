@@ -33,6 +33,7 @@ def eval_checkpoint(
     """Evaluate a checkpoint on the full test set (top-1 / top-5), normalized as its run trained."""
     from toolbox.data import BatchLoader
     from toolbox.models.sources import import_sources
+    from toolbox.plugin_host.entry_points import import_model_packages
     from toolbox.run.engine import evaluate
     from toolbox.runtime.device import select_device
     from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
@@ -50,6 +51,7 @@ def eval_checkpoint(
             f"channels but {name} has {data.num_classes} / {data.in_chans}; pass the dataset it was trained on."
         )
     dev = select_device(device)
+    import_model_packages()
     import_sources(models_from or recorded_sources(checkpoint))
     model = model_from_checkpoint(data_checkpoint).to(dev)
     loader = BatchLoader(data.test_x, data.test_y, None, batch_size, data.mean, data.std, train=False, device=dev)
@@ -255,6 +257,9 @@ def models_list(pattern: str = typer.Argument("cifar_*", help="timm name pattern
     import timm
 
     import toolbox  # noqa: F401  (registers the CIFAR backbones)
+    from toolbox.plugin_host.entry_points import import_model_packages
+
+    import_model_packages()  # and those of installed packages
 
     names = timm.list_models(pattern)
     if pattern == "cifar_*":
