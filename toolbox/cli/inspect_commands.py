@@ -30,7 +30,7 @@ def eval_checkpoint(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     models_from: Optional[list[str]] = typer.Option(None, help="Python file or module registering the backbone (default: what the run's config.yaml records); repeatable."),
 ) -> None:
-    """Evaluate a checkpoint on the full test set (top-1 / top-5), normalized as its run trained."""
+    """Evaluate a checkpoint on the full test set (top-1, and top-5 for more than five classes), normalized as its run trained."""
     from toolbox.data import BatchLoader
     from toolbox.models.sources import import_sources
     from toolbox.plugin_host.entry_points import import_model_packages
@@ -58,7 +58,8 @@ def eval_checkpoint(
     result = evaluate(model, loader, dev)
     console.print(f"{checkpoint}: {data_checkpoint['arch']} step {data_checkpoint['step']} "
                   f"{data_checkpoint['phase']} on {name} test set: top-1 {result['top1']:.2f}% "
-                  f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}", markup=False, highlight=False)
+                  + (f"top-5 {result['top5']:.2f}% " if result["top5"] is not None else "")
+                  + f"loss {result['loss']:.4f}", markup=False, highlight=False)
 
 
 def recorded_sources(checkpoint: Path) -> list[str]:
