@@ -76,6 +76,14 @@ def arrivals_lines(arrivals: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def run_title(results: dict[str, Any]) -> str:
+    """``sst+aod on synthetic (cifar_resnet20), 4 steps``: what a run's plots show."""
+    config = results.get("config") or {}
+    method = "+".join(config.get("plugins") or []) or "no plugins"
+    steps = config.get("steps") or len(results.get("steps") or [])
+    return f"{method} on {config.get('dataset', '?')} ({config.get('arch', '?')}), {steps} step{'s' if steps != 1 else ''}"
+
+
 def plot_top1(results: dict[str, Any], path: Path) -> None:
     """Save a plot of top-1 after every step (and after every phase, as small markers)."""
     import matplotlib
@@ -83,25 +91,23 @@ def plot_top1(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     steps = results["steps"]
-    ax.plot([s["step"] for s in steps], [s["top1"] for s in steps], marker="o", label="end of step")
+    ax.plot([s["step"] for s in steps], [s["top1"] for s in steps], marker="o", label="end of step", zorder=2)
     phases = list(dict.fromkeys(p["phase"] for s in steps for p in s["phases"]))
-    for s in steps:
-        n = len(s["phases"])
-        xs = [s["step"] - 0.5 + (i + 1) / n * 0.5 for i in range(n)]
-        ax.scatter(xs, [p["top1"] for p in s["phases"]], s=10, color="gray",
-                   label=f"after each phase ({', '.join(phases)})" if s is steps[0] else None)
-    config = results.get("config") or {}
-    method = "+".join(config.get("plugins") or []) or "no plugins"
-    ax.set_title(f"{method} on {config.get('dataset', '?')}, {config.get('arch', '')}", fontsize=10)
+    markers = dict(zip(phases, "s^vDP*X"))
+    for phase in phases:  # one legend entry per phase; its points sit left of their step, never on it
+        points = [(s["step"] - 0.5 + (i + 1) / (len(s["phases"]) + 1) * 0.5, p["top1"])
+                  for s in steps for i, p in enumerate(s["phases"]) if p["phase"] == phase]
+        ax.scatter(*zip(*points), s=28, marker=markers.get(phase, "o"), alpha=0.85, zorder=3,
+                   label=f"after the {phase} phase")
+    ax.set_title(run_title(results), fontsize=9)
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 on the full test set (%)")
     ax.set_xticks([s["step"] for s in steps])
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)  # clear of the points
+    atomic_savefig(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -112,7 +118,7 @@ def write_run_report(run_dir: Path, results: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "results.md", run_markdown(results))
     if results["steps"]:
         plot_top1(results, run_dir / "top1_per_step.png")
-        plot_class_changes(results["steps"], run_dir / "class_top1_change.png")
+        plot_class_changes(results["steps"], run_dir / "class_top1_change.png", run_title(results))
 
 
 # --------------------------------------------------------------------- across runs and seeds
@@ -293,8 +299,8 @@ def steps_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
-    """Top-1 vs step, one line per method, with a ±std band over seeds."""
+def plot_methods(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Top-1 vs step, one line per method, with a ±std band over seeds; ``title`` names the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,6 +317,7 @@ def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 on the full test set (%)")
     ax.set_xticks(sorted({r["step"] for r in rows}))
+    ax.set_title(title or "top-1 per step, mean ± std over seeds", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -360,5 +367,10 @@ def write_comparison(paths: list[Path], out: Path) -> list[dict[str, Any]]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "report.csv", buffer.getvalue())
-    plot_methods(rows, out / "top1_vs_step.png")
+    configs = [results["config"] for results in loaded.values() if results is not None]
+    datasets = ", ".join(dict.fromkeys(str(c.get("dataset", "?")) for c in configs))
+    archs = ", ".join(dict.fromkeys(str(c.get("arch", "?")) for c in configs))
+    plot_methods(rows, out / "top1_vs_step.png",
+                 f"top-1 per step on {datasets} ({archs}), mean ± std over seeds, "
+                 f"{len(configs)} run{'s' if len(configs) != 1 else ''}")
     return rows

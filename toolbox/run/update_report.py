@@ -39,9 +39,9 @@ def updates_markdown(steps: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_class_changes(steps: list[dict[str, Any]], path: Path) -> bool:
-    """Save the per-class top-1 change of every reviewed step as grouped bars; ``False`` (nothing
-    written) when no step has one."""
+def plot_class_changes(steps: list[dict[str, Any]], path: Path, title: str = "") -> bool:
+    """Save the per-class top-1 change of every reviewed step as grouped bars, ``title`` (the
+    run: method, dataset, steps) above; ``False`` (nothing written) when no step has one."""
     updates = [(s["step"], s["update"]) for s in steps if s.get("update")]
     if not updates:
         return False
@@ -61,10 +61,10 @@ def plot_class_changes(steps: list[dict[str, Any]], path: Path) -> bool:
     ax.set_xticks(range(len(classes)))
     ax.set_xticklabels(classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
     ax.set_ylabel("top-1 change (points)")
-    ax.set_title("Per-class top-1 change of each step's served model (test images)", fontsize=9)
+    ax.set_title("Per-class top-1 change of each step's served model (test images)"
+                 + (f"\n{title}" if title else ""), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # never on a bar
+    atomic_savefig(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
