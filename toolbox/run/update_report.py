@@ -19,6 +19,15 @@ def _promotion_cell(promotion: dict[str, Any] | None) -> str:
     return ("yes" if promotion["promoted"] else "**no**") + f": {promotion['reason']}"
 
 
+def _most_changed(per_class: dict[str, Any], most: int = 2) -> str:
+    """The classes that fell and rose the most, by name, e.g. ``Coat -20.0, Bag +15.0``."""
+    changes = sorted((v["change"], name) for name, v in per_class.items() if v["change"])
+    picked = changes[:most] + [c for c in changes[-most:][::-1] if c not in changes[:most]]
+    cells = [f"{name.replace('|', '/')} {change:+.1f}" for change, name in picked if change < 0]
+    cells += [f"{name.replace('|', '/')} {change:+.1f}" for change, name in picked if change > 0]
+    return ", ".join(cells) or "-"
+
+
 def updates_markdown(steps: list[dict[str, Any]]) -> str:
     """A table of every step's flips against the step before (test images) and its promotion
     decision (validation images); empty when no step was reviewed."""
@@ -28,14 +37,14 @@ def updates_markdown(steps: list[dict[str, Any]]) -> str:
     lines = ["## What each step changed", "",
              "Flips against the previous step's served model on the test images (negative: it was right, the new "
              "model is wrong); the promotion decision is judged on the validation images only.", "",
-             "| step | negative flips % | positive flips % | classes down / up | promoted |",
-             "|---:|---:|---:|---:|---|"]
+             "| step | negative flips % | positive flips % | classes down / up | most changed (points) | promoted |",
+             "|---:|---:|---:|---:|---|---|"]
     for step in reviewed:
         update = step.get("update") or {}
         changes = [v["change"] for v in (update.get("per_class") or {}).values() if v["change"] is not None]
         moved = f"{sum(c < 0 for c in changes)} / {sum(c > 0 for c in changes)}" if changes else "-"
         lines.append(f"| {step['step']} | {_pct(update.get('nfr'))} | {_pct(update.get('pfr'))} | {moved} | "
-                     f"{_promotion_cell(step.get('promotion'))} |")
+                     f"{_most_changed(update.get('per_class') or {})} | {_promotion_cell(step.get('promotion'))} |")
     return "\n".join(lines) + "\n"
 
 
