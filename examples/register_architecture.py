@@ -25,6 +25,15 @@ records it, so ``toolbox run --resume``, ``toolbox step`` and ``toolbox eval`` i
 
 (``models_from: [examples/register_architecture.py]`` in a config file does the same; a module
 name such as ``my_package.backbones`` works too).
+
+Or ship it in a package: copy this file to ``my_package/backbones.py`` and declare it in the
+package's ``pyproject.toml``; once the package is installed, every toolbox command (run, --resume,
+step, eval, predict, export, serve) imports it before the registry is read, with no flag::
+
+    [project.entry-points."toolbox.models"]
+    backbones = "my_package.backbones"
+
+    toolbox run --arch cifar_vgg11_bn --dataset synthetic
 """
 
 from __future__ import annotations

@@ -53,8 +53,9 @@ def test_the_top1_plot_names_method_and_dataset_and_its_phase_points(tmp_path, m
     plot_top1({"config": {"plugins": ["sst", "aod"], "dataset": "fashion_mnist", "arch": "cifar_resnet20"},
                "steps": steps}, tmp_path / "top1.png")
     (ax,) = figures[0].axes
-    assert ax.get_title() == "sst+aod on fashion_mnist, cifar_resnet20"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["end of step", "after each phase (learn, sparsify)"]
+    assert ax.get_title() == "sst+aod on fashion_mnist (cifar_resnet20), 2 steps"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["end of step", "after the learn phase",
+                                                                  "after the sparsify phase"]
     assert (tmp_path / "top1.png").stat().st_size > 0
 
 

@@ -34,6 +34,20 @@ def test_help_pages_import_no_heavy_module() -> None:
         assert imported_by(*args) == {"code": 0, "heavy": []}, args
 
 
+def test_plugins_list_reads_the_plugins_without_importing_them() -> None:
+    # every built-in's description comes from its source (plugin_docs.source_docs), so no torch
+    assert imported_by("plugins", "list") == {"code": 0, "heavy": []}
+
+
+def test_a_plugin_without_readable_source_is_loaded_for_its_description() -> None:
+    from toolbox.cli.plugin_docs import describe, source_docs
+
+    assert source_docs("toolbox_plugins.sst:SST") is not None
+    assert source_docs("toolbox_plugins.sst:NOT_A_CLASS") is None  # e.g. an instance: loaded instead
+    assert source_docs("no_such_module_xyz:Plugin") is None
+    assert describe("sst", "``sst``: Sparse training. More.", "Class doc.") == "Sparse training."
+
+
 def test_import_toolbox_then_timm_registers_the_backbones() -> None:
     script = ("import sys, toolbox; assert 'timm' not in sys.modules and 'torch' not in sys.modules\n"
               "import timm; m = timm.create_model('cifar_resnet20', num_classes=3)\n"

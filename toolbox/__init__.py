@@ -59,8 +59,10 @@ if TYPE_CHECKING:
 def load_model(path: str) -> "nn.Module":
     """The model of a serve file (``RUN_DIR/serve/step{k}.pt``) or any toolbox checkpoint, rebuilt
     (compact structure included) with its weights, in eval mode."""
+    from toolbox.plugin_host.entry_points import import_model_packages
     from toolbox.storage import checkpoint
 
+    import_model_packages()
     return checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path))
 
 

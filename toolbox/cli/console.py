@@ -60,18 +60,20 @@ def print_results(results: dict[str, Any]) -> None:
     """The results table at the end of a run (rank 0 only under torchrun)."""
     from rich.table import Table
 
-    from toolbox.run.results import served_cell
+    from toolbox.run.results import served_cell, shows_top5
 
     if not is_main():
         return
     table = Table(title=f"results in % of the test set ({results.get('dataset_source', '')})")
-    for column in ("step", "phases", "top-1", "top-5", "served", "train s", "params", "sparsity"):
+    top5 = shows_top5(results["steps"])
+    for column in ("step", "phases", "top-1", *(("top-5",) if top5 else ()), "served", "train s", "params", "sparsity"):
         words = column in ("phases", "served")  # these wrap at spaces; the numbers never
         table.add_column(column, justify="left" if words else "right", no_wrap=not words)
     for step in results["steps"]:
         sparsity = step.get("sparsity")
+        top5_cell = ("-" if step.get("top5") is None else f"{step['top5']:.2f}",) if top5 else ()
         table.add_row(str(step["step"]), " ".join(p["phase"] for p in step["phases"]),
-                      f"{step['top1']:.2f}", f"{step['top5']:.2f}", served_cell(step).replace("(", "").replace(")", ""),
+                      f"{step['top1']:.2f}", *top5_cell, served_cell(step).replace("(", "").replace(")", ""),
                       f"{step['train_seconds']:.1f}", f"{step['params']:,}", "-" if sparsity is None else f"{sparsity:.3f}")
     console.print(table)
 

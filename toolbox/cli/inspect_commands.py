@@ -30,9 +30,10 @@ def eval_checkpoint(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     models_from: Optional[list[str]] = typer.Option(None, help="Python file or module registering the backbone (default: what the run's config.yaml records); repeatable."),
 ) -> None:
-    """Evaluate a checkpoint on the full test set (top-1 / top-5), normalized as its run trained."""
+    """Evaluate a checkpoint on the full test set (top-1, and top-5 for more than five classes), normalized as its run trained."""
     from toolbox.data import BatchLoader
     from toolbox.models.sources import import_sources
+    from toolbox.plugin_host.entry_points import import_model_packages
     from toolbox.run.engine import evaluate
     from toolbox.runtime.device import select_device
     from toolbox.storage.checkpoint import load_checkpoint, model_from_checkpoint
@@ -50,13 +51,15 @@ def eval_checkpoint(
             f"channels but {name} has {data.num_classes} / {data.in_chans}; pass the dataset it was trained on."
         )
     dev = select_device(device)
+    import_model_packages()
     import_sources(models_from or recorded_sources(checkpoint))
     model = model_from_checkpoint(data_checkpoint).to(dev)
     loader = BatchLoader(data.test_x, data.test_y, None, batch_size, data.mean, data.std, train=False, device=dev)
     result = evaluate(model, loader, dev)
     console.print(f"{checkpoint}: {data_checkpoint['arch']} step {data_checkpoint['step']} "
                   f"{data_checkpoint['phase']} on {name} test set: top-1 {result['top1']:.2f}% "
-                  f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}", markup=False, highlight=False)
+                  + (f"top-5 {result['top5']:.2f}% " if result["top5"] is not None else "")
+                  + f"loss {result['loss']:.4f}", markup=False, highlight=False)
 
 
 def recorded_sources(checkpoint: Path) -> list[str]:
@@ -255,6 +258,9 @@ def models_list(pattern: str = typer.Argument("cifar_*", help="timm name pattern
     import timm
 
     import toolbox  # noqa: F401  (registers the CIFAR backbones)
+    from toolbox.plugin_host.entry_points import import_model_packages
+
+    import_model_packages()  # and those of installed packages
 
     names = timm.list_models(pattern)
     if pattern == "cifar_*":

@@ -7,6 +7,8 @@ and the options listed as in ``toolbox run --help`` (flags never cut).
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import inspect
 import re
 from typing import Any
@@ -63,10 +65,38 @@ def first_sentence(text: str) -> str:
 
 
 def description(name: str, obj: Any) -> str:
-    """One line saying what plugin ``name`` (class or module ``obj``) does: its module docstring's
-    first sentence when that starts with ````name````: (the built-ins' style), else its own."""
+    """One line saying what plugin ``name`` (class or module ``obj``) does: :func:`describe` of
+    its docstrings."""
     module_doc = inspect.getdoc(inspect.getmodule(obj)) if inspect.isclass(obj) else None
-    own = inspect.getdoc(obj)
+    return describe(name, module_doc, inspect.getdoc(obj))
+
+
+def source_docs(value: str) -> tuple[str | None, str | None] | None:
+    """(module docstring, docstring of the named class) of entry point ``module:Class`` read from
+    the module's source without running it (so without the torch it imports); ``None`` when the
+    source cannot be read or ``Class`` is not a class defined in it (then the plugin is loaded)."""
+    module, _, attr = value.partition(":")
+    try:
+        spec = importlib.util.find_spec(module.strip())
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return None
+        with open(spec.origin, encoding="utf-8") as file:
+            tree = ast.parse(file.read())
+    except (ImportError, OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    module_doc = ast.get_docstring(tree)
+    if not attr:
+        return module_doc, module_doc
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    if attr.strip() not in classes:
+        return None
+    return module_doc, ast.get_docstring(classes[attr.strip()])
+
+
+def describe(name: str, module_doc: str | None, own: str | None) -> str:
+    """One line saying what plugin ``name`` does: its module docstring's first sentence when that
+    starts with ````name````: (the built-ins' style), else its own docstring's."""
+    module_doc, own = (inspect.cleandoc(d) if d else d for d in (module_doc, own))
     prefix = re.compile(rf"^``{re.escape(name)}``\s*:\s*")
     for doc in (module_doc if module_doc and prefix.match(module_doc) else None, own, module_doc):
         if doc:
@@ -76,7 +106,10 @@ def description(name: str, obj: Any) -> str:
 
 
 def plugins_table() -> Any:
-    """The table of ``toolbox plugins list``: name, source and what each installed plugin does."""
+    """The table of ``toolbox plugins list``: name, source and what each installed plugin does,
+    read from each plugin's source where it can be (:func:`source_docs`: no plugin is imported, so
+    neither is torch); a plugin that fails to import shows it in ``toolbox plugins show NAME`` and
+    ``toolbox run``."""
     from rich.table import Table
     from rich.text import Text
 
@@ -88,7 +121,8 @@ def plugins_table() -> Any:
     table.add_column("what it does", ratio=1)
     for name, info in available_plugins().items():
         try:
-            what = description(name, load_entry_point(name))
+            docs = source_docs(info.value)
+            what = describe(name, *docs) if docs is not None else description(name, load_entry_point(name))
         except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not hide the others
             what = f"(failed to load: {exc})"
         table.add_row(name, info.source, Text(what))

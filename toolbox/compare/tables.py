@@ -130,5 +130,8 @@ def write_report(out: Path, plan: dict[str, Any], plot: bool = True) -> list[dic
     writer.writerows(summary)
     atomic_write_text(out / "compare.csv", buffer.getvalue())
     if plot:
-        plot_methods(summary, out / "top1_vs_step.png")
+        configs = [runs[0]["config"] for runs in groups.values() if runs]
+        data = ", ".join(dict.fromkeys(f"{c.get('dataset', '?')} ({c.get('arch', '?')})" for c in configs))
+        plot_methods(summary, out / "top1_vs_step.png",
+                     f"toolbox compare on {data}: top-1 per step, mean ± std over {len(plan['seeds'])} seeds")
     return summary

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from toolbox.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from toolbox.data.class_names import DATASET_CLASSES, class_names  # noqa: F401  (DATASET_CLASSES: its old home)
 from toolbox.errors import CheckpointError
 
 RECIPE_FORMAT = "toolbox-preprocessing/1"
@@ -36,12 +36,6 @@ GEOMETRY_RULE = (
 JPEG_DRAFT = "a JPEG file is opened with Pillow's draft(pillow_mode, (image_size, image_size)) before decoding"
 WIDE_GREY = "16- and 32-bit grey pixels v are scaled to (clip(v, 0, 65535) * 255 + 32767) // 65535 first"
 SCALING = "float32 (pixel / 255 - mean) / std per channel, laid out N x C x image_size x image_size"
-#: Class names of built-in datasets whose files do not carry them.
-DATASET_CLASSES = {
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"],
-    "synthetic": list(SYNTHETIC_CLASSES),
-}
 SOURCE_IMAGES = {
     "fashion_mnist": "Fashion-MNIST's 28 x 28 grey images, zero-padded by 2 pixels on every side to 32 x 32",
     "cifar100": "CIFAR-100's 32 x 32 RGB images, as they are",
@@ -54,11 +48,10 @@ SOURCE_IMAGES = {
 def make_recipe(*, channels: int, image_size: int, mean: Sequence[float], std: Sequence[float],
                 classes: Sequence[str] | None, num_classes: int, dataset: str | None) -> dict[str, Any]:
     """The recipe of a model trained on ``channels`` x ``image_size`` x ``image_size`` images of
-    ``dataset`` normalized by ``mean``/``std``; ``classes`` default to the dataset's known names,
-    else the label numbers."""
-    names = list(classes) if classes else DATASET_CLASSES.get(dataset or "")
-    if not names or len(names) != num_classes:
-        names = [str(i) for i in range(num_classes)]
+    ``dataset`` normalized by ``mean``/``std``; its class names are
+    :func:`~toolbox.data.class_names.class_names` (``classes``, else the dataset's known names,
+    else the label numbers)."""
+    names = class_names(classes, num_classes, dataset)
     mode = "L" if channels == 1 else "RGB"
     return {
         "format": RECIPE_FORMAT, "dataset": dataset, "channels": int(channels), "pillow_mode": mode,

@@ -33,6 +33,7 @@ from torch import nn
 from toolbox.data.recipe import checkpoint_recipe
 from toolbox.deploy.model_file import resolve_model
 from toolbox.errors import UsageError
+from toolbox.plugin_host.entry_points import import_model_packages
 from toolbox.storage import checkpoint as ckpt
 from toolbox.storage.atomic import atomic_write_bytes, atomic_write_json
 
@@ -187,6 +188,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path, tolerance: f
     check_out(out, fmt)
     source = resolve_model(model_path)
     data = ckpt.load_checkpoint(source)
+    import_model_packages()
     model = ckpt.model_from_checkpoint(data).float().cpu().eval()
     meta = metadata(data, source)
     recipe = meta["preprocessing"]

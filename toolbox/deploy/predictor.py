@@ -52,6 +52,7 @@ from toolbox.data.pipeline import normalize_batch
 from toolbox.data.recipe import checkpoint_recipe
 from toolbox.deploy.model_file import resolve_model
 from toolbox.errors import UsageError
+from toolbox.plugin_host.entry_points import import_model_packages
 from toolbox.runtime.device import select_device
 from toolbox.storage import checkpoint as ckpt
 
@@ -206,6 +207,7 @@ def load_predictor(path: str | os.PathLike[str], device: str = "cpu", batch_size
     file = resolve_model(path)
     data = ckpt.load_checkpoint(file)
     recipe = checkpoint_recipe(data, file)
+    import_model_packages()
     model = ckpt.model_from_checkpoint(data)
     return Predictor(model, recipe, step=data.get("step"), path=file, device=select_device(device),
                      batch_size=batch_size)

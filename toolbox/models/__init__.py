@@ -94,7 +94,8 @@ def build_model(arch: str, num_classes: int, in_chans: int, model_kwargs: dict[s
     import_sources(models_from)
     if not isinstance(arch, str) or not timm.is_model(arch):
         raise UsageError(f"Unknown --arch {str(arch)[:60]!r}; `toolbox models list` shows the CIFAR backbones, "
-                         "`toolbox models list '*'` every timm model, and --models-from FILE imports your own.")
+                         "`toolbox models list '*'` every timm model; --models-from FILE or an installed package's "
+                         "toolbox.models entry point adds your own.")
     try:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except (TypeError, ValueError, AttributeError, KeyError, AssertionError) as exc:

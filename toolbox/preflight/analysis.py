@@ -52,6 +52,7 @@ from toolbox.errors import UsageError
 from toolbox.models import build_model
 from toolbox.models.modules import batchnorms, dummy_input
 from toolbox.plugin_host import capabilities as cap
+from toolbox.plugin_host.entry_points import import_model_packages
 from toolbox.preflight.dry_run import (
     BATCH,
     COMPACTION_STAGES,
@@ -356,6 +357,7 @@ def preflight(arch: str, num_classes: int = 10, in_chans: int = 3, image_size: i
     ch.require_ratio(ratio)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        import_model_packages()
         model = build_model(arch, num_classes, in_chans, kwargs).eval()
         size = resolve_input_size(model, in_chans, image_size)
         report = PreflightReport(arch=arch, model_kwargs=kwargs, input_size=size, num_classes=num_classes,

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from toolbox.errors import UsageError
+from toolbox.plugin_host.entry_points import import_model_packages
 from toolbox.pruning.compaction import checkpoint_input_size, compact, example_batch
 from toolbox.pruning.cost import compaction_report
 from toolbox.sparsity.channels import require_ratio
@@ -54,6 +55,7 @@ def prune_checkpoint(path: str | Path, out: str | Path, ratio: float | None = No
                          "the filters with the smallest BN |gamma|.")
     if ratio is not None:
         require_ratio(ratio)
+    import_model_packages()
     model = ckpt.model_from_checkpoint(data)
     size = tuple(input_size) if input_size is not None else checkpoint_input_size(data, model)
     small, structure = compact(model, masks=None if ratio is not None else masks, ratio=ratio,

@@ -61,10 +61,20 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
     return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
+#: Top-5 is reported only for more classes than this (with five or fewer it is 100 % by definition).
+TOP5_MIN_CLASSES = 5
+
+
+def has_top5(classes: int) -> bool:
+    """Whether top-5 says anything for ``classes`` classes (more than five)."""
+    return classes > TOP5_MIN_CLASSES
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             device: torch.device, precision: str = "fp32", across_processes: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) of ``model`` over ``batches``.
+             device: torch.device, precision: str = "fp32", across_processes: bool = False) -> dict[str, float | None]:
+    """Loss, top-1 and top-5 (percent) of ``model`` over ``batches``; top-5 is ``None`` for a model
+    of at most :data:`TOP5_MIN_CLASSES` classes, where it is always 100 % (:func:`has_top5`).
 
     ``across_processes``: in a multi-process run ``batches`` are this process's part of the set
     and the sums are added over all processes, so every process gets the scores of the whole set.
@@ -74,11 +84,12 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct1 = torch.zeros((), device=device, dtype=torch.long)
     correct5 = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    count, classes = 0, 0
     for inputs, targets in batches:
         with autocast_context(device, precision):
             logits = model(inputs)
         logits = logits.float()
+        classes = logits.shape[1]
         loss += F.cross_entropy(logits, targets, reduction="sum")
         c1, c5 = topk_correct(logits, targets)
         correct1 += c1
@@ -91,7 +102,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         count = int(sums["count"])
     count = max(count, 1)
     return {"loss": loss.item() / count, "top1": 100.0 * correct1.item() / count,
-            "top5": 100.0 * correct5.item() / count}
+            "top5": 100.0 * correct5.item() / count if has_top5(classes) else None}
 
 
 @dataclass

@@ -272,12 +272,15 @@ class RunData:
 
     def evaluate(self, model: nn.Module, precision: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(test scores, record fields)``: top-1/top-5 and loss on the test set (summed over the
-        processes) and, with a validation split, its top-1 and loss."""
+        processes) and, with a validation split, its top-1 and loss; no top-5 field for a model of
+        five classes or fewer."""
         test = evaluate(model, self.test_loader(), self.device, precision, across_processes=True)
         scores = {"top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"]}
         if self.has_validation:
             val = evaluate(model, self.validation_loader(), self.device, precision, across_processes=True)
             scores.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+        test = {name: value for name, value in test.items() if value is not None}  # no top-5 for <= 5 classes
+        scores = {name: value for name, value in scores.items() if value is not None}  # no top-5 for <= 5 classes
         broken = [name for name in ("test_loss", "val_loss") if name in scores and not math.isfinite(scores[name])]
         if broken:
             log.warning("The model's %s is not finite: it outputs NaN or inf on some images (diverged weights "

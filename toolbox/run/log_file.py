@@ -36,9 +36,9 @@ def epoch_line(step: int, phase: str, epoch: int, epochs: int, metrics: Mapping[
 
 
 def phase_line(step: int, phase: str, record: Mapping[str, Any]) -> str:
-    """One phase's summary: test top-1 and top-5, training seconds."""
-    return (f"step {step} {phase} done: test top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% "
-            f"({record['train_seconds']:.1f} s)")
+    """One phase's summary: test top-1, top-5 (where there are more than five classes), training seconds."""
+    top5 = f"top-5 {record['top5']:.2f}% " if record.get("top5") is not None else ""
+    return f"step {step} {phase} done: test top-1 {record['top1']:.2f}% {top5}({record['train_seconds']:.1f} s)"
 
 
 class RunLogHandler(logging.FileHandler):

@@ -19,6 +19,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def shows_top5(records: list[dict[str, Any]], key: str = "top5") -> bool:
+    """Whether a table of ``records`` gets a top-5 column: some record has one (runs of at most five
+    classes record none: :func:`toolbox.run.engine.has_top5`)."""
+    return any(record.get(key) is not None for record in records)
+
+
 def served_cell(step: dict[str, Any]) -> str:
     """The top-1 of the model ``serve/step{k}.pt`` holds and its phase, e.g. ``98.89 (learn)``."""
     served = step.get("served")
@@ -28,27 +34,30 @@ def served_cell(step: dict[str, Any]) -> str:
 def run_markdown(results: dict[str, Any]) -> str:
     """Markdown summary of one run: a row per step, then a row per phase."""
     config = results["config"]
+    top5 = shows_top5(results["steps"])
     lines = [
         f"# Run: {config['arch']} on {config['dataset']}, plugins: {', '.join(config['plugins']) or 'none'}",
         "",
         f"Data: {results.get('dataset_source', '?')}; {config['steps']} steps, seed {config['seed']}.",
         "",
-        "| step | top-1 % | top-5 % | served top-1 % (phase) | train s | params | MMACs | sparsity |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | top-1 % | " + ("top-5 % | " if top5 else "") + "served top-1 % (phase) | train s | params | MMACs "
+        "| sparsity |",
+        "|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---:|---:|",
     ]
     for step in results["steps"]:
         lines.append(
-            f"| {step['step']} | {_fmt(step.get('top1'))} | {_fmt(step.get('top5'))} | {served_cell(step)} | "
-            f"{_fmt(step.get('train_seconds'), 1)} | {step.get('params', '-')} | "
+            f"| {step['step']} | {_fmt(step.get('top1'))} | " + (f"{_fmt(step.get('top5'))} | " if top5 else "")
+            + f"{served_cell(step)} | {_fmt(step.get('train_seconds'), 1)} | {step.get('params', '-')} | "
             f"{_fmt(step['macs'] / 1e6 if step.get('macs') else None, 1)} | {_fmt(step.get('sparsity'), 3)} |"
         )
-    lines += ["", "| step | phase | epochs | images | top-1 % | top-5 % | train s |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| step | phase | epochs | images | top-1 % | " + ("top-5 % | " if top5 else "") + "train s |",
+              "|---:|---|---:|---:|---:|" + ("---:|" if top5 else "") + "---:|"]
     for step in results["steps"]:
         for phase in step["phases"]:
             lines.append(
                 f"| {step['step']} | {phase['phase']} | {phase['epochs']} | {phase['images']} | "
-                f"{_fmt(phase['top1'])} | {_fmt(phase['top5'])} | {_fmt(phase['train_seconds'], 1)} |"
+                f"{_fmt(phase['top1'])} | " + (f"{_fmt(phase.get('top5'))} | " if top5 else "")
+                + f"{_fmt(phase['train_seconds'], 1)} |"
             )
     updates = updates_markdown(results["steps"])
     return "\n".join(lines + arrivals_lines(results.get("arrivals"))) + "\n" + (f"\n{updates}" if updates else "")
@@ -67,6 +76,14 @@ def arrivals_lines(arrivals: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def run_title(results: dict[str, Any]) -> str:
+    """``sst+aod on synthetic (cifar_resnet20), 4 steps``: what a run's plots show."""
+    config = results.get("config") or {}
+    method = "+".join(config.get("plugins") or []) or "no plugins"
+    steps = config.get("steps") or len(results.get("steps") or [])
+    return f"{method} on {config.get('dataset', '?')} ({config.get('arch', '?')}), {steps} step{'s' if steps != 1 else ''}"
+
+
 def plot_top1(results: dict[str, Any], path: Path) -> None:
     """Save a plot of top-1 after every step (and after every phase, as small markers)."""
     import matplotlib
@@ -74,25 +91,23 @@ def plot_top1(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     steps = results["steps"]
-    ax.plot([s["step"] for s in steps], [s["top1"] for s in steps], marker="o", label="end of step")
+    ax.plot([s["step"] for s in steps], [s["top1"] for s in steps], marker="o", label="end of step", zorder=2)
     phases = list(dict.fromkeys(p["phase"] for s in steps for p in s["phases"]))
-    for s in steps:
-        n = len(s["phases"])
-        xs = [s["step"] - 0.5 + (i + 1) / n * 0.5 for i in range(n)]
-        ax.scatter(xs, [p["top1"] for p in s["phases"]], s=10, color="gray",
-                   label=f"after each phase ({', '.join(phases)})" if s is steps[0] else None)
-    config = results.get("config") or {}
-    method = "+".join(config.get("plugins") or []) or "no plugins"
-    ax.set_title(f"{method} on {config.get('dataset', '?')}, {config.get('arch', '')}", fontsize=10)
+    markers = dict(zip(phases, "s^vDP*X"))
+    for phase in phases:  # one legend entry per phase; its points sit left of their step, never on it
+        points = [(s["step"] - 0.5 + (i + 1) / (len(s["phases"]) + 1) * 0.5, p["top1"])
+                  for s in steps for i, p in enumerate(s["phases"]) if p["phase"] == phase]
+        ax.scatter(*zip(*points), s=28, marker=markers.get(phase, "o"), alpha=0.85, zorder=3,
+                   label=f"after the {phase} phase")
+    ax.set_title(run_title(results), fontsize=9)
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 on the full test set (%)")
     ax.set_xticks([s["step"] for s in steps])
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)  # clear of the points
+    atomic_savefig(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -103,12 +118,12 @@ def write_run_report(run_dir: Path, results: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "results.md", run_markdown(results))
     if results["steps"]:
         plot_top1(results, run_dir / "top1_per_step.png")
-        plot_class_changes(results["steps"], run_dir / "class_top1_change.png")
+        plot_class_changes(results["steps"], run_dir / "class_top1_change.png", run_title(results))
 
 
 # --------------------------------------------------------------------- across runs and seeds
 IGNORED_KEYS = {"seed", "seeds", "out", "data_root", "device", "threads"}
-STEP_KEYS = ("top1", "top5", "train_seconds")
+STEP_KEYS = ("top1", "train_seconds")
 
 log = logging.getLogger("toolbox")
 
@@ -145,7 +160,7 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
     steps = results.get("steps") if isinstance(results, dict) else None
     if not (isinstance(steps, list) and isinstance(results.get("config"), dict) and "seed" in results["config"]
             and all(isinstance(s, dict) and "step" in s and all(isinstance(s.get(k), (int, float)) for k in STEP_KEYS)
-                    for s in steps)):
+                    and isinstance(s.get("top5"), (int, float, type(None))) for s in steps)):
         log.warning("Left out %s: it does not hold a run's results (a config and per-step top-1, top-5 and train "
                     "seconds).", path)
         return None
@@ -199,11 +214,16 @@ def summarize(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             rows.append({"method": label, "step": records[0]["step"], "seeds": len(records),
                          "seed_list": sorted(r["config"]["seed"] for r in runs),
                          "top1_mean": top1, "top1_std": top1_std,
-                         "top5_mean": mean_std([s["top5"] for s in records])[0],
                          "params": records[0].get("params"), "macs": records[0].get("macs"),
                          "sparsity": mean_std(sparsity)[0] if sparsity else None,
-                         "train_seconds": seconds, **flip_summary(records)})
+                         "train_seconds": seconds, **top5_summary(records), **flip_summary(records)})
     return rows
+
+
+def top5_summary(records: list[dict[str, Any]]) -> dict[str, float]:
+    """``top5_mean`` over the seeds' records that have a top-5; empty for runs of five classes or fewer."""
+    present = [r["top5"] for r in records if r.get("top5") is not None]
+    return {"top5_mean": mean_std(present)[0]} if present else {}
 
 
 def flip_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -225,16 +245,18 @@ def rows_markdown(rows: list[dict[str, Any]]) -> str:
     if len({r["method"] for r in rows}) == 1:
         return single_method_markdown(rows)
     lines = []
+    top5 = shows_top5(rows, "top5_mean")
     for step in sorted({r["step"] for r in rows}):
         lines += [f"### Step {step}", "",
-                  "| method | seeds | top-1 % (mean ± std) | top-5 % | params | MMACs | sparsity | train s "
-                  "| negative flips % | promoted |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | seeds | top-1 % (mean ± std) | " + ("top-5 % | " if top5 else "")
+                  + "params | MMACs | sparsity | train s | negative flips % | promoted |",
+                  "|---|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["step"] == step):
             flips = f"{100 * r['nfr_mean']:.2f} ± {100 * r['nfr_std']:.2f}" if "nfr_mean" in r else "-"
             lines.append(
                 f"| {r['method']} | {r['seeds']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
-                f"{r['top5_mean']:.2f} | {r['params'] or '-'} | {_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | "
+                + (f"{_fmt(r.get('top5_mean'))} | " if top5 else "")
+                + f"{r['params'] or '-'} | {_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | "
                 f"{_fmt(r['sparsity'], 3)} | {r['train_seconds']:.1f} | {flips} | {r.get('promoted', '-')} |")
         lines.append("")
     return "\n".join(lines)
@@ -244,11 +266,14 @@ def single_method_markdown(rows: list[dict[str, Any]]) -> str:
     """One table, a row per step, for the rows of one method (one run or its seeds)."""
     seeds = max(r["seeds"] for r in rows)
     top1 = "top-1 % (mean ± std)" if seeds > 1 else "top-1 %"
+    top5 = shows_top5(rows, "top5_mean")
     lines = [f"{rows[0]['method']} ({seeds} seed{'s' if seeds > 1 else ''})", "",
-             f"| step | {top1} | top-5 % | params | MMACs | sparsity | train s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| step | {top1} | " + ("top-5 % | " if top5 else "") + "params | MMACs | sparsity | train s |",
+             "|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: r["step"]):
         cell = f"{r['top1_mean']:.2f}" + (f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else "")
-        lines.append(f"| {r['step']} | {cell} | {r['top5_mean']:.2f} | {r['params'] or '-'} | "
+        lines.append(f"| {r['step']} | {cell} | " + (f"{_fmt(r.get('top5_mean'))} | " if top5 else "")
+                     + f"{r['params'] or '-'} | "
                      f"{_fmt(r['macs'] / 1e6 if r['macs'] else None, 1)} | {_fmt(r['sparsity'], 3)} | "
                      f"{r['train_seconds']:.1f} |")
     return "\n".join(lines) + "\n"
@@ -274,8 +299,8 @@ def steps_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
-    """Top-1 vs step, one line per method, with a ±std band over seeds."""
+def plot_methods(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Top-1 vs step, one line per method, with a ±std band over seeds; ``title`` names the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,6 +317,7 @@ def plot_methods(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 on the full test set (%)")
     ax.set_xticks(sorted({r["step"] for r in rows}))
+    ax.set_title(title or "top-1 per step, mean ± std over seeds", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -341,5 +367,10 @@ def write_comparison(paths: list[Path], out: Path) -> list[dict[str, Any]]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "report.csv", buffer.getvalue())
-    plot_methods(rows, out / "top1_vs_step.png")
+    configs = [results["config"] for results in loaded.values() if results is not None]
+    datasets = ", ".join(dict.fromkeys(str(c.get("dataset", "?")) for c in configs))
+    archs = ", ".join(dict.fromkeys(str(c.get("arch", "?")) for c in configs))
+    plot_methods(rows, out / "top1_vs_step.png",
+                 f"top-1 per step on {datasets} ({archs}), mean ± std over seeds, "
+                 f"{len(configs)} run{'s' if len(configs) != 1 else ''}")
     return rows

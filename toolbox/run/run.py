@@ -30,6 +30,7 @@ from toolbox.models import build_model
 from toolbox.models.modules import freeze
 from toolbox.options import RunOptions
 from toolbox.plugin_host import calls
+from toolbox.plugin_host.entry_points import import_model_packages
 from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
 from toolbox.data.titles import describe_data
 from toolbox.preflight.analysis import check_run
@@ -103,6 +104,7 @@ class Run:
     def fresh_model(self) -> nn.Module:
         """A freshly initialized model of the run's architecture, on the run's device."""
         options, data = self.options, self.data
+        import_model_packages()
         return self.to_device(build_model(options.arch, data.num_classes, data.in_chans, options.model_kwargs,
                                           options.models_from))
 

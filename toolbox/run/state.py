@@ -27,9 +27,11 @@ class RunState:
         entry = results[-1]
         entry["phases"].append(record)
         sparsity = [p["sparsity"] for p in entry["phases"] if "sparsity" in p]
-        entry.update(top1=record["top1"], top5=record["top5"],
+        entry.pop("top5", None)
+        entry.update(top1=record["top1"], **({"top5": record["top5"]} if "top5" in record else {}),
                      train_seconds=sum(p["train_seconds"] for p in entry["phases"]),
                      params=record["params"], macs=record["macs"],
                      sparsity=sparsity[-1] if sparsity else None)
         if served:
-            entry["served"] = {"phase": record["phase"], "top1": record["top1"], "top5": record["top5"]}
+            entry["served"] = {"phase": record["phase"], "top1": record["top1"],
+                              **({"top5": record["top5"]} if "top5" in record else {})}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from toolbox.data.class_names import data_class_names
 from toolbox.run import promotion
 from toolbox.run.flips import flip_rates, predicted_labels, update_record
 from toolbox.run.serve_files import serve_path
@@ -49,7 +50,7 @@ def review_step(run: "Run", step: int) -> dict[str, Any]:
     if step > 1 and serve_path(run_dir, step - 1).exists():
         labels = run.inputs.data.test_y.cpu()
         before, after = predictions.of(step - 1, "test"), predictions.of(step, "test")
-        entry["update"] = update_record(before, after, labels, class_names(run.data), step - 1)
+        entry["update"] = update_record(before, after, labels, data_class_names(run.data), step - 1)
     history = promotion.read_history(run_dir)
     against = promotion.promoted_before(history, step)
     numbers = None
@@ -96,11 +97,6 @@ class Predictions:
         """Forget the predictions of every step but ``steps``."""
         for key in [key for key in self.cache if key[0] not in steps]:
             del self.cache[key]
-
-
-def class_names(data: Any) -> list[str]:
-    """The dataset's class names (their indices for a dataset without names)."""
-    return list(data.classes) if data.classes else [str(i) for i in range(data.num_classes)]
 
 
 def gate_numbers(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

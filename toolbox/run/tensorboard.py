@@ -81,13 +81,13 @@ def summary_metrics(steps: list[dict[str, Any]]) -> dict[str, float]:
     if not steps:
         return {}
     last = steps[-1]
-    metrics = {"hparams/final_top1": last["top1"], "hparams/final_top5": last["top5"],
+    metrics = {"hparams/final_top1": last["top1"], "hparams/final_top5": last.get("top5"),
                "hparams/mean_top1": sum(s["top1"] for s in steps) / len(steps),
                "hparams/final_params": last["params"], "hparams/final_macs": last["macs"],
                "hparams/train_seconds": sum(s["train_seconds"] for s in steps)}
     if last.get("sparsity") is not None:
         metrics["hparams/final_sparsity"] = last["sparsity"]
-    return {k: float(v) for k, v in metrics.items()}
+    return {k: float(v) for k, v in metrics.items() if v is not None}  # no top-5 for five classes or fewer
 
 
 def _numbers(values: Mapping[str, Any]) -> Iterable[tuple[str, float]]:

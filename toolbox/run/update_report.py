@@ -19,6 +19,15 @@ def _promotion_cell(promotion: dict[str, Any] | None) -> str:
     return ("yes" if promotion["promoted"] else "**no**") + f": {promotion['reason']}"
 
 
+def _most_changed(per_class: dict[str, Any], most: int = 2) -> str:
+    """The classes that fell and rose the most, by name, e.g. ``Coat -20.0, Bag +15.0``."""
+    changes = sorted((v["change"], name) for name, v in per_class.items() if v["change"])
+    picked = changes[:most] + [c for c in changes[-most:][::-1] if c not in changes[:most]]
+    cells = [f"{name.replace('|', '/')} {change:+.1f}" for change, name in picked if change < 0]
+    cells += [f"{name.replace('|', '/')} {change:+.1f}" for change, name in picked if change > 0]
+    return ", ".join(cells) or "-"
+
+
 def updates_markdown(steps: list[dict[str, Any]]) -> str:
     """A table of every step's flips against the step before (test images) and its promotion
     decision (validation images); empty when no step was reviewed."""
@@ -28,20 +37,20 @@ def updates_markdown(steps: list[dict[str, Any]]) -> str:
     lines = ["## What each step changed", "",
              "Flips against the previous step's served model on the test images (negative: it was right, the new "
              "model is wrong); the promotion decision is judged on the validation images only.", "",
-             "| step | negative flips % | positive flips % | classes down / up | promoted |",
-             "|---:|---:|---:|---:|---|"]
+             "| step | negative flips % | positive flips % | classes down / up | most changed (points) | promoted |",
+             "|---:|---:|---:|---:|---|---|"]
     for step in reviewed:
         update = step.get("update") or {}
         changes = [v["change"] for v in (update.get("per_class") or {}).values() if v["change"] is not None]
         moved = f"{sum(c < 0 for c in changes)} / {sum(c > 0 for c in changes)}" if changes else "-"
         lines.append(f"| {step['step']} | {_pct(update.get('nfr'))} | {_pct(update.get('pfr'))} | {moved} | "
-                     f"{_promotion_cell(step.get('promotion'))} |")
+                     f"{_most_changed(update.get('per_class') or {})} | {_promotion_cell(step.get('promotion'))} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_class_changes(steps: list[dict[str, Any]], path: Path) -> bool:
-    """Save the per-class top-1 change of every reviewed step as grouped bars; ``False`` (nothing
-    written) when no step has one."""
+def plot_class_changes(steps: list[dict[str, Any]], path: Path, title: str = "") -> bool:
+    """Save the per-class top-1 change of every reviewed step as grouped bars, ``title`` (the
+    run: method, dataset, steps) above; ``False`` (nothing written) when no step has one."""
     updates = [(s["step"], s["update"]) for s in steps if s.get("update")]
     if not updates:
         return False
@@ -61,10 +70,10 @@ def plot_class_changes(steps: list[dict[str, Any]], path: Path) -> bool:
     ax.set_xticks(range(len(classes)))
     ax.set_xticklabels(classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
     ax.set_ylabel("top-1 change (points)")
-    ax.set_title("Per-class top-1 change of each step's served model (test images)", fontsize=9)
+    ax.set_title("Per-class top-1 change of each step's served model (test images)"
+                 + (f"\n{title}" if title else ""), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # never on a bar
+    atomic_savefig(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True

@@ -44,7 +44,7 @@ from toolbox.plugin_host import capabilities as cap
 from toolbox.runtime import distributed
 from toolbox.sparsity import channels as ch
 from toolbox.sparsity.bn_l1 import achieved, add_subgradient, max_chosen_gamma, soft_threshold_, zero_chosen_
-from toolbox.sparsity.plots import plot_controller, plot_gamma_histogram
+from toolbox.sparsity.plots import plot_controller, plot_gamma_histogram, plot_title
 from toolbox.sparsity.target_schedule import TargetSchedule
 
 if TYPE_CHECKING:
@@ -398,12 +398,12 @@ class SparsityTraining(PluginSettings):
             try:
                 plot_gamma_histogram(model, self.graph, self.selection, cfg.threshold,
                                      Path(ctx.run_dir) / f"gamma_hist_step{ctx.step}.png",
-                                     f"|gamma| after {self.label}, step {ctx.step}")
+                                     "|gamma| after " + plot_title(self.label, ctx.options, ctx.step))
             except Exception as exc:  # a plot must never end a run
                 ctx.logger.warning("%s: could not write the gamma histogram (%s).", self.name, exc)
             try:
                 plot_controller(self.s_history, self.ratio_history, target,
                                 Path(ctx.run_dir) / f"sparsity_step{ctx.step}.png",
-                                f"{self.label}, step {ctx.step} ({cfg.mode} mode)")
+                                plot_title(self.label, ctx.options, ctx.step, f" ({cfg.mode} mode)"))
             except Exception as exc:  # a plot must never end a run
                 ctx.logger.warning("%s: could not write the sparsity plot (%s).", self.name, exc)

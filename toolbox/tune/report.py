@@ -89,6 +89,8 @@ def write_importance_plot(study: optuna.Study, study_dir: Path) -> Path | None:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             axes = optuna.visualization.matplotlib.plot_param_importances(
             study, evaluator=_importance_evaluator(), params=varying)
+        axes.set_title(f"Parameter importances of study {study.study_name} ({len(complete)} complete trials)",
+                       fontsize=10)
         io.atomic_savefig(axes.figure, path, dpi=120, bbox_inches="tight")
         plt.close(axes.figure)
     except Exception as exc:  # noqa: BLE001 - importance estimates fail on degenerate studies
