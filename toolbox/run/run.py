@@ -25,14 +25,15 @@ import torch
 from torch import nn
 
 from toolbox.context import Context
+from toolbox.data.titles import describe_data
 from toolbox.errors import UsageError
 from toolbox.models import build_model
 from toolbox.models.modules import freeze
+from toolbox.models.sources import import_sources
 from toolbox.options import RunOptions
 from toolbox.plugin_host import calls
 from toolbox.plugin_host.entry_points import import_model_packages
 from toolbox.plugin_host.phases import LEARN, phase_seed, plan_phases, run_phases
-from toolbox.data.titles import describe_data
 from toolbox.preflight.analysis import check_run
 from toolbox.pruning.cost import count_macs, count_params
 from toolbox.run import directory as files
@@ -75,6 +76,8 @@ class Run:
         if options.threads:
             torch.set_num_threads(options.threads)
         promotion.parse_rule(options.promote)  # a bad --promote is refused before anything is read or written
+        import_model_packages()  # installed backbones, then --models-from: a broken one, before the data is read
+        import_sources(options.models_from)
         self.inputs = RunData(options, self.device, pm)
         self.data = self.inputs.data
         log.info("data: %s", describe_data(self.data.name, self.data.source))  # the first line a run prints
@@ -104,7 +107,6 @@ class Run:
     def fresh_model(self) -> nn.Module:
         """A freshly initialized model of the run's architecture, on the run's device."""
         options, data = self.options, self.data
-        import_model_packages()
         return self.to_device(build_model(options.arch, data.num_classes, data.in_chans, options.model_kwargs,
                                           options.models_from))
 
