@@ -178,3 +178,14 @@ def test_compare_on_shards_with_two_workers(tmp_path: Path) -> None:
         configs = [results_of(out, row, seed)["config"] for row in ("finetune", "lwf")]
         assert configs[0]["shards"] == configs[1]["shards"] == [str(root / "d1"), str(root / "d2")]
         assert configs[0]["threads"] == configs[1]["threads"] == 1  # two workers share the two cores
+
+
+def test_one_seed_shows_no_spread() -> None:
+    from toolbox.compare.tables import paired_cell
+    from toolbox.run.results import steps_markdown
+
+    assert paired_cell([1.5]) == "+1.50 (1/1)" and paired_cell([1.0, 2.0]) == "+1.50 ± 0.71 (2/2)"
+    rows = [dict(method=m, step=1, seeds=n, top1_mean=v, top1_std=0.0, train_seconds=3.0)
+            for m, n, v in (("a", 1, 60.0), ("b", 1, 55.0))]
+    assert steps_markdown(rows).splitlines()[-1] == "| 1 | **60.00** (3 s) | 55.00 (3 s) |"
+    assert "60.00 ± 0.00" in steps_markdown([{**r, "seeds": 2} for r in rows])

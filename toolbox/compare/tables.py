@@ -43,9 +43,11 @@ def paired(first: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[lis
 
 
 def paired_cell(diffs: list[float]) -> str:
-    """``+1.23 ± 0.45 (3/3)``: mean ± std of the differences (seeds where the first row is ahead / seeds)."""
+    """``+1.23 ± 0.45 (3/3)``: mean ± std of the differences (seeds where the first row is ahead /
+    seeds); ``+1.23 (1/1)`` for one seed."""
     mean, std = mean_std(diffs)
-    return f"{mean:+.2f} ± {std:.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
+    spread = f" ± {std:.2f}" if len(diffs) > 1 else ""  # one seed: no spread to show
+    return f"{mean:+.2f}{spread} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
 
 
 def paired_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:

@@ -281,7 +281,7 @@ def single_method_markdown(rows: list[dict[str, Any]]) -> str:
 
 def steps_markdown(rows: list[dict[str, Any]]) -> str:
     """One table for all steps: a line per step, a column per method, cells "top-1 mean ± std
-    (train s)"; the best mean of each step in bold."""
+    (train s)" (no std for a single seed); the best mean of each step in bold."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["step"]): r for r in rows}
     lines = ["| step | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
@@ -293,7 +293,7 @@ def steps_markdown(rows: list[dict[str, Any]]) -> str:
             if r is None:
                 cells.append("-")
                 continue
-            text = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+            text = f"{r['top1_mean']:.2f}" + (f" ± {r['top1_std']:.2f}" if r.get("seeds", 2) > 1 else "")
             cells.append(f"{f'**{text}**' if r['top1_mean'] == best else text} ({r['train_seconds']:.0f} s)")
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
