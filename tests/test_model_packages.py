@@ -76,7 +76,8 @@ def test_an_installed_backbone_trains_and_a_fresh_process_evaluates_and_predicts
     assert "models_from: []" in (out / "config.yaml").read_text()  # nothing recorded: the package is found
     image = tmp_path / "one.png"
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), *sys.path]),
+           "COLUMNS": "400"}  # the table keeps a long tmp path on one line
     done = subprocess.run([sys.executable, "-c", AGAIN, str(out), str(image)], capture_output=True, text=True,
                           timeout=300, env=env)
     assert done.returncode == 0, done.stderr
