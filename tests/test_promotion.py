@@ -104,15 +104,21 @@ class Saboteur:
                 head.bias.copy_(head.bias[self.shift].clone())
 
 
-def test_a_step_made_worse_on_validation_is_not_promoted_even_when_better_on_test(tmp_path: Path) -> None:
-    # the test folder's class c holds images of colour g(c): a model right on the validation folder
-    # is wrong on it, and the sabotaged step-2 model the other way round
+def sabotaged_run(tmp_path: Path) -> tuple[dict[str, Any], Saboteur]:
+    """Two colour step folders, a validation folder and a test folder whose class c holds images of
+    colour g(c): a model right on the validation folder is wrong on the test folder, and the
+    sabotaged step-2 model the other way round. Returns the run's values and the saboteur."""
     g = {"blue": "green", "green": "red", "red": "blue"}
     shards = [str(colour_folder(tmp_path / f"s{k}", 12, seed=k)) for k in (1, 2)]
     values = folder_values(tmp_path, shards=",".join(shards), val=str(colour_folder(tmp_path / "val", 6, seed=8)),
                            test=str(colour_folder(tmp_path / "test", 6, seed=9, labels=g)))
     names = sorted(COLOURS)
-    start_run(values, extra_plugins={"saboteur": Saboteur([names.index(g[c]) for c in names])}).execute()
+    return values, Saboteur([names.index(g[c]) for c in names])
+
+
+def test_a_step_made_worse_on_validation_is_not_promoted_even_when_better_on_test(tmp_path: Path) -> None:
+    values, saboteur = sabotaged_run(tmp_path)
+    start_run(values, extra_plugins={"saboteur": saboteur}).execute()
     runlock.release_all()
     run = Path(values["out"])
     steps = json.loads((run / "results.json").read_text())["steps"]
@@ -143,12 +149,7 @@ class CrashAtStep2:
 
 
 def test_a_rule_given_with_resume_judges_the_steps_still_to_come(tmp_path: Path) -> None:
-    g = {"blue": "green", "green": "red", "red": "blue"}
-    shards = [str(colour_folder(tmp_path / f"s{k}", 12, seed=k)) for k in (1, 2)]
-    values = folder_values(tmp_path, shards=",".join(shards), val=str(colour_folder(tmp_path / "val", 6, seed=8)),
-                           test=str(colour_folder(tmp_path / "test", 6, seed=9, labels=g)))
-    names = sorted(COLOURS)
-    saboteur = Saboteur([names.index(g[c]) for c in names])
+    values, saboteur = sabotaged_run(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         start_run(values, extra_plugins={"saboteur": saboteur, "crash": CrashAtStep2()}).execute()
     runlock.release_all()

@@ -115,6 +115,11 @@ def check_repeated_folders(folders: Sequence[str], allow: bool) -> None:
                            "give each step its own folder", allow)
 
 
+def labelled_steps(steps: dict[int, Manifest]) -> list[tuple[str, Manifest]]:
+    """``(label, manifest)`` per step folder, in step order, as the overlap checks name them."""
+    return [(f"step {k}'s folder", m) for k, m in sorted(steps.items())]
+
+
 def check_test_overlap(training: Sequence[tuple[str, Manifest]], test: Manifest, allow: bool) -> None:
     """Refuse an image of the test folder that is also in a training folder (``(label, manifest)``
     each, e.g. ``("step 1's folder", m)``): its test score would count images the model trained on."""

@@ -23,7 +23,7 @@ import yaml
 from toolbox.data import shard_folders
 from toolbox.data.imagefolder import class_folders
 from toolbox.data.manifest import (Manifest, RunManifests, check_new_folder, check_test_overlap,
-                                   check_validation_overlap)
+                                   check_validation_overlap, labelled_steps)
 from toolbox.errors import UsageError
 from toolbox.run.directory import absolute_path, read_manifests, read_run_config, record_skipped, write_manifests
 from toolbox.run.run import Run
@@ -64,7 +64,7 @@ def check_overlap(run_dir: Path, values: dict[str, Any], data: Path, allow: bool
         check_test_overlap([("the new folder", new)], manifests.test, allow)
     if getattr(options, "val", None) and Path(options.val).expanduser().is_dir():
         val = shard_folders.load_validation(options).manifests[0]
-        steps = [(f"step {k}'s folder", m) for k, m in sorted(manifests.steps.items())]
+        steps = labelled_steps(manifests.steps)
         check_validation_overlap(val, manifests.test, [*steps, ("the new folder", new)], allow)
     return manifests, new
 

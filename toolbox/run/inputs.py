@@ -27,7 +27,8 @@ from toolbox.data import (
 from toolbox.data.arrivals import class_counts, default_shards
 from toolbox.data.auto import load_run_dataset
 from toolbox.data.imagefolder import FolderImages
-from toolbox.data.manifest import check_repeated_folders, check_test_overlap, check_validation_overlap
+from toolbox.data.manifest import (check_repeated_folders, check_test_overlap, check_validation_overlap,
+                                   labelled_steps)
 from toolbox.data.shards import check_validation_size
 from toolbox.errors import UsageError
 from toolbox.options import RunOptions, read_mapping
@@ -84,7 +85,7 @@ def check_shard_overlap(data: ImageData, options: RunOptions) -> None:
     manifests, skipped = data.manifests, data.skipped_by_folder
     manifests.steps = shard_folders.step_manifests(options, skipped=skipped)
     data.skipped = [image for images in skipped.values() for image in images]
-    steps = [(f"step {k}'s folder", m) for k, m in sorted(manifests.steps.items())]
+    steps = labelled_steps(manifests.steps)
     check_test_overlap(steps, manifests.test, options.allow_overlap)
     if options.val:
         val = shard_folders.load_validation(options).manifests[0]
