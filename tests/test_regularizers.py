@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from nets import Net
+from sparsity_phase import run_sparsity_phase
 from torch import nn
 
 from toolbox.context import Context
@@ -56,24 +57,9 @@ def backward(ctx: Context) -> dict[str, torch.Tensor]:
 
 
 def run_phase(plugin: SparsityTraining, ctx: Context, batches: int) -> None:
-    """One epoch of SGD on random data, calling the hooks as the engine does."""
-    torch.manual_seed(1)
-    data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))) for _ in range(batches)]
+    """One epoch of SGD on random data, with the batch count announced as the engine does."""
     ctx.batches_per_epoch = batches
-    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    plugin.toolbox_phase_start(ctx=ctx)
-    plugin.toolbox_epoch_start(ctx=ctx)
-    for x, y in data:
-        loss = F.cross_entropy(ctx.model(x), y)
-        ctx.optimizer.zero_grad()
-        loss.backward()
-        plugin.toolbox_regularize(ctx=ctx, model=ctx.model)
-        ctx.optimizer.step()
-        plugin.toolbox_batch_end(ctx=ctx, model=ctx.model)
-    metrics: dict[str, float] = {}
-    plugin.toolbox_epoch_end(ctx=ctx, metrics=metrics)
-    assert {f"{plugin.prefix}_s", f"{plugin.prefix}_ratio"} <= set(metrics)
-    plugin.toolbox_phase_end(ctx=ctx)
+    run_sparsity_phase(plugin, ctx, batches)
 
 
 # ----------------------------------------------------------------------------- maths, by hand

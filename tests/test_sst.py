@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from nets import Net
+from sparsity_phase import run_sparsity_phase
 from torch import nn
 
 from toolbox.context import Context
@@ -43,25 +44,8 @@ def set_gammas(model: nn.Module) -> None:
 
 
 def run_phase(plugin: SST, ctx: Context, batches: int, lr: float = 0.1) -> None:
-    """One epoch of SGD on random data, calling the hooks as the engine does."""
-    torch.manual_seed(1)
-    data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))) for _ in range(batches)]
-    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    plugin.toolbox_phase_start(ctx=ctx)
-    for epoch in range(ctx.epochs):
-        ctx.epoch = epoch
-        plugin.toolbox_epoch_start(ctx=ctx)
-        for x, y in data:
-            loss = F.cross_entropy(ctx.model(x), y)
-            ctx.optimizer.zero_grad()
-            loss.backward()
-            plugin.toolbox_regularize(ctx=ctx, model=ctx.model)
-            ctx.optimizer.step()
-            plugin.toolbox_batch_end(ctx=ctx, model=ctx.model)
-        metrics: dict[str, float] = {}
-        plugin.toolbox_epoch_end(ctx=ctx, metrics=metrics)
-        assert {"sst_s", "sst_ratio"} <= set(metrics)
-    plugin.toolbox_phase_end(ctx=ctx)
+    """SST's hooks through one phase (``ctx.epochs`` epochs of ``batches`` random batches)."""
+    run_sparsity_phase(plugin, ctx, batches, lr)
 
 
 def test_phases_and_ratio_validation() -> None:

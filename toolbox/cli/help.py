@@ -11,8 +11,7 @@ type, default and choices, in the type vocabulary typer uses for declared flags 
 from __future__ import annotations
 
 import copy
-import inspect
-from typing import Any, Optional
+from typing import Any
 
 from typer.core import TyperCommand
 
