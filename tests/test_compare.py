@@ -189,3 +189,21 @@ def test_one_seed_shows_no_spread() -> None:
             for m, n, v in (("a", 1, 60.0), ("b", 1, 55.0))]
     assert steps_markdown(rows).splitlines()[-1] == "| 1 | **60.00** (3 s) | 55.00 (3 s) |"
     assert "60.00 ± 0.00" in steps_markdown([{**r, "seeds": 2} for r in rows])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--methods", "finetune", "lwf", "--workers", "0"], "--workers 0: pass at least 1"),
+    (["--methods", "finetune", "lwf", "--trials", "-3"], "--trials -3: pass 0"),
+    (["--methods", "finetune", "lwf", "--seeds", "0,x"], "--seeds must be comma-separated whole numbers"),
+    (["--methods", "finetune"], "--methods needs at least two methods"),
+    (["--methods", "finetune", "finetune"], "--methods names finetune twice"),
+    (["--methods", "finetune", "nosuch"], "Unknown plugin 'nosuch'"),
+    (["--methods", "finetune", "lwf", "--rows", "nope"], "--rows names nope, not a row of this comparison"),
+    (["--methods", "finetune", "lwf", "--split", "dirichlet:-1"], "needs a positive concentration"),
+])
+def test_bad_input_is_one_sentence_exit_2_and_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", *args, "--out", str(out), "--dataset", "synthetic", *TINY])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -51,8 +51,10 @@ def compare_command(
     from toolbox.options import read_mapping
 
     setup_logging()
-    if workers < 1 or trials < 0:
-        raise UsageError("--workers must be at least 1 and --trials at least 0.")
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: pass at least 1 (runs side by side, one thread each).")
+    if trials < 0:
+        raise UsageError(f"--trials {trials}: pass 0 (no tuning, the default) or a number of tuning trials per method.")
     more, extra = split_methods(list(ctx.args))
     if resume is not None:
         if methods or more or extra or config is not None or out is not None:
