@@ -21,6 +21,7 @@ from toolbox.run import lock as runlock
 from toolbox.run import promotion
 from toolbox.run.flips import flip_rates, per_class_top1, update_record
 from toolbox.run.start import resume_run, start_run
+from toolbox.run.update_report import _changes_in_class_order, plot_class_changes
 
 COLOURS = {"blue": (0, 0, 220), "green": (0, 200, 0), "red": (220, 0, 0)}  # sorted: class 0, 1, 2
 
@@ -137,6 +138,19 @@ def test_a_step_made_worse_on_validation_is_not_promoted_even_when_better_on_tes
     assert "| 2 | 0.00 |" in (run / "results.md").read_text() and "**no**: fails top1>=prev-0.5" in (
         run / "results.md").read_text()
     assert (run / "class_top1_change.png").stat().st_size > 0
+
+
+def test_the_class_plot_reads_a_run_resumed_across_the_change_that_named_classes(tmp_path: Path) -> None:
+    """Steps reviewed before classes had names key them by label number; they line up by position."""
+    def step(number: int, keys: list[str], changes: list[float | None]) -> dict[str, Any]:
+        per_class = {k: {"change": c} for k, c in zip(keys, changes)}
+        return {"step": number, "update": {"per_class": per_class, "against_step": number - 1, "nfr": 0.1}}
+
+    steps = [step(2, ["0", "1", "2"], [-5.0, None, 3.0]), step(3, ["blue", "green", "red"], [1.0, 2.0, -4.0])]
+    assert _changes_in_class_order(steps[0]["update"]["per_class"], ["blue", "green", "red"]) == [-5.0, None, 3.0]
+    assert _changes_in_class_order({"red": {"change": 2.0}}, ["blue", "green", "red"]) == [None, None, 2.0]
+    assert plot_class_changes(steps, tmp_path / "c.png", "a run") is True
+    assert (tmp_path / "c.png").stat().st_size > 0
 
 
 class CrashAtStep2:

@@ -66,7 +66,7 @@ def run_all(jobs: list[tuple[dict[str, Any], Path]], workers: int = 1,
             done: Callable[[Path], None] | None = None) -> None:
     """Finish every ``(values, run dir)`` job, ``workers`` at a time; ``done(run dir)`` after each."""
     todo = [(values, folder) for values, folder in jobs if finished(folder) is None]
-    for values, folder in jobs:
+    for _values, folder in jobs:
         if finished(folder) is not None and done is not None:
             done(folder)
     if workers <= 1 or len(todo) <= 1:

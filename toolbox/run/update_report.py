@@ -48,6 +48,15 @@ def updates_markdown(steps: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _changes_in_class_order(per_class: dict[str, Any], classes: list[str]) -> list[float | None]:
+    """``per_class``'s changes in the order of ``classes``. A run resumed across versions may key
+    earlier steps by label number and later ones by class name; both list the classes in label
+    order, so such steps are aligned by position (a class a step lacks counts as unchanged)."""
+    if set(per_class) != set(classes) and len(per_class) == len(classes):
+        return [v["change"] for v in per_class.values()]
+    return [(per_class.get(c) or {}).get("change") for c in classes]
+
+
 def plot_class_changes(steps: list[dict[str, Any]], path: Path, title: str = "") -> bool:
     """Save the per-class top-1 change of every reviewed step as grouped bars, ``title`` (the
     run: method, dataset, steps) above; ``False`` (nothing written) when no step has one."""
@@ -59,11 +68,11 @@ def plot_class_changes(steps: list[dict[str, Any]], path: Path, title: str = "")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    classes = list(updates[0][1]["per_class"])
+    classes = list(updates[-1][1]["per_class"])
     width = 0.8 / len(updates)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(classes) * max(1, len(updates)) ** 0.5 + 2), 3.6))
     for i, (step, update) in enumerate(updates):
-        values = [update["per_class"][c]["change"] or 0.0 for c in classes]
+        values = [change or 0.0 for change in _changes_in_class_order(update["per_class"], classes)]
         ax.bar([x - 0.4 + width * (i + 0.5) for x in range(len(classes))], values, width,
                label=f"step {step} vs {update['against_step']} (NFR {100 * update['nfr']:.1f} %)")
     ax.axhline(0, color="black", linewidth=0.8)
