@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +318,7 @@ def plot_methods(rows: list[dict[str, Any]], path: Path, title: str = "") -> Non
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 on the full test set (%)")
     ax.set_xticks(sorted({r["step"] for r in rows}))
-    ax.set_title(title or "top-1 per step, mean ± std over seeds", fontsize=9)
+    ax.set_title(textwrap.fill(title or "top-1 per step, mean ± std over seeds", 80), fontsize=9)  # never clipped
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
