@@ -16,7 +16,7 @@ from fabricate import write_image_folder
 from typer.testing import CliRunner
 
 from toolbox.cli.commands import app
-from toolbox.compare.execute import finished
+from toolbox.compare.execute import finished, run_all
 from toolbox.compare.plan import Row, plan_rows, step_epochs
 from toolbox.compare.tuning import defaults, row_space
 from toolbox.errors import UsageError
@@ -207,3 +207,17 @@ def test_bad_input_is_one_sentence_exit_2_and_nothing_written(tmp_path: Path, ar
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_run_that_fails_does_not_stop_the_others(tmp_path: Path, workers: int) -> None:
+    """The failing run comes first; the good one still finishes and is reported, then the error is raised."""
+    good = {"dataset": "synthetic", "per_class": 4, "steps": 2, "epochs": 1, "batch_size": 32,
+            "eval_batch_size": 256, "arch": "cifar_resnet20", "device": "cpu", "tensorboard": False,
+            "plugins": ["finetune"], "seed": 0}
+    jobs = [({**good, "arch": "no_such_arch"}, tmp_path / "bad"), (good, tmp_path / "good")]
+    reported: list[Path] = []
+    with pytest.raises(UsageError, match="no_such_arch"):
+        run_all(jobs, workers, reported.append)
+    assert reported == [tmp_path / "good"] and finished(tmp_path / "good") is not None
+    assert not (tmp_path / "bad" / "results.json").exists()

@@ -113,7 +113,11 @@ def run_compare(out: Path, plan: dict[str, Any] | None, *, space: Path | None = 
         if announce is not None:
             announce(f"finished {folder.relative_to(out)}")
 
-    execute.run_all(jobs(out, plan), workers, done)
+    try:
+        execute.run_all(jobs(out, plan), workers, done)
+    except Exception:
+        tables.write_report(out, plan)  # the runs that finished, plot included, before the error
+        raise
     return tables.write_report(out, plan)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,22 +65,35 @@ def _worker_run(values: dict[str, Any], folder: str) -> str:
 
 def run_all(jobs: list[tuple[dict[str, Any], Path]], workers: int = 1,
             done: Callable[[Path], None] | None = None) -> None:
-    """Finish every ``(values, run dir)`` job, ``workers`` at a time; ``done(run dir)`` after each."""
+    """Finish every ``(values, run dir)`` job, ``workers`` at a time; ``done(run dir)`` after each.
+    A run that fails does not stop the others: they finish (and ``done`` reports them), then the
+    first failure is raised. A kill (KeyboardInterrupt) stops everything at once."""
     todo = [(values, folder) for values, folder in jobs if finished(folder) is None]
     for _values, folder in jobs:
         if finished(folder) is not None and done is not None:
             done(folder)
+    failures: list[Exception] = []
+
+    def settle(folder: Path, outcome: Callable[[], Any]) -> None:
+        try:
+            outcome()
+        except Exception as error:  # noqa: BLE001 - raised again once the other runs are done
+            log.error("%s failed (%s); the other runs go on.", folder, error)
+            failures.append(error)
+            return
+        if done is not None:
+            done(folder)
+
     if workers <= 1 or len(todo) <= 1:
         for values, folder in todo:
-            finish_run(values, str(folder))
-            if done is not None:
-                done(folder)
-        return
-    threads = max(1, available_cores() // workers)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_worker_run, {"threads": threads, **values}, str(folder)) for values, folder in todo]
-        for future in futures:
-            folder = Path(future.result())
-            if done is not None:
-                done(folder)
+            settle(Path(folder), partial(finish_run, values, str(folder)))
+    else:
+        threads = max(1, available_cores() // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_worker_run, {"threads": threads, **values}, str(folder)): Path(folder)
+                       for values, folder in todo}
+            for future in as_completed(futures):
+                settle(futures[future], future.result)
+    if failures:
+        raise failures[0]
