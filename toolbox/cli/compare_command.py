@@ -32,7 +32,7 @@ def compare_command(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, help="The runs' YAML/TOML config (data, model, epochs, ...); --name VALUE overrides it."),
     methods: Optional[str] = typer.Option(None, help='Methods (--plugins values), the first is measured against the others: --methods "sst,aod,msl" finetune shrink_perturb lwf joint.'),
-    seeds: str = typer.Option("0,1,2", help="Seeds; every method of a seed sees the same shards, step-1 model and batch order."),
+    seeds: str = typer.Option("0,1,2", help="Seeds; per seed every method sees the same shards (and, with the same step-1 settings, the same step-1 model and batch order)."),
     out: Optional[Path] = typer.Option(None, help="The comparison's folder: compare.yaml, runs/<row>/seed<k>/, compare.md/.json/.csv, the plot."),
     resume: Optional[Path] = typer.Option(None, help="Continue the comparison in this folder (finished runs are kept, interrupted ones resumed)."),
     rows: Optional[str] = typer.Option(None, help="Only these rows (comma-separated names, e.g. sst_aod_msl,finetune_2x,lwf); the first method's row stays."),

@@ -115,7 +115,8 @@ def write_report(out: Path, plan: dict[str, Any], plot: bool = True) -> list[dic
     text = "\n".join([
         f"# Comparison: {', '.join(groups)}", "",
         f"{done} of {len(names) * len(plan['seeds'])} runs finished (seeds {','.join(map(str, plan['seeds']))}); "
-        "same shards, step-1 model and batch order per seed." + (f" Equal compute: {'; '.join(matched)}." if matched else ""),
+        "per seed every row sees the same shards, and rows with the same step-1 settings start from the same "
+        "step-1 model and batch order." + (f" Equal compute: {'; '.join(matched)}." if matched else ""),
         "", "Top-1 % on the test set per step, mean ± std over seeds (mean train seconds of the step); the best in bold:",
         "", steps_markdown(summary), "",
         f"## Paired differences (same seed)\n\n{names[0]} minus each row, top-1 points, mean ± std "
