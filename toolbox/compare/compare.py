@@ -6,8 +6,8 @@ seeds, the tuned values); ``DIR/runs/<row>/seed<k>/`` holds each run; ``DIR/tune
 finished run. Paired seeds: every row of a seed trains on the same shards (the split depends only
 on the seed), starts from the same initial weights (drawn from the seed) and sees the same batch
 order (every phase's seed depends only on seed, step and phase), as the accuracy benchmark's rows
-do; rows with the same step-1 settings therefore share the step-1 model. Rerunning the command, or ``toolbox compare --resume DIR``, continues: finished runs are
-read, interrupted ones resumed.
+do; rows with the same step-1 settings therefore share the step-1 model. Rerunning the command,
+or ``toolbox compare --resume DIR``, continues: finished runs are read, interrupted ones resumed.
 """
 
 from __future__ import annotations

@@ -68,9 +68,11 @@ def run_all(jobs: list[tuple[dict[str, Any], Path]], workers: int = 1,
     """Finish every ``(values, run dir)`` job, ``workers`` at a time; ``done(run dir)`` after each.
     A run that fails does not stop the others: they finish (and ``done`` reports them), then the
     first failure is raised. A kill (KeyboardInterrupt) stops everything at once."""
-    todo = [(values, folder) for values, folder in jobs if finished(folder) is None]
-    for _values, folder in jobs:
-        if finished(folder) is not None and done is not None:
+    todo = []
+    for values, folder in jobs:  # each run's results read once
+        if finished(folder) is None:
+            todo.append((values, folder))
+        elif done is not None:
             done(folder)
     failures: list[Exception] = []
 
